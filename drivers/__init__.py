@@ -1,0 +1,1 @@
+"""IOMMU driver plugins: one sub-package per vendor (driver + hardware model)."""

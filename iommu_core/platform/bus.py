@@ -1,0 +1,88 @@
+"""Buses and DMA-capable devices: what firmware tables (IORT, DMAR, IVRS) describe."""
+
+from __future__ import annotations
+
+import errno
+import re
+from typing import Any
+
+import attrs
+
+from iommu_core.errors import IommuError
+
+_BDF = re.compile(r"^([0-9a-fA-F]{4}):([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\.([0-7])$")
+
+
+def parse_bdf(name: str) -> tuple[int, int] | None:
+    """``"0000:00:01.0"`` -> (segment, requester ID), or None if not a BDF name."""
+    m = _BDF.match(name)
+    if not m:
+        return None
+    seg, bus, dev, fn = (int(g, 16) for g in m.groups())
+    if dev > 0x1F:
+        return None
+    return seg, (bus << 8) | (dev << 3) | fn
+
+
+@attrs.define(eq=False)
+class Device:
+    """A device that can master DMA (``struct device`` plus its PCI capabilities).
+
+    ``stream_ids`` are the firmware master IDs the IOMMU sees (``iommu_fwspec->ids``):
+    for PCI behind an SMMUv3 the StreamID defaults to the requester ID; VT-d and AMD-Vi
+    use the requester ID itself.
+    """
+
+    name: str
+    bus: str = "pci"  # "pci", "platform", or a private bus such as "mock"
+    segment: int = 0
+    rid: int = 0
+    stream_ids: tuple[int, ...] = ()
+    pasid_bits: int = 20  # 0 = no PASID capability
+    pasid_exec: bool = False
+    pasid_priv: bool = False
+    ats: bool = True
+    pri: bool = True
+    is_virtfn: bool = False
+    #: Root complex / firmware flags (IOMMU_FWSPEC_PCI_RC_ATS / _CANWBS).
+    rc_ats: bool = True
+    canwbs: bool = True
+    #: Firmware asked for 1:1 mappings of its direct regions (RMRR/IORT RMR).
+    require_direct: bool = False
+    untrusted: bool = False
+    #: Bus-specific extra properties (e.g. selftest device flags).
+    props: dict[str, Any] = attrs.field(factory=dict)
+    #: Name of the IOMMU hardware instance this device sits behind (the wiring).
+    iommu_name: str = ""
+    #: Set by the IOMMU core at probe: ``struct dev_iommu`` and the group.
+    iommu: Any = None
+    iommu_group: Any = None
+
+    @property
+    def is_pci(self) -> bool:
+        return self.bus == "pci"
+
+    @property
+    def max_pasids(self) -> int:
+        return (1 << self.pasid_bits) if self.pasid_bits else 0
+
+    def __repr__(self) -> str:
+        return f"<Device {self.name}>"
+
+
+def make_pci_device(name: str, iommu_name: str, **options: Any) -> Device:
+    """A PCI device from its BDF name; options override the defaults (full-featured)."""
+    bdf = parse_bdf(name)
+    if bdf is None:
+        raise IommuError(errno.EINVAL, f"{name!r} is not a PCI name like 0000:00:01.0")
+    seg, rid = bdf
+    known = {f.name for f in attrs.fields(Device)} - {"name", "iommu", "iommu_group"}
+    unknown = set(options) - known - {"stream_id"}
+    if unknown:
+        raise IommuError(errno.EINVAL, f"unknown device options: {sorted(unknown)}")
+    sid = options.pop("stream_id", None)
+    if "stream_ids" not in options:
+        options["stream_ids"] = (rid,) if sid is None else (int(sid),)
+    else:
+        options["stream_ids"] = tuple(options["stream_ids"])
+    return Device(name=name, segment=seg, rid=rid, iommu_name=iommu_name, **options)

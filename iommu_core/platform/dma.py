@@ -1,0 +1,130 @@
+"""The hardware side of the platform: MMIO, interrupts, IOMMU hardware models, DMA faults.
+
+A driver reaches its hardware only through an :class:`Mmio` region, the interrupt lines
+it requested, and memory it allocated; the hardware model never calls the driver: it
+raises an interrupt, which the platform delivers to whatever handler was requested.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from typing import Any
+
+from iommu_core.platform.bus import Device
+
+ACCESS_READ = 1
+ACCESS_WRITE = 2
+ACCESS_EXEC = 4
+ACCESS_PRIV = 8
+
+_ACCESS_NAMES = {ACCESS_READ: "read", ACCESS_WRITE: "write", ACCESS_EXEC: "exec"}
+
+
+def access_str(access: int) -> str:
+    s = "/".join(n for b, n in _ACCESS_NAMES.items() if access & b) or "none"
+    return s + ("+priv" if access & ACCESS_PRIV else "")
+
+
+class DmaFault(Exception):
+    """A device's DMA was not translated: the IOMMU aborted it (or parked it for PRI).
+
+    ``reason`` is the hardware's own name for the fault (an SMMU event id such as
+    ``F_TRANSLATION``, a VT-d fault reason, an AMD event type); ``detail`` carries the
+    rest of the hardware record (event code, level, StreamID...).
+    """
+
+    def __init__(
+        self,
+        device: str,
+        address: int,
+        pasid: int | None,
+        access: int,
+        reason: str,
+        detail: dict[str, Any] | None = None,
+        page_request: bool = False,
+    ) -> None:
+        self.device = device
+        self.address = address
+        self.pasid = pasid
+        self.access = access
+        self.reason = reason
+        self.detail = dict(detail or {})
+        #: The fault was turned into a PRI page request (or a stall): the device may
+        #: retry once the response arrives.
+        self.page_request = page_request
+        p = "" if pasid is None else f" pasid {pasid}"
+        super().__init__(
+            f"DMA {access_str(access)} by {device} at {address:#x}{p}: {reason}"
+        )
+
+
+class Mmio(abc.ABC):
+    """A register window (ioremap'ed MMIO). Little-endian; 32- and 64-bit accesses."""
+
+    @abc.abstractmethod
+    def read32(self, offset: int) -> int: ...
+
+    @abc.abstractmethod
+    def write32(self, offset: int, value: int) -> None: ...
+
+    def read64(self, offset: int) -> int:
+        return self.read32(offset) | (self.read32(offset + 4) << 32)
+
+    def write64(self, offset: int, value: int) -> None:
+        self.write32(offset, value & 0xFFFF_FFFF)
+        self.write32(offset + 4, (value >> 32) & 0xFFFF_FFFF)
+
+
+class IrqLine:
+    """An interrupt line (wired or MSI). Hardware asserts; the requested handler runs."""
+
+    __slots__ = ("handler", "name", "pending")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.handler: Callable[[], None] | None = None
+        self.pending = False
+
+    def request_irq(self, handler: Callable[[], None]) -> None:
+        self.handler = handler
+        if self.pending:
+            self.assert_irq()
+
+    def free_irq(self) -> None:
+        self.handler = None
+
+    def assert_irq(self) -> None:
+        """Raise the interrupt: the handler runs now (a threaded IRQ, run to completion)."""
+        if self.handler is None:
+            self.pending = True
+            return
+        self.pending = False
+        self.handler()
+
+
+class IommuHardware(abc.ABC):
+    """An IOMMU hardware model: registers, tables in memory, queues, caches, a walker.
+
+    The Machine hands a device's transactions to :meth:`dma_translate`; everything else
+    the model knows it read from registers and memory the driver programmed.
+    """
+
+    name: str
+    #: Smallest translation granule: a translation holds to the end of its granule.
+    granule: int = 4096
+    #: Register windows the driver may map, by resource name.
+    mmio: dict[str, Mmio]
+    #: Interrupt lines, by name (e.g. "evtq", "priq", "gerror", "cmdq-sync").
+    irqs: dict[str, IrqLine]
+
+    @abc.abstractmethod
+    def dma_translate(self, dev: Device, pasid: int | None, iova: int, access: int) -> int:
+        """Translate one access; the result stays valid to the end of ``iova``'s
+        ``granule``-sized page. Raises :class:`DmaFault` (after recording the event in hardware queues)."""
+
+    def attach_device(self, dev: Device) -> None:  # noqa: B027 - optional wiring hook
+        """Wire a device to this unit (hot-plug); models with per-device state use it."""
+
+    def detach_device(self, dev: Device) -> None:  # noqa: B027 - optional wiring hook
+        """Unwire a device (hot-unplug)."""
