@@ -79,6 +79,17 @@ def iommu_driver_init(ops: Any) -> None:
     ``release_domain``, ``default_domain``, ``user_pasid_table``."""
 
 
+@hookspec
+def iommufd_uapi_data_types() -> list[Any]:
+    """The uAPI data types this driver adds (``iommufd.uapi.DataType`` entries: hwpt
+    data, hw_info, invalidation entries, vIOMMU / vEVENTQ / HW queue types).
+
+    iommufd registers them when it starts, so a third-party driver (or a prototype of a
+    new uAPI) can add payloads without editing the uAPI module. A value already taken in
+    its kind is refused with a clear error.
+    """
+
+
 # ---------------------------------------------------------------------------------------
 # struct iommu_ops
 # ---------------------------------------------------------------------------------------

@@ -143,6 +143,13 @@ class IommuOps:
         if self.implements("iommu_driver_remove"):
             self.hook.iommu_driver_remove(iommu=iommu)
 
+    def iommufd_uapi_data_types(self) -> list[Any]:
+        """Every uAPI data type this driver's plugins declare (flattened)."""
+        out: list[Any] = []
+        for part in self.hook.iommufd_uapi_data_types():
+            out.extend(part or [])
+        return out
+
     # -- iommu_ops -----------------------------------------------------------------------
     def capable(self, dev: Device, cap: int) -> bool:
         if not self.implements("capable"):

@@ -16,8 +16,7 @@ from iommu_sim.builtin import builtin_drivers
 from iommu_core.errors import IommuError
 from iommu_core.iommu import IommuCore
 from iommu_core.platform.bus import Device, make_pci_device
-from iommu_core.platform.dma import ACCESS_READ, ACCESS_WRITE, DmaFault
-from iommu_core.platform.memory import PAGE_SIZE
+from iommu_core.platform.dma import DmaFault, device_dma_read, device_dma_write
 from iommu_core.platform.mm import MmStruct
 from iommu_core.platform.platform import Platform
 from iommu_core.platform.task import Task
@@ -249,54 +248,26 @@ class Machine:
         """The device reads ``n`` bytes at ``iova`` through its IOMMU (DmaFault if not)."""
         d = self._dma_dev(dev)
         hw = self.platform.iommus[d.iommu_name]
-        mem = self.platform.mem
-        g = hw.granule
-        out = bytearray()
         tracer = self.platform.tracer
-        node = None
-        if tracer.enabled:
-            node = tracer.push("user", "dma_read", f"{d.name} iova {iova:#x} len {n}"
-                               + (f" pasid {pasid}" if pasid is not None else ""))
-        try:
-            while n > 0:
-                chunk = min(n, g - (iova & (g - 1)))
-                pa = hw.dma_translate(d, pasid, iova, ACCESS_READ)
-                out += mem.read(pa, chunk)
-                iova += chunk
-                n -= chunk
-        finally:
-            if node is not None:
-                tracer.pop(node)
-        return bytes(out)
+        if not tracer.enabled:
+            return device_dma_read(hw, self.platform.mem, d, iova, n, pasid)
+        p = "" if pasid is None else f" pasid {pasid}"
+        with tracer.span("user", "dma_read", f"{d.name} iova {iova:#x} len {n}{p}"):
+            return device_dma_read(hw, self.platform.mem, d, iova, n, pasid)
 
     def dma_write(self, dev: str | Device, iova: int, data: bytes | bytearray,
                   pasid: int | None = None) -> None:
-        """The device writes ``data`` at ``iova`` through its IOMMU (DmaFault if not).
-        Translation of every page is done first: a fault writes nothing."""
+        """The device writes ``data`` at ``iova`` through its IOMMU (DmaFault if not);
+        a fault anywhere writes nothing."""
         d = self._dma_dev(dev)
         hw = self.platform.iommus[d.iommu_name]
-        g = hw.granule
-        mv = memoryview(bytes(data))
         tracer = self.platform.tracer
-        node = None
-        if tracer.enabled:
-            node = tracer.push("user", "dma_write", f"{d.name} iova {iova:#x} len {len(mv)}"
-                               + (f" pasid {pasid}" if pasid is not None else ""))
-        try:
-            pieces = []
-            pos = 0
-            a = iova
-            while pos < len(mv):
-                chunk = min(len(mv) - pos, g - (a & (g - 1)))
-                pieces.append((hw.dma_translate(d, pasid, a, ACCESS_WRITE), pos, chunk))
-                a += chunk
-                pos += chunk
-            mem = self.platform.mem
-            for pa, p, c in pieces:
-                mem.write(pa, mv[p : p + c])
-        finally:
-            if node is not None:
-                tracer.pop(node)
+        if not tracer.enabled:
+            device_dma_write(hw, self.platform.mem, d, iova, data, pasid)
+            return
+        p = "" if pasid is None else f" pasid {pasid}"
+        with tracer.span("user", "dma_write", f"{d.name} iova {iova:#x} len {len(data)}{p}"):
+            device_dma_write(hw, self.platform.mem, d, iova, data, pasid)
 
     # -- teardown ------------------------------------------------------------------------
     def close_all(self) -> None:

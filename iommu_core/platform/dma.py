@@ -128,3 +128,35 @@ class IommuHardware(abc.ABC):
 
     def detach_device(self, dev: Device) -> None:  # noqa: B027 - optional wiring hook
         """Unwire a device (hot-unplug)."""
+
+
+def device_dma_read(hw: IommuHardware, mem: Any, dev: Device, iova: int, n: int,
+                    pasid: int | None = None) -> bytes:
+    """A device reads ``n`` bytes at ``iova``: one translation per granule, then memory."""
+    g = hw.granule
+    out = bytearray()
+    translate = hw.dma_translate
+    read = mem.read
+    while n > 0:
+        chunk = min(n, g - (iova & (g - 1)))
+        out += read(translate(dev, pasid, iova, ACCESS_READ), chunk)
+        iova += chunk
+        n -= chunk
+    return bytes(out)
+
+
+def device_dma_write(hw: IommuHardware, mem: Any, dev: Device, iova: int,
+                     data: bytes | bytearray | memoryview, pasid: int | None = None) -> None:
+    """A device writes ``data`` at ``iova``. Every granule is translated first, so a
+    fault anywhere writes nothing."""
+    g = hw.granule
+    mv = memoryview(data)
+    pieces = []
+    pos = 0
+    while pos < len(mv):
+        chunk = min(len(mv) - pos, g - (iova & (g - 1)))
+        pieces.append((hw.dma_translate(dev, pasid, iova, ACCESS_WRITE), pos, chunk))
+        iova += chunk
+        pos += chunk
+    for pa, p, c in pieces:
+        mem.write(pa, mv[p : p + c])

@@ -1,0 +1,3 @@
+from iommu_sim.cli import main
+
+raise SystemExit(main())
