@@ -1,3 +1,4 @@
+# mypy: disable-error-code="empty-body"
 """The driver contract: every op an IOMMU driver plugin may implement, as pluggy hook specs.
 
 This mirrors ``struct iommu_ops``, ``struct iommu_domain_ops``, ``struct iommu_dirty_ops``

@@ -1,3 +1,4 @@
+# mypy: disable-error-code="empty-body"
 """Selftest-only ops (CONFIG_IOMMUFD_TEST): what IOMMU_TEST_CMD asks the mock driver.
 
 In Linux the mock driver and the test ioctl share drivers/iommu/iommufd/selftest.c; here

@@ -5,6 +5,7 @@ I/O page-fault routing. Names and errnos follow the kernel's functions.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 from typing import TYPE_CHECKING, Any
@@ -29,7 +30,7 @@ from iommu_core.iopf import (
     PageResponse,
     PageResponseCode,
 )
-from iommu_core.plugin import PluginHost
+from iommu_core.plugin import IommuOps, PluginHost
 from iommu_core.trace import traced
 
 if TYPE_CHECKING:
@@ -155,10 +156,8 @@ class IommuCore:
             if dev.require_direct and ops.identity_domain is not None:
                 release = ops.identity_domain
             if release is not None and len(group.devices) == 1:
-                try:
+                with contextlib.suppress(IommuError):
                     release.ops.attach_dev(release, dev, group.domain)
-                except IommuError:
-                    pass
         ops.release_device(dev)
         self._drop_from_group(dev)
         dev.iommu = None
@@ -196,17 +195,17 @@ class IommuCore:
                 g = other.iommu_group
                 if g is not None and other is not dev and other.props.get(
                         "iommu_group") == alias and other.iommu_name == dev.iommu_name:
-                    return g
+                    return g  # type: ignore[no-any-return]
         return self.iommu_group_alloc()
 
     # -- default domain ------------------------------------------------------------------
     def _default_domain_type(self, dev: Device) -> int:
         ops = dev.iommu.ops
         if ops.default_domain is not None:
-            return ops.default_domain.type
+            return int(ops.default_domain.type)
         t = ops.def_domain_type(dev)
         if t:
-            return t
+            return int(t)
         if dev.require_direct and ops.identity_domain is not None:
             return IOMMU_DOMAIN_IDENTITY
         return IOMMU_DOMAIN_IDENTITY if self.default_passthrough else IOMMU_DOMAIN_DMA
@@ -250,7 +249,7 @@ class IommuCore:
     # ===================================================================================
     def _paging_domain_alloc(self, dev: Device, flags: int, user_data: UserData | None,
                              dtype: int) -> IommuDomain:
-        ops = dev.iommu.ops
+        ops: IommuOps = dev.iommu.ops
         if ops.implements("domain_alloc_paging_flags"):
             dom = ops.domain_alloc_paging_flags(dev, flags, user_data)
         elif flags == 0 and user_data is None and ops.implements("domain_alloc_paging"):
@@ -387,10 +386,8 @@ class IommuCore:
             if not force:
                 for dev in done:
                     if old is not None:
-                        try:
+                        with contextlib.suppress(IommuError):
                             old.ops.attach_dev(old, dev, new)
-                        except IommuError:
-                            pass
                 raise
         group.domain = new
 
@@ -402,7 +399,7 @@ class IommuCore:
                              f"{group.domain!r}")
         self._group_set_domain(group, domain)
 
-    @traced("core", _dom_grp)
+    @traced("core", lambda group, domain: f"group {group.id} -> {domain.name}")
     def iommu_group_replace_domain(self, group: IommuGroup, domain: IommuDomain) -> None:
         """``iommu_group_replace_domain``: hitless switch for a user-owned group."""
         if group.owner is None:
@@ -640,12 +637,12 @@ class IommuCore:
     def device_iommu_capable(self, dev: Device, cap: IommuCap) -> bool:
         if dev.iommu is None:
             return False
-        return dev.iommu.ops.capable(dev, int(cap))
+        return bool(dev.iommu.ops.capable(dev, int(cap)))
 
     def iommu_get_resv_regions(self, dev: Device) -> list[ResvRegion]:
         if dev.iommu is None:
             return []
-        return dev.iommu.ops.get_resv_regions(dev)
+        return list(dev.iommu.ops.get_resv_regions(dev))
 
     def iommu_get_group_resv_regions(self, group: IommuGroup) -> list[ResvRegion]:
         out: list[ResvRegion] = []

@@ -11,12 +11,13 @@ registered into every manager, or into one driver's manager only.
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib.metadata import entry_points
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import pluggy
+from pluggy import HookImpl, Result
 
 from iommu_core import hookspec as _hookspec
 from iommu_core import hookspec_selftest as _hookspec_selftest
@@ -63,10 +64,9 @@ VIOMMU_OPS = (
     "viommu_hw_queue_init_phys", "viommu_hw_queue_destroy",
 )
 
-Monitor = tuple[
-    Callable[[str, list[Any], dict[str, Any]], None],
-    Callable[[Any, str, list[Any], dict[str, Any]], None],
-]
+BeforeMonitor = Callable[[str, Sequence[HookImpl], Mapping[str, Any]], None]
+AfterMonitor = Callable[[Result[Any], str, Sequence[HookImpl], Mapping[str, Any]], None]
+Monitor = tuple[BeforeMonitor, AfterMonitor]
 
 
 def _not_supported(driver: str, op: str) -> IommuError:
@@ -473,8 +473,7 @@ class PluginHost:
                              f"{', '.join(sorted(self.drivers)) or 'none'})") from None
 
     # -- monitoring (tracing) ------------------------------------------------------------
-    def add_monitor(self, before: Callable[[str, list[Any], dict[str, Any]], None],
-                    after: Callable[[Any, str, list[Any], dict[str, Any]], None]) -> None:
+    def add_monitor(self, before: BeforeMonitor, after: AfterMonitor) -> None:
         self._monitors.append((before, after))
         for ops in self.drivers.values():
             self._undo_monitors.append(ops.pm.add_hookcall_monitoring(before, after))

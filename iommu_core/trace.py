@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, ParamSpec, Protocol, TypeVar
 
@@ -174,3 +174,31 @@ def traced(layer: str, fmt: Callable[..., str] | None = None
         return wrapper
 
     return deco
+
+
+def _arg_str(v: Any) -> str:
+    name = getattr(v, "name", None)
+    if isinstance(name, str):
+        return name
+    return _short(v, 24)
+
+
+def hook_tracing_monitor(tracer: Tracer) -> tuple[
+        Callable[[str, Sequence[Any], Mapping[str, Any]], None],
+        Callable[[Any, str, Sequence[Any], Mapping[str, Any]], None]]:
+    """pluggy call monitors that record every driver hook call as a ``driver`` span."""
+    nodes: list[TraceNode] = []
+
+    def before(hook_name: str, impls: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+        detail = " ".join(f"{k}={_arg_str(v)}" for k, v in kwargs.items()
+                          if k not in ("platform", "core", "options"))
+        nodes.append(tracer.push("driver", hook_name, detail))
+
+    def after(outcome: Any, hook_name: str, impls: Sequence[Any], kwargs: Mapping[str, Any]
+              ) -> None:
+        node = nodes.pop()
+        exc = getattr(outcome, "exception", None)
+        res = None if exc is not None else getattr(outcome, "get_result", lambda: None)()
+        tracer.pop(node, result=res if isinstance(res, (int, str)) else None, error=exc)
+
+    return before, after

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import copy
 import errno
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
 from typing import Any
 
-from iommu_sim.builtin import builtin_drivers
+from iommufd.main import iommufd_init
+from iommufd.vfio_device import vfio_register_device
+
 from iommu_core.errors import IommuError
 from iommu_core.iommu import IommuCore
 from iommu_core.platform.bus import Device, make_pci_device
@@ -22,9 +25,8 @@ from iommu_core.platform.platform import Platform
 from iommu_core.platform.task import Task
 from iommu_core.platform.uaccess import UserArg
 from iommu_core.plugin import PluginHost
-from iommu_core.trace import Tracer
-from iommufd.main import iommufd_init
-from iommufd.vfio_device import vfio_register_device
+from iommu_core.trace import Tracer, hook_tracing_monitor
+from iommu_sim.builtin import builtin_drivers
 
 __all__ = ["DEFAULT_CONFIG", "DmaFault", "Machine"]
 
@@ -133,6 +135,21 @@ class Machine:
     @property
     def tracer(self) -> Tracer:
         return self.platform.tracer
+
+    @contextmanager
+    def trace(self) -> Iterator[Tracer]:
+        """Record the layered call tree of everything done inside the ``with`` block:
+        ioctls, iommufd handlers, core calls, driver ops and hardware events."""
+        tracer = self.platform.tracer
+        tracer.clear()
+        before, after = hook_tracing_monitor(tracer)
+        self.plugins.add_monitor(before, after)
+        tracer.start()
+        try:
+            yield tracer
+        finally:
+            tracer.stop()
+            self.plugins.clear_monitors()
 
     @property
     def kernel_pages_in_use(self) -> int:
@@ -273,10 +290,8 @@ class Machine:
     def close_all(self) -> None:
         """Close every open file (process exit), leaving the machine running."""
         for fd in self.task.files.open_fds():
-            try:
+            with suppress(IommuError):
                 self.task.files.close(fd)
-            except IommuError:
-                pass
 
     def shutdown(self) -> None:
         """Process exit and power-off: everything the kernel allocated is freed."""

@@ -121,7 +121,8 @@ class IommuHardware(abc.ABC):
     @abc.abstractmethod
     def dma_translate(self, dev: Device, pasid: int | None, iova: int, access: int) -> int:
         """Translate one access; the result stays valid to the end of ``iova``'s
-        ``granule``-sized page. Raises :class:`DmaFault` (after recording the event in hardware queues)."""
+        ``granule``-sized page. Raises :class:`DmaFault` (after recording the event in
+        hardware queues)."""
 
     def attach_device(self, dev: Device) -> None:  # noqa: B027 - optional wiring hook
         """Wire a device to this unit (hot-plug); models with per-device state use it."""

@@ -26,7 +26,7 @@ class PageAllocator:
     block may be freed back one frame at a time (as user pages of a THP are).
     """
 
-    __slots__ = ("_free", "_live", "_next_pfn", "fault_injector", "mem", "by_tag", "allocs")
+    __slots__ = ("_free", "_live", "_next_pfn", "allocs", "by_tag", "fault_injector", "mem")
 
     def __init__(self, mem: PhysicalMemory, ram_base: int = RAM_BASE) -> None:
         self.mem = mem

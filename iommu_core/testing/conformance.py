@@ -12,9 +12,14 @@ from collections.abc import Iterator
 import pytest
 
 from iommu_core.device import IommuCap
-from iommu_core.domain import IOMMU_HWPT_ALLOC_DIRTY_TRACKING, IOMMU_HWPT_ALLOC_PASID
+from iommu_core.domain import (
+    IOMMU_HWPT_ALLOC_DIRTY_TRACKING,
+    IOMMU_HWPT_ALLOC_PASID,
+    IommuDomain,
+)
 from iommu_core.errors import IommuError
 from iommu_core.gather import IotlbGather
+from iommu_core.group import AttachHandle
 from iommu_core.iopf import IopfGroup, PageResponseCode
 from iommu_core.platform.bus import Device
 from iommu_core.platform.dma import DmaFault
@@ -60,7 +65,7 @@ def _owned_device(env: DriverEnv) -> Device:
 
 
 def _mapped_domain(env: DriverEnv, dev: Device, npages: int = 4, flags: int = 0,
-                   iova: int = IOVA) -> tuple[object, int, list[int]]:
+                   iova: int = IOVA) -> tuple[IommuDomain, int, list[int]]:
     dom = env.paging_domain(dev, flags)
     va, pfns = env.user_pages(npages)
     for i, pfn in enumerate(pfns):
@@ -109,7 +114,7 @@ def test_blocked_domain_faults(env: DriverEnv) -> None:
 def test_dma_reads_what_user_wrote(env: DriverEnv) -> None:
     dev = _owned_device(env)
     dom, va, _ = _mapped_domain(env, dev, npages=2)
-    env.core.iommu_group_replace_domain(dev.iommu_group, dom)  # type: ignore[arg-type]
+    env.core.iommu_group_replace_domain(dev.iommu_group, dom)
     pattern = bytes((i * 7 + 3) & 0xFF for i in range(2 * PAGE_SIZE))
     env.mm.write(va, pattern)
     got = env.dma_read(dev, IOVA, len(pattern))
@@ -122,9 +127,9 @@ def test_dma_reads_what_user_wrote(env: DriverEnv) -> None:
 def test_unmap_then_dma_faults(env: DriverEnv) -> None:
     dev = _owned_device(env)
     dom, _va, _ = _mapped_domain(env, dev, npages=1)
-    env.core.iommu_group_replace_domain(dev.iommu_group, dom)  # type: ignore[arg-type]
+    env.core.iommu_group_replace_domain(dev.iommu_group, dom)
     env.dma_read(dev, IOVA, 4)  # warm any TLB
-    env.core.iommu_unmap(dom, IOVA, PAGE_SIZE)  # type: ignore[arg-type]
+    env.core.iommu_unmap(dom, IOVA, PAGE_SIZE)
     with pytest.raises(DmaFault):
         env.dma_read(dev, IOVA, 4)
         pytest.fail("rule: after iommu_unmap (and its iotlb_sync) a DMA to the IOVA faults; "
@@ -138,9 +143,9 @@ def test_replace_domain(env: DriverEnv) -> None:
     env.mm.write(va_a, b"AAAA")
     env.mm.write(va_b, b"BBBB")
     group = dev.iommu_group
-    env.core.iommu_group_replace_domain(group, a)  # type: ignore[arg-type]
+    env.core.iommu_group_replace_domain(group, a)
     assert env.dma_read(dev, IOVA, 4) == b"AAAA"
-    env.core.iommu_group_replace_domain(group, b)  # type: ignore[arg-type]
+    env.core.iommu_group_replace_domain(group, b)
     assert env.dma_read(dev, IOVA, 4) == b"BBBB", (
         "rule: after a replace the device translates through the new domain")
 
@@ -153,13 +158,13 @@ def test_pasid_attach(env: DriverEnv) -> None:
     pd, va_p, _ = _mapped_domain(env, dev, npages=1, flags=IOMMU_HWPT_ALLOC_PASID)
     env.mm.write(va_r, b"RID!")
     env.mm.write(va_p, b"PAS5")
-    env.core.iommu_group_replace_domain(dev.iommu_group, rid)  # type: ignore[arg-type]
-    env.core.iommu_attach_device_pasid(pd, dev, 5)  # type: ignore[arg-type]
+    env.core.iommu_group_replace_domain(dev.iommu_group, rid)
+    env.core.iommu_attach_device_pasid(pd, dev, 5)
     assert env.dma_read(dev, IOVA, 4, pasid=5) == b"PAS5", (
         "rule: DMA tagged with a PASID uses the domain attached to that PASID")
     assert env.dma_read(dev, IOVA, 4) == b"RID!", (
         "rule: DMA without PASID keeps using the RID domain")
-    env.core.iommu_detach_device_pasid(pd, dev, 5)  # type: ignore[arg-type]
+    env.core.iommu_detach_device_pasid(pd, dev, 5)
     with pytest.raises(DmaFault):
         env.dma_read(dev, IOVA, 4, pasid=5)
         pytest.fail("rule: a detached PASID blocks DMA")
@@ -170,9 +175,9 @@ def test_dirty_tracking(env: DriverEnv) -> None:
     if not driver_features(env, dev)["dirty_tracking"]:
         pytest.skip(f"{env.driver} does not claim dirty tracking for this device")
     dom, _va, _ = _mapped_domain(env, dev, npages=4, flags=IOMMU_HWPT_ALLOC_DIRTY_TRACKING)
-    assert dom.dirty_ops, "rule: a DIRTY_TRACKING domain has dirty ops"  # type: ignore[attr-defined]
-    env.core.iommu_group_replace_domain(dev.iommu_group, dom)  # type: ignore[arg-type]
-    dom.ops.set_dirty_tracking(dom, True)  # type: ignore[attr-defined]
+    assert dom.dirty_ops, "rule: a DIRTY_TRACKING domain has dirty ops"
+    env.core.iommu_group_replace_domain(dev.iommu_group, dom)
+    dom.ops.set_dirty_tracking(dom, True)
 
     class Record:
         def __init__(self) -> None:
@@ -183,15 +188,15 @@ def test_dirty_tracking(env: DriverEnv) -> None:
                 self.pages.add(a)
 
     first = Record()
-    dom.ops.read_and_clear_dirty(dom, IOVA, 4 * PAGE_SIZE, 0, first)  # type: ignore[attr-defined]
+    dom.ops.read_and_clear_dirty(dom, IOVA, 4 * PAGE_SIZE, 0, first)
     env.dma_write(dev, IOVA + 2 * PAGE_SIZE + 8, b"dirty")
     env.dma_read(dev, IOVA + PAGE_SIZE, 8)
     rec = Record()
-    dom.ops.read_and_clear_dirty(dom, IOVA, 4 * PAGE_SIZE, 0, rec)  # type: ignore[attr-defined]
+    dom.ops.read_and_clear_dirty(dom, IOVA, 4 * PAGE_SIZE, 0, rec)
     assert IOVA + 2 * PAGE_SIZE in rec.pages, "rule: a DMA write marks its page dirty"
     assert IOVA + PAGE_SIZE not in rec.pages, "rule: a DMA read does not mark a page dirty"
     again = Record()
-    dom.ops.read_and_clear_dirty(dom, IOVA, 4 * PAGE_SIZE, 0, again)  # type: ignore[attr-defined]
+    dom.ops.read_and_clear_dirty(dom, IOVA, 4 * PAGE_SIZE, 0, again)
     assert not again.pages, "rule: read_and_clear_dirty clears what it reported"
 
 
@@ -199,14 +204,12 @@ def test_page_request(env: DriverEnv) -> None:
     dev = _owned_device(env)
     if not driver_features(env, dev)["pri"]:
         pytest.skip(f"{env.driver} does not claim PRI for this device")
-    dom, va, _ = _mapped_domain(env, dev, npages=1)
+    dom, _va, _ = _mapped_domain(env, dev, npages=1)
     groups: list[IopfGroup] = []
-    dom.iopf_handler = groups.append  # type: ignore[attr-defined]
-    from iommu_core.group import AttachHandle
-
+    dom.iopf_handler = groups.append
     group = dev.iommu_group
-    env.core.iommu_group_replace_domain(group, dom)  # type: ignore[arg-type]
-    group.pasid_array[0] = AttachHandle(dom)  # type: ignore[arg-type]
+    env.core.iommu_group_replace_domain(group, dom)
+    group.pasid_array[0] = AttachHandle(dom)
     try:
         env.dma_read(dev, IOVA + 0x10_0000, 4)
     except DmaFault as f:
