@@ -1,0 +1,321 @@
+"""iommufd nesting (arm-smmu-v3-iommufd.c): GET_HW_INFO, the vIOMMU (vSMMU) on a
+nest-parent stage 2, vDEVICEs (vSID -> SID), nested domains built from a guest vSTE,
+invalidation commands forwarded from the guest, and vEVENTs (smmuv3.md §12)."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+from typing import TYPE_CHECKING
+
+from drivers.arm_smmu_v3.domain import (
+    ArmSmmuDomain,
+    AttachState,
+    arm_smmu_attach_commit,
+    arm_smmu_attach_prepare,
+)
+from drivers.arm_smmu_v3.master import (
+    VMaster,
+    arm_smmu_install_ste_for_dev,
+    arm_smmu_ssids_in_use,
+    master_of,
+)
+from drivers.arm_smmu_v3.regs import (
+    ARM_SMMU_AIDR,
+    ARM_SMMU_FEAT_NESTING,
+    ARM_SMMU_FEAT_S2FWB,
+    ARM_SMMU_IDR0,
+    ARM_SMMU_IIDR,
+    ARM_SMMU_OPT_CMDQ_FORCE_SYNC,
+    CMDQ_0_OP,
+    CMDQ_BATCH_ENTRIES,
+    CMDQ_CFGI_0_SID,
+    CMDQ_OP_ATC_INV,
+    CMDQ_OP_CFGI_CD,
+    CMDQ_OP_CFGI_CD_ALL,
+    CMDQ_OP_TLBI_NH_ALL,
+    CMDQ_OP_TLBI_NH_ASID,
+    CMDQ_OP_TLBI_NH_VA,
+    CMDQ_OP_TLBI_NH_VAA,
+    CMDQ_OP_TLBI_NSNH_ALL,
+    CMDQ_TLBI_0_VMID,
+    EVTQ_0_SID,
+    FIELD_GET,
+    FIELD_PREP,
+    STRTAB_STE_0_CFG,
+    STRTAB_STE_0_CFG_ABORT,
+    STRTAB_STE_0_CFG_BYPASS,
+    STRTAB_STE_0_CFG_S1_TRANS,
+    STRTAB_STE_0_NESTING_ALLOWED,
+    STRTAB_STE_0_V,
+    STRTAB_STE_1_EATS,
+    STRTAB_STE_1_EATS_ABT,
+    STRTAB_STE_1_EATS_TRANS,
+    STRTAB_STE_1_NESTING_ALLOWED,
+)
+from drivers.arm_smmu_v3.ste import arm_smmu_make_nested_domain_ste
+from iommu_core.domain import IOMMU_DOMAIN_NESTED, IOMMU_HWPT_FAULT_ID_VALID, IommuDomain
+from iommu_core.errors import IommuError
+from iommu_core.group import IOMMU_NO_PASID
+from iommu_core.platform.bus import Device
+from iommufd.uapi import (
+    IOMMU_HW_INFO_TYPE_ARM_SMMUV3,
+    IOMMU_HW_INFO_TYPE_DEFAULT,
+    IOMMU_HWPT_DATA_ARM_SMMUV3,
+    IOMMU_VEVENTQ_TYPE_ARM_SMMUV3,
+    IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3,
+    IOMMU_VIOMMU_TYPE_ARM_SMMUV3,
+    iommu_hw_info_arm_smmuv3,
+    iommu_hwpt_arm_smmuv3,
+    iommu_viommu_arm_smmuv3_invalidate,
+)
+
+if TYPE_CHECKING:
+    from drivers.arm_smmu_v3.device import ArmSmmuDevice
+    from iommu_core.iommufd_driver import IommufdVdevice, IommufdViommu, UserData, UserDataArray
+    from iommu_core.plugin import IommuOps
+
+NESTED_OPS = ("attach_dev", "free")
+VIOMMU_OPS = ("viommu_alloc_domain_nested", "viommu_cache_invalidate", "viommu_vdevice_init",
+              "viommu_destroy")
+U64 = (1 << 64) - 1
+
+
+# ==================================================================================
+# GET_HW_INFO
+# ==================================================================================
+def arm_smmu_hw_info(dev: Device, data_type: int) -> tuple[bytes, int]:
+    """Raw IDR0-5, IIDR and AIDR; the VMM picks what it may expose (uAPI comment)."""
+    if data_type not in (IOMMU_HW_INFO_TYPE_DEFAULT, IOMMU_HW_INFO_TYPE_ARM_SMMUV3):
+        raise IommuError(errno.EOPNOTSUPP, f"hw_info type {data_type} not supported")
+    smmu = master_of(dev).smmu
+    info = iommu_hw_info_arm_smmuv3()
+    info.flags = 0
+    for i in range(6):
+        info.idr[i] = smmu.readl(ARM_SMMU_IDR0 + 4 * i)
+    info.iidr = smmu.readl(ARM_SMMU_IIDR)
+    info.aidr = smmu.readl(ARM_SMMU_AIDR)
+    return bytes(info), IOMMU_HW_INFO_TYPE_ARM_SMMUV3
+
+
+# ==================================================================================
+# vIOMMU
+# ==================================================================================
+class ArmVsmmu:
+    """``struct arm_vsmmu``: the guest's SMMU, sharing the nest parent's VMID."""
+
+    def __init__(self, core: IommufdViommu, smmu: ArmSmmuDevice, s2_parent: ArmSmmuDomain
+                 ) -> None:
+        self.core = core
+        self.smmu = smmu
+        self.s2_parent = s2_parent
+        self.vmid = s2_parent.vmid
+
+    def __repr__(self) -> str:
+        return f"<ArmVsmmu on {self.smmu.name} vmid {self.vmid}>"
+
+
+def arm_smmu_get_viommu_size(dev: Device, viommu_type: int) -> int:
+    master = master_of(dev)
+    smmu = master.smmu
+    if not smmu.features & ARM_SMMU_FEAT_NESTING:
+        return 0
+    # FORCE_SYNC is not compatible with forwarding guest invalidations as is.
+    if smmu.options & ARM_SMMU_OPT_CMDQ_FORCE_SYNC:
+        return 0
+    # Without CANWBS the guest could make memory non-coherent unless S2FWB forces it.
+    if not master.canwbs and not smmu.features & ARM_SMMU_FEAT_S2FWB:
+        return 0
+    if viommu_type != IOMMU_VIOMMU_TYPE_ARM_SMMUV3:
+        return 0
+    return ctypes.sizeof(ctypes.c_uint64) * 8  # sizeof(struct arm_vsmmu), nominal
+
+
+def arm_vsmmu_init(ops: IommuOps, viommu: IommufdViommu, parent: IommuDomain,
+                   user_data: UserData | None) -> None:
+    smmu = viommu.iommu_dev.priv
+    if not isinstance(parent, ArmSmmuDomain) or parent.smmu is not smmu:
+        raise IommuError(errno.EINVAL, "the nest parent belongs to another SMMU")
+    if not parent.nest_parent:
+        raise IommuError(errno.EINVAL, "the parent is not a nest parent")
+    viommu.priv = ArmVsmmu(viommu, smmu, parent)
+    viommu.ops = ops.viommu_ops(VIOMMU_OPS)
+
+
+def vsmmu_of(viommu: IommufdViommu) -> ArmVsmmu:
+    v = viommu.priv
+    if not isinstance(v, ArmVsmmu):
+        raise IommuError(errno.EINVAL, "not an SMMUv3 vIOMMU")
+    return v
+
+
+def arm_vsmmu_vdevice_init(vdev: IommufdVdevice) -> None:
+    """Only single-StreamID devices can be named by one vSID."""
+    master = master_of(vdev.dev)
+    if len(master.streams) != 1:
+        raise IommuError(errno.EOPNOTSUPP, f"{vdev.dev.name} has {len(master.streams)} "
+                         "StreamIDs")
+
+
+def arm_vsmmu_vsid_to_sid(vsmmu: ArmVsmmu, vsid: int) -> int:
+    dev = vsmmu.core.find_dev(vsid)
+    if dev is None:
+        raise IommuError(errno.EIO, f"no vDEVICE with vSID {vsid:#x}")
+    return master_of(dev).streams[0]
+
+
+# ==================================================================================
+# Nested domains
+# ==================================================================================
+class ArmSmmuNestedDomain(IommuDomain):
+    """``struct arm_smmu_nested_domain``: the guest's vSTE words over the vSMMU's S2."""
+
+    def __init__(self, ops: IommuOps, vsmmu: ArmVsmmu, ste: tuple[int, int],
+                 enable_ats: bool) -> None:
+        super().__init__(IOMMU_DOMAIN_NESTED, ops.domain_ops(NESTED_OPS))
+        self.vsmmu = vsmmu
+        self.ste = ste
+        self.enable_ats = enable_ats
+
+    def __repr__(self) -> str:
+        return (f"<ArmSmmuNestedDomain vSTE {self.ste[0]:#018x} {self.ste[1]:#018x}"
+                f"{' ATS' if self.enable_ats else ''}>")
+
+
+def arm_smmu_validate_vste(ste: tuple[int, int]) -> tuple[tuple[int, int], bool]:
+    """``arm_smmu_validate_vste``: the guest may only set the allowed fields; errors are
+    EIO so a VMM can turn them into C_BAD_STE for its guest."""
+    q0, q1 = ste
+    if not q0 & STRTAB_STE_0_V:
+        # Abort; V=0 lets a VMM forward C_BAD_STE to the guest.
+        return (0, 0), False
+    if q0 & ~STRTAB_STE_0_NESTING_ALLOWED or q1 & ~STRTAB_STE_1_NESTING_ALLOWED:
+        raise IommuError(errno.EIO, "vSTE sets bits outside the nesting-allowed masks")
+    cfg = FIELD_GET(STRTAB_STE_0_CFG, q0)
+    if cfg not in (STRTAB_STE_0_CFG_ABORT, STRTAB_STE_0_CFG_BYPASS, STRTAB_STE_0_CFG_S1_TRANS):
+        raise IommuError(errno.EIO, f"vSTE Config {cfg} not allowed")
+    eats = FIELD_GET(STRTAB_STE_1_EATS, q1)
+    q1 &= ~STRTAB_STE_1_EATS
+    if eats not in (STRTAB_STE_1_EATS_ABT, STRTAB_STE_1_EATS_TRANS):
+        raise IommuError(errno.EIO, f"vSTE EATS {eats} not allowed")
+    enable_ats = cfg == STRTAB_STE_0_CFG_S1_TRANS and eats == STRTAB_STE_1_EATS_TRANS
+    return (q0, q1), enable_ats
+
+
+def arm_vsmmu_alloc_domain_nested(ops: IommuOps, viommu: IommufdViommu, flags: int,
+                                  user_data: UserData) -> ArmSmmuNestedDomain:
+    vsmmu = vsmmu_of(viommu)
+    # A fault queue on the nested HWPT is iommufd's business (FAULT_ID_VALID).
+    if flags & ~IOMMU_HWPT_FAULT_ID_VALID:
+        raise IommuError(errno.EOPNOTSUPP, f"unsupported nested flags {flags:#x}")
+    arg = user_data.copy_struct(iommu_hwpt_arm_smmuv3, IOMMU_HWPT_DATA_ARM_SMMUV3, "ste")
+    ste, enable_ats = arm_smmu_validate_vste((int(arg.ste[0]), int(arg.ste[1])))
+    return ArmSmmuNestedDomain(ops, vsmmu, ste, enable_ats)
+
+
+def arm_smmu_attach_prepare_vmaster(state: AttachState, domain: IommuDomain) -> VMaster | None:
+    assert isinstance(domain, ArmSmmuNestedDomain)
+    cfg = FIELD_GET(STRTAB_STE_0_CFG, domain.ste[0])
+    vsid = domain.vsmmu.core.get_vdev_id(state.master.dev)
+    if vsid is None:
+        # A translating nested domain needs a vDEVICE (vSID) for invalidations and
+        # events; abort/bypass may attach without one (the GBPA case).
+        if cfg in (STRTAB_STE_0_CFG_ABORT, STRTAB_STE_0_CFG_BYPASS):
+            return None
+        raise IommuError(errno.ENOENT, f"{state.master.dev.name} has no vDEVICE in the vIOMMU")
+    return VMaster(domain.vsmmu, vsid)
+
+
+def arm_smmu_attach_dev_nested(domain: ArmSmmuNestedDomain, dev: Device,
+                               old: IommuDomain | None) -> None:
+    master = master_of(dev)
+    if domain.vsmmu.smmu is not master.smmu:
+        raise IommuError(errno.EINVAL, "the nested domain belongs to another SMMU")
+    if arm_smmu_ssids_in_use(master.cd_table):
+        raise IommuError(errno.EBUSY, f"{dev.name} has PASIDs attached")
+    # The VM controls ATS through the EATS it wrote: if it thinks ATS is off it sends
+    # no ATC invalidations, so ATS must then be off.
+    state = AttachState(master=master, ssid=IOMMU_NO_PASID, old_domain=old,
+                        disable_ats=not domain.enable_ats)
+    arm_smmu_attach_prepare(state, domain)
+    ste = arm_smmu_make_nested_domain_ste(master, domain.ste, domain.vsmmu.s2_parent.s2_cfg(),
+                                          state.ats_enabled)
+    arm_smmu_install_ste_for_dev(master, ste)
+    arm_smmu_attach_commit(state)
+
+
+# ==================================================================================
+# Invalidation through the vIOMMU
+# ==================================================================================
+def arm_vsmmu_convert_user_cmd(vsmmu: ArmVsmmu, cmd: tuple[int, int]) -> tuple[int, int]:
+    q0, q1 = cmd
+    op = q0 & CMDQ_0_OP
+    if op == CMDQ_OP_TLBI_NSNH_ALL:
+        # The guest's "everything" is everything of its VMID.
+        return CMDQ_OP_TLBI_NH_ALL | FIELD_PREP(CMDQ_TLBI_0_VMID, vsmmu.vmid), 0
+    if op in (CMDQ_OP_TLBI_NH_VA, CMDQ_OP_TLBI_NH_VAA, CMDQ_OP_TLBI_NH_ALL,
+              CMDQ_OP_TLBI_NH_ASID):
+        return (q0 & ~CMDQ_TLBI_0_VMID) | FIELD_PREP(CMDQ_TLBI_0_VMID, vsmmu.vmid), q1
+    if op in (CMDQ_OP_ATC_INV, CMDQ_OP_CFGI_CD, CMDQ_OP_CFGI_CD_ALL):
+        sid = arm_vsmmu_vsid_to_sid(vsmmu, FIELD_GET(CMDQ_CFGI_0_SID, q0))
+        return (q0 & ~CMDQ_CFGI_0_SID) | FIELD_PREP(CMDQ_CFGI_0_SID, sid), q1
+    raise IommuError(errno.EIO, f"guest command opcode {op:#x} is not allowed")
+
+
+def arm_vsmmu_cache_invalidate(viommu: IommufdViommu, array: UserDataArray) -> None:
+    vsmmu = vsmmu_of(viommu)
+    smmu = vsmmu.smmu
+    n = array.entry_num
+    try:
+        ucmds = array.copy_full_array(iommu_viommu_arm_smmuv3_invalidate,
+                                      IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3)
+    except IommuError:
+        array.entry_num = 0
+        raise
+    cmds: list[tuple[int, int]] = []
+    last = 0
+    cur = 0
+    try:
+        while cur != n:
+            u = ucmds[cur]
+            cmds.append(arm_vsmmu_convert_user_cmd(vsmmu, (int(u.cmd[0]) & U64,
+                                                           int(u.cmd[1]) & U64)))
+            cur += 1
+            if cur != n and cur - last != CMDQ_BATCH_ENTRIES - 1:
+                continue
+            try:
+                smmu.cmdq.issue_cmdlist(cmds[last:cur], True)
+            except IommuError:
+                cur -= 1
+                raise
+            last = cur
+    finally:
+        array.entry_num = cur
+
+
+# ==================================================================================
+# vEVENTs
+# ==================================================================================
+def arm_vmaster_report_event(vmaster: VMaster, evt: tuple[int, int, int, int]) -> bool:
+    """Forward a stage-1 event with the vSID in the StreamID field; False if the
+    vIOMMU has no vEVENTQ for it."""
+    vevt = ((evt[0] & ~EVTQ_0_SID) | FIELD_PREP(EVTQ_0_SID, vmaster.vsid), *evt[1:])
+    data = b"".join((x & U64).to_bytes(8, "little") for x in vevt)
+    try:
+        vmaster.vsmmu.core.report_event(IOMMU_VEVENTQ_TYPE_ARM_SMMUV3, data)
+    except IommuError:
+        return False
+    return True
+
+
+__all__ = [
+    "ArmSmmuNestedDomain",
+    "ArmVsmmu",
+    "arm_smmu_attach_dev_nested",
+    "arm_smmu_get_viommu_size",
+    "arm_smmu_hw_info",
+    "arm_smmu_validate_vste",
+    "arm_vsmmu_alloc_domain_nested",
+    "arm_vsmmu_cache_invalidate",
+    "arm_vsmmu_init",
+]

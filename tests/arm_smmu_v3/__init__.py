@@ -1,0 +1,1 @@
+"""Tests of the ARM SMMUv3 driver and its hardware model."""
