@@ -41,8 +41,16 @@ U64_MAX = (1 << 64) - 1
 #: (last, paddr, prot, pgsize): plain tuples keep the per-interval footprint small.
 _Entry = tuple[int, int, int, int]
 
-#: Value update of an existing key: plain dict store, no sorted-list work.
+#: Plain dict store/delete on the SortedDict: a value update needs no sorted-list work,
+#: and the positional insert/delete below maintain the key list themselves.
 _dict_set: Callable[[Any, int, _Entry], None] = dict.__setitem__
+_dict_del: Callable[[Any, int], None] = dict.__delitem__
+_RW = IOMMU_READ | IOMMU_WRITE
+
+# The key-list internals used below (sortedcontainers 2.x); fail at import, not later.
+_KEYLIST_ATTRS = ("_maxes", "_lists", "_load", "_index", "_len", "_expand", "_delete")
+if not all(hasattr(SortedDict()._list, a) for a in _KEYLIST_ATTRS):  # type: ignore[attr-defined]
+    raise ImportError("iommu_core.pgtable needs sortedcontainers 2.x (SortedList internals)")
 
 
 @attrs.frozen
@@ -72,6 +80,7 @@ class IntervalMap:
     """
 
     __slots__ = (
+        "_keys",
         "_lists",
         "_map",
         "_maxes",
@@ -89,17 +98,52 @@ class IntervalMap:
         oas: int = 64,
     ) -> None:
         self._map: SortedDict[int, _Entry] = SortedDict()
-        # Floor lookups go through the sorted key list's sublists directly: SortedList's
-        # positional index (what bisect + keys()[i] uses) costs twice as much. Both lists
-        # are created once by SortedList and only ever mutated in place.
-        keys = self._map._list  # type: ignore[attr-defined]
-        self._maxes: list[int] = keys._maxes
-        self._lists: list[list[int]] = keys._lists
+        # The SortedDict's key list, used at the level of its sublists: one bisect per
+        # operation finds the neighbours *and* the slot to insert or delete at, where the
+        # public API would bisect again (and floor lookups by index cost twice as much).
+        # SortedList creates _maxes/_lists once and only mutates them in place.
+        self._keys: Any = self._map._list  # type: ignore[attr-defined]
+        self._maxes: list[int] = self._keys._maxes
+        self._lists: list[list[int]] = self._keys._lists
         self.pgsize_bitmap = pgsize_bitmap
         self.va_ranges = va_ranges
         self._one_range = len(va_ranges) == 1 and va_ranges[0][0] == 0
         self._va_last = va_ranges[0][1]
         self.oa_limit = 1 << oas
+
+    def _insert_at(self, pos: int, j: int, key: int, value: _Entry) -> None:
+        """Insert a new key at sublist ``pos``, index ``j`` (from bisect_right): what
+        SortedList.add does after its own bisect."""
+        maxes, keys = self._maxes, self._keys
+        if not maxes:
+            self._lists.append([key])
+            maxes.append(key)
+        else:
+            if pos == len(maxes):
+                pos -= 1
+                sub = self._lists[pos]
+                sub.append(key)
+                maxes[pos] = key
+            else:
+                sub = self._lists[pos]
+                sub.insert(j, key)
+            if len(sub) > keys._load << 1 or keys._index:
+                keys._expand(pos)  # split the sublist / keep the positional index
+        keys._len += 1
+        _dict_set(self._map, key, value)
+
+    def _delete_at(self, pos: int, idx: int, key: int) -> None:
+        """Delete ``key``, found at sublist ``pos``, index ``idx``: SortedList.remove
+        after its bisect (the short path when no merge or index update is due)."""
+        keys = self._keys
+        sub = self._lists[pos]
+        if len(sub) > (keys._load >> 1) + 1 and not keys._index:
+            del sub[idx]
+            keys._len -= 1
+            self._maxes[pos] = sub[-1]
+        else:
+            keys._delete(pos, idx)
+        _dict_del(self._map, key)
 
     # -- lookups ------------------------------------------------------------------------------
     def _floor(self, x: int) -> int | None:
@@ -169,6 +213,7 @@ class IntervalMap:
 
     @property
     def mapped_bytes(self) -> int:
+        """Bytes mapped (walks every interval: O(intervals))."""
         return sum(e[0] - k + 1 for k, e in self._map.items())
 
     def clear(self) -> None:
@@ -177,7 +222,7 @@ class IntervalMap:
     # -- checks -------------------------------------------------------------------------------
     def check_map(self, iova: int, paddr: int, pgsize: int, pgcount: int, prot: int) -> int:
         """Every map_pages check, nothing changed; returns the byte length."""
-        if not prot & (IOMMU_READ | IOMMU_WRITE):
+        if not prot & _RW:
             raise _err(errno.EINVAL, "mapping needs IOMMU_READ or IOMMU_WRITE")
         if pgsize <= 0 or pgsize & (pgsize - 1) or not pgsize & self.pgsize_bitmap:
             raise _err(errno.EINVAL, f"page size {pgsize:#x} not in {self.pgsize_bitmap:#x}")
@@ -199,12 +244,24 @@ class IntervalMap:
     # -- map / unmap --------------------------------------------------------------------------
     def map_pages(self, iova: int, paddr: int, pgsize: int, pgcount: int, prot: int) -> int:
         """Map ``pgcount`` pages of ``pgsize``; returns the bytes mapped (see module doc)."""
-        size = self.check_map(iova, paddr, pgsize, pgcount, prot)
+        # Fast screen; check_map() names the error (or accepts a second VA range).
+        if (
+            not prot & _RW
+            or pgsize & (pgsize - 1)
+            or not pgsize & self.pgsize_bitmap
+            or (iova | paddr) & (pgsize - 1)
+            or pgcount < 1
+        ):
+            self.check_map(iova, paddr, pgsize, pgcount, prot)
+        size = pgsize * pgcount
         last = iova + size - 1
+        if last > self._va_last or paddr + size > self.oa_limit or not self._one_range:
+            self.check_map(iova, paddr, pgsize, pgcount, prot)
         m = self._map
         # Neighbours: prev = greatest start <= iova, nxt = smallest start > iova.
         maxes = self._maxes
         pos = bisect_right(maxes, iova)
+        j = 0
         prev: int | None
         nxt: int | None
         if pos == len(maxes):
@@ -224,11 +281,13 @@ class IntervalMap:
             raise _err(errno.EADDRINUSE, f"iova {nxt:#x} already mapped")
         # Coalesce with the neighbours this mapping continues (same prot and leaf size,
         # contiguous output): the map stays one interval per run, not per page.
+        joined_next = False
         if nxt is not None and nxt == last + 1:
             ne = m[nxt]
             if ne[3] == pgsize and ne[2] == prot and ne[1] == paddr + size:
                 del m[nxt]
                 last = ne[0]
+                joined_next = True
         if (
             prev is not None
             and pe is not None
@@ -238,8 +297,10 @@ class IntervalMap:
             and pe[1] + (iova - prev) == paddr
         ):
             _dict_set(m, prev, (last, pe[1], prot, pgsize))
+        elif joined_next:
+            m[iova] = (last, paddr, prot, pgsize)  # the deletion moved the slot
         else:
-            m[iova] = (last, paddr, prot, pgsize)
+            self._insert_at(pos, j, iova, (last, paddr, prot, pgsize))
         return size
 
     def unmap_pages(
@@ -251,13 +312,33 @@ class IntervalMap:
         if size <= 0:
             return 0
         m = self._map
-        key = self._floor(iova)
-        if key is None:
-            return 0
+        # Floor search, keeping where the key sits for a positional delete.
+        maxes = self._maxes
+        pos = bisect_right(maxes, iova)
+        if pos == len(maxes):
+            if not maxes:
+                return 0
+            pos -= 1
+            idx = len(self._lists[pos]) - 1
+        else:
+            idx = bisect_right(self._lists[pos], iova) - 1
+            if idx < 0:
+                if not pos:
+                    return 0
+                pos -= 1
+                idx = len(self._lists[pos]) - 1
+        key = self._lists[pos][idx]
         e = m[key]
         if e[0] < iova or (iova - key) & (e[3] - 1):
             return 0  # a hole, or the middle of a leaf
         end = iova + size
+        if key == iova and e[0] - e[3] < end - 1 <= e[0]:
+            # The common case: exactly one whole interval (its last leaf may be cut).
+            self._delete_at(pos, idx, key)
+            done = e[0] + 1 - iova
+            if gather is not None:
+                gather.add_range(iova, done)
+            return done
         cur = iova
         while True:
             last, pa, prot, pg = e
@@ -265,8 +346,11 @@ class IntervalMap:
             cut = min(last + 1, (end + pg - 1) & -pg)
             if key < cur:
                 _dict_set(m, key, (cur - 1, pa, prot, pg))
+            elif pos >= 0:
+                self._delete_at(pos, idx, key)  # (pos, idx) is where the floor search found it
             else:
                 del m[key]
+            pos = -1  # later keys were not located by the search
             if cut <= last:
                 m[cut] = (last, pa + (cut - key), prot, pg)
             cur = cut

@@ -104,7 +104,8 @@ def walk(
     if (set_accessed or set_dirty) and write_u64 is None:
         raise ValueError("accessed/dirty updates need write_u64")
     level = fmt.levels - 1
-    if not fmt.va_ok(iova):
+    lo, hi = fmt.va_ranges[0]
+    if not (lo <= iova <= hi or fmt.va_ok(iova)):
         return WalkFault(
             iova=iova, level=level, reason="translation", desc_addr=None, desc=None, access=access
         )
@@ -116,15 +117,16 @@ def walk(
     not_and = ~fmt.attr_and_mask
     a_table = fmt.accessed_table_bit if set_accessed else 0
     touched: list[tuple[int, int]] = []
+    classify, table_pa = fmt.classify, fmt.table_pa
     table = root
     while True:
         addr = table + (((iova >> shifts[level]) & ((1 << bits[level]) - 1)) << 3)
         if table_xlate is not None:
             addr = table_xlate(addr)
         pte = read_u64(addr)
-        kind = fmt.classify(pte, level)
+        kind = classify(pte, level)
         if kind == TABLE:
-            nxt = fmt.table_pa(pte)
+            nxt = table_pa(pte)
             if nxt >> oa_limit_shift:
                 return WalkFault(
                     iova=iova,

@@ -1,7 +1,7 @@
 """Page-table formats and their registry.
 
-Each factory returns an immutable :class:`PtFormat`; equal parameters give equal (and,
-through the cache, identical) formats::
+Each factory returns an immutable (hashable, cached) :class:`PtFormat`; equal
+parameters give equal formats::
 
     from iommu_core.pgtable import formats
     fmt = formats.arm_lpae_s1(granule=4096, ias=48, oas=48)
