@@ -8,19 +8,36 @@ Run it against every installed driver (entry point group ``iommu_sim.drivers``):
 The plugin is also registered under ``pytest11``; it only adds the suite when asked
 (``-p iommu_core.testing``, ``--iommu-driver`` or ``--iommu-conformance``), so it stays
 out of unrelated test runs. A project can also import the tests from
-:mod:`iommu_core.testing.conformance` into a test module of its own.
+:mod:`iommu_core.testing.conformance` into a test module of its own (and choose the
+drivers with ``pytestmark = pytest.mark.iommu_drivers("a", "b")``).
+
+After the run the kit prints, per driver, the optional features it claims and which
+feature suites ran, failed or were skipped (section "iommu-sim conformance").
+
+Fixtures a project may override: ``iommu_extra_plugins`` (plugins registered beside the
+driver under test: glue answering the kit hooks, or a deliberately broken op).
 """
 
 from __future__ import annotations
 
 import pathlib
+from collections.abc import Generator
 from typing import Any
 
 import pytest
 
 from iommu_core.testing.env import DriverEnv, expect_errno, installed_drivers
+from iommu_core.testing.nesting import GuestRam, NestedSetup, UserInvalidation
+from iommu_core.testing.report import record_report, setup_report, summary_lines
 
-__all__ = ["DriverEnv", "expect_errno", "installed_drivers"]
+__all__ = [
+    "DriverEnv",
+    "GuestRam",
+    "NestedSetup",
+    "UserInvalidation",
+    "expect_errno",
+    "installed_drivers",
+]
 
 _KIT = pathlib.Path(__file__).with_name("conformance.py")
 
@@ -33,6 +50,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="add the conformance suite to this run")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "iommu_feature(name): the conformance suite a test belongs to "
+        "(core, pasid, dirty_tracking, nesting, viommu, pri, identity)")
+    config.addinivalue_line(
+        "markers", "iommu_drivers(*names): run these conformance tests for these drivers "
+        "only (instead of --iommu-driver / every installed driver)")
+    setup_report(config)
+
+
 def _requested(config: pytest.Config) -> bool:
     args = list(config.invocation_params.args)
     explicit = any(a == "iommu_core.testing" or a == "-piommu_core.testing" for a in args)
@@ -42,7 +69,11 @@ def _requested(config: pytest.Config) -> bool:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "iommu_driver" in metafunc.fixturenames:
-        names = metafunc.config.getoption("iommu_driver") or sorted(installed_drivers())
+        marker = metafunc.definition.get_closest_marker("iommu_drivers")
+        if marker is not None:
+            names = [str(a) for a in marker.args]
+        else:
+            names = metafunc.config.getoption("iommu_driver") or sorted(installed_drivers())
         metafunc.parametrize("iommu_driver", names)
 
 
@@ -60,3 +91,21 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     module = pytest.Module.from_parent(session, path=_KIT)
     new: list[Any] = list(session.genitems(module))
     items.extend(new)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                              ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    record_report(item, report)
+    return report
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int,
+                            config: pytest.Config) -> None:
+    lines = summary_lines(config)
+    if not lines:
+        return
+    terminalreporter.section("iommu-sim conformance")
+    for line in lines:
+        terminalreporter.write_line(line)

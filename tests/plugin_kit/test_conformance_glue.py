@@ -1,0 +1,31 @@
+"""The whole conformance kit on the in-tree drivers, with their nesting/vIOMMU test data
+(glue.py): the nesting and vIOMMU suites run here instead of skipping."""
+
+from __future__ import annotations
+
+import pytest
+
+from iommu_core.testing.conformance import (  # noqa: F401 - collected by pytest
+    env,
+    test_blocked_domain_faults,
+    test_dirty_tracking,
+    test_dma_reads_what_user_wrote,
+    test_identity_domain,
+    test_incompatible_flags_rejected,
+    test_map_unmap_iova_to_phys,
+    test_nest_parent_domain,
+    test_nested_stage1_invalidation,
+    test_nested_translation,
+    test_page_request,
+    test_paging_domain_alloc,
+    test_pasid_attach,
+    test_probe_device,
+    test_replace_domain,
+    test_unclaimed_features_refused,
+    test_unmap_then_dma_faults,
+    test_viommu_nested_translation,
+    test_viommu_unknown_type,
+)
+from tests.plugin_kit.glue import GLUE
+
+pytestmark = pytest.mark.iommu_drivers(*sorted(GLUE))
