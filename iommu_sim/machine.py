@@ -13,9 +13,6 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from typing import Any
 
-from iommufd.main import iommufd_init
-from iommufd.vfio_device import vfio_register_device
-
 from iommu_core.errors import IommuError
 from iommu_core.iommu import IommuCore
 from iommu_core.platform.bus import Device, make_pci_device
@@ -27,6 +24,8 @@ from iommu_core.platform.uaccess import UserArg
 from iommu_core.plugin import PluginHost
 from iommu_core.trace import Tracer, hook_tracing_monitor
 from iommu_sim.builtin import builtin_drivers
+from iommufd.main import iommufd_init
+from iommufd.vfio_device import vfio_register_device
 
 __all__ = ["DEFAULT_CONFIG", "DmaFault", "Machine"]
 
@@ -199,7 +198,7 @@ class Machine:
 
     def _ioctl(self, f: Any, request: int, buf: Any) -> int:
         if isinstance(buf, int) and not isinstance(buf, bool):
-            by_value = getattr(f, "by_value_ioctls", frozenset())
+            by_value: frozenset[int] = getattr(f, "by_value_ioctls", frozenset())
             if request in by_value:
                 return int(f.ioctl_by_value(request, buf))
         return int(f.ioctl(request, UserArg.from_object(self.mm, buf)))
