@@ -41,3 +41,11 @@ def mock_domain_dirty_enabled(domain: IommuDomain) -> bool:
 @hookspec(firstresult=True)
 def mock_viommu_hw_queue_check(viommu: IommufdViommu) -> int:
     """Number of HW queues of a mock vIOMMU (diagnostics)."""
+
+
+@hookspec(firstresult=True)
+def mock_dev_trigger_vevent(dev: Device) -> bool:
+    """Report one vEVENT ``{virt_id}`` of type IOMMU_VEVENTQ_TYPE_SELFTEST for ``dev`` to the
+    vIOMMU whose nested domain it is attached to (TRIGGER_VEVENT), through
+    ``viommu.report_event``. Return False when the device is not attached to a nested
+    domain of a vIOMMU with a vDEVICE there."""

@@ -165,3 +165,13 @@ class IommufdHwQueue:
         self.base_addr = base_addr  # nesting-parent IOVA
         self.length = length
         self.priv: Any = None
+
+    # -- implemented by iommufd -------------------------------------------------------
+    def depend(self, depended: IommufdHwQueue) -> None:
+        """``iommufd_hw_queue_depend``: ``depended`` cannot be destroyed before this
+        queue (it gains a user); EINVAL for a self or cross-type dependency."""
+        raise NotImplementedError
+
+    def undepend(self, depended: IommufdHwQueue) -> None:
+        """``iommufd_hw_queue_undepend``: drop a dependency taken with :meth:`depend`."""
+        raise NotImplementedError
