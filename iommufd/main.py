@@ -45,7 +45,11 @@ from iommufd.ioas import (
 from iommufd.option import iommufd_option
 from iommufd.private import IommufdCtx, IommufdSubsys, Ucmd
 from iommufd.selftest import iommufd_test
-from iommufd.vfio_compat import iommufd_vfio_ioas, iommufd_vfio_ioctl
+from iommufd.vfio_compat import (
+    iommufd_vfio_ioas,
+    iommufd_vfio_ioctl,
+    iommufd_vfio_misc_register,
+)
 from iommufd.viommu import (
     iommufd_hw_queue_alloc_ioctl,
     iommufd_vdevice_alloc_ioctl,
@@ -196,8 +200,30 @@ class IommufdFile(File):
         self.ictx.put()
 
 
+def iommufd_register_driver_data_types(core: IommuCore) -> None:
+    """Register the uAPI data types drivers declare (``iommufd_uapi_data_types`` hook).
+
+    The registry is process-wide and several Machines may share a process, so declaring
+    the same type again is fine; another type holding the value is an error.
+    """
+    for ops in core.plugins.drivers.values():
+        for dt in ops.iommufd_uapi_data_types():
+            if not isinstance(dt, uapi.DataType):
+                raise IommuError(errno.EINVAL, f"driver {ops.name} declared {dt!r}, not an "
+                                 "iommufd.uapi.DataType")
+            held = uapi.find_data_type(dt.kind, dt.value)
+            if held is not None and held.name == dt.name and held.struct is dt.struct:
+                continue
+            try:
+                uapi.register_data_type(dt.kind, dt.name, dt.value, dt.struct, dt.min_len)
+            except uapi.DataTypeError as e:
+                raise IommuError(errno.EEXIST, f"driver {ops.name}: {e}") from None
+
+
 def iommufd_init(core: IommuCore, task: Task) -> IommufdSubsys:
-    """Register ``/dev/iommu`` for ``task`` (module init of iommufd)."""
+    """Register ``/dev/iommu`` and ``/dev/vfio/vfio`` for ``task`` (module init of iommufd)."""
+    iommufd_register_driver_data_types(core)
     subsys = IommufdSubsys(core, task)
     task.files.chrdevs[DEV_IOMMU] = lambda t: IommufdFile(subsys, t)
+    iommufd_vfio_misc_register(subsys, task, IommufdFile)  # /dev/vfio/vfio
     return subsys

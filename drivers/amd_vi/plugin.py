@@ -19,7 +19,7 @@ from drivers.amd_vi import nested as amd_nested
 from drivers.amd_vi import ppr as amd_ppr
 from drivers.amd_vi.hw import AmdIommuHw, AmdViFeatures
 from drivers.amd_vi.init import AmdIommu, amd_iommu_probe, amd_iommu_remove
-from drivers.amd_vi.uapi import register_prototype_types
+from drivers.amd_vi.uapi import PROTOTYPE_DATA_TYPES
 from iommu_core.hookspec import hookimpl
 from iommu_core.platform.bus import Device
 
@@ -41,11 +41,6 @@ if TYPE_CHECKING:
 
 DRIVER_NAME = "amd_vi"
 
-# The prototype invalidation type lives in the shared uAPI registry (data only). The
-# lead's uAPI-extension hook is not in the hook specs yet, so register at load time.
-register_prototype_types()
-
-
 class AmdViPlugin:
     """``amd_iommu_ops`` as pluggy hooks."""
 
@@ -64,6 +59,11 @@ class AmdViPlugin:
         return core.plugins.driver(DRIVER_NAME)
 
     # -- platform -------------------------------------------------------------------------
+    @hookimpl
+    def iommufd_uapi_data_types(self) -> list[Any]:
+        """The prototype invalidation type (NOT upstream), registered by iommufd."""
+        return list(PROTOTYPE_DATA_TYPES)
+
     @hookimpl
     def iommu_driver_init(self, ops: IommuOps) -> None:
         drv = amd.AmdIommuDriver(ops)

@@ -5,7 +5,8 @@ AMD vIOMMU with entries that are raw 16-byte AMD command-buffer commands, the wa
 review of the HW-vIOMMU series asked for ("the VMM parses the guest command buffer and
 turns it into invalidation ioctls", like ARM's ``IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3``).
 The value sits in the top half of the number space so it cannot collide with an upstream
-type. Data only: it is registered in the iommufd data-type registry when the plugin loads.
+type. Data only: the AMD plugin declares it through the ``iommufd_uapi_data_types`` hook
+and iommufd registers it when it starts.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import ctypes
 from typing import Final
 
-from iommufd.uapi import DataKind, DataTypeError, UapiStruct, find_data_type, register_data_type
+from iommufd.uapi import DataKind, DataType, UapiStruct
 
 IOMMU_VIOMMU_INVALIDATE_DATA_AMD_PROTOTYPE: Final = 0x8000_0003
 
@@ -30,14 +31,11 @@ class iommu_viommu_amd_invalidate(UapiStruct):
     _fields_ = [("cmd", ctypes.c_uint32 * 4)]
 
 
-def register_prototype_types() -> None:
-    """Register the prototype type (idempotent; the registry is process-wide)."""
-    held = find_data_type(DataKind.VIOMMU_INVALIDATE, IOMMU_VIOMMU_INVALIDATE_DATA_AMD_PROTOTYPE)
-    if held is not None:
-        if held.struct is not iommu_viommu_amd_invalidate:
-            raise DataTypeError(f"{held.name} holds the AMD prototype invalidation value")
-        return
-    # Like SMMUv3, the whole array is copied: short entries are zero-filled (no minimum).
-    register_data_type(DataKind.VIOMMU_INVALIDATE, "IOMMU_VIOMMU_INVALIDATE_DATA_AMD_PROTOTYPE",
-                       IOMMU_VIOMMU_INVALIDATE_DATA_AMD_PROTOTYPE, iommu_viommu_amd_invalidate,
-                       0)
+#: What the plugin's ``iommufd_uapi_data_types`` hook declares. Like SMMUv3's, the whole
+#: array is copied: short entries are zero-filled (no minimum).
+PROTOTYPE_DATA_TYPES: Final = (
+    DataType(kind=DataKind.VIOMMU_INVALIDATE,
+             name="IOMMU_VIOMMU_INVALIDATE_DATA_AMD_PROTOTYPE",
+             value=IOMMU_VIOMMU_INVALIDATE_DATA_AMD_PROTOTYPE,
+             struct=iommu_viommu_amd_invalidate, min_len=0),
+)

@@ -45,9 +45,13 @@ class Vm:
         m.ioctl(self.fd, u.IOMMU_IOAS_ALLOC, ioas)
         self.ioas = ioas.out_ioas_id
         self.ram = m.mmap(NPAGES * PAGE)
-        mp = u.iommu_ioas_map(size=ctypes.sizeof(u.iommu_ioas_map), flags=7,
-                              ioas_id=self.ioas, user_va=self.ram, length=NPAGES * PAGE, iova=0)
-        m.ioctl(self.fd, u.IOMMU_IOAS_MAP, mp)
+        # One area per guest page, so a single page can be unmapped later (iommufd never
+        # splits an area).
+        for i in range(NPAGES):
+            mp = u.iommu_ioas_map(size=ctypes.sizeof(u.iommu_ioas_map), flags=7,
+                                  ioas_id=self.ioas, user_va=self.ram + i * PAGE,
+                                  length=PAGE, iova=i * PAGE)
+            m.ioctl(self.fd, u.IOMMU_IOAS_MAP, mp)
         self.parent = self.hwpt_alloc(self.ioas, u.IOMMU_HWPT_ALLOC_NEST_PARENT)
         va = u.iommu_viommu_alloc(size=ctypes.sizeof(u.iommu_viommu_alloc),
                                   type=u.IOMMU_VIOMMU_TYPE_AMD, dev_id=self.dev_id,

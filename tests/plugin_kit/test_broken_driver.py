@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-
 FORGETFUL_MAP = '''
 import pytest
 from iommu_core.hookspec import hookimpl
