@@ -238,19 +238,18 @@ class IommuOps:
         return f"<IommuOps {self.name}>"
 
 
-class DomainOps:
-    """``struct iommu_domain_ops`` (+ dirty ops) for one kind of domain.
-
-    ``provided`` names the ops this kind of domain has (the non-NULL members of the C
-    struct); calling another fails with EOPNOTSUPP, as a NULL op does in Linux.
-    """
+class _OpsTable:
+    """An ops struct of one driver for one kind of object: ``provided`` names its
+    non-NULL members; calling another fails with EOPNOTSUPP, as a NULL op does."""
 
     __slots__ = ("hook", "iommu_ops", "provided")
+    KNOWN: tuple[str, ...] = ()
+    WHAT = "ops"
 
     def __init__(self, iommu_ops: IommuOps, provided: frozenset[str]) -> None:
-        unknown = provided - set(DOMAIN_OPS) - set(DIRTY_OPS)
+        unknown = provided - set(self.KNOWN)
         if unknown:
-            raise ValueError(f"unknown domain ops {sorted(unknown)}")
+            raise ValueError(f"unknown {self.WHAT} {sorted(unknown)}")
         self.iommu_ops = iommu_ops
         self.hook = iommu_ops.hook
         self.provided = provided
@@ -260,8 +259,16 @@ class DomainOps:
 
     def _call(self, op: str, **kwargs: Any) -> Any:
         if not self.has(op):
-            raise _not_supported(self.iommu_ops.name, f"{op} for this domain")
+            raise _not_supported(self.iommu_ops.name, f"{op} for this {self.WHAT[:-4]}")
         return getattr(self.hook, op)(**kwargs)
+
+
+class DomainOps(_OpsTable):
+    """``struct iommu_domain_ops`` (+ dirty ops) for one kind of domain."""
+
+    __slots__ = ()
+    KNOWN = DOMAIN_OPS + DIRTY_OPS
+    WHAT = "domain ops"
 
     def attach_dev(self, domain: IommuDomain, dev: Device, old: IommuDomain | None) -> None:
         self._call("attach_dev", domain=domain, dev=dev, old=old)
@@ -323,26 +330,12 @@ class DomainOps:
         return f"<DomainOps {self.iommu_ops.name} {sorted(self.provided)}>"
 
 
-class ViommuOps:
+class ViommuOps(_OpsTable):
     """``struct iommufd_viommu_ops`` for one kind of vIOMMU."""
 
-    __slots__ = ("hook", "iommu_ops", "provided")
-
-    def __init__(self, iommu_ops: IommuOps, provided: frozenset[str]) -> None:
-        unknown = provided - set(VIOMMU_OPS)
-        if unknown:
-            raise ValueError(f"unknown viommu ops {sorted(unknown)}")
-        self.iommu_ops = iommu_ops
-        self.hook = iommu_ops.hook
-        self.provided = provided
-
-    def has(self, op: str) -> bool:
-        return op in self.provided and self.iommu_ops.implements(op)
-
-    def _call(self, op: str, **kwargs: Any) -> Any:
-        if not self.has(op):
-            raise _not_supported(self.iommu_ops.name, op)
-        return getattr(self.hook, op)(**kwargs)
+    __slots__ = ()
+    KNOWN = VIOMMU_OPS
+    WHAT = "viommu ops"
 
     def destroy(self, viommu: IommufdViommu) -> None:
         if self.has("viommu_destroy"):

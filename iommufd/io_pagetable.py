@@ -618,6 +618,70 @@ class IoPagetable:
                 return 0
             raise
 
+    # ======================================================================================
+    # VFIO type1 v1 unmap: cutting areas (iopt_area_split / iopt_cut_iova)
+    # ======================================================================================
+    def iopt_area_split(self, area: IoptArea, iova: int) -> tuple[IoptArea, IoptArea] | None:
+        """Split ``area`` so that ``iova`` is the last byte of the left part; both parts
+        keep the same pages (and the same domain mappings). None when ``iova`` is the
+        area's first or last byte (nothing to do, as in the kernel)."""
+        if iova in (area.iova, area.last):
+            return None
+        pages = area.pages
+        if pages is None or area.prevent_access:
+            raise IommuError(errno.EBUSY, f"{area!r} is being mapped or unmapped")
+        new_start = iova + 1
+        mask = self.iova_alignment - 1
+        if new_start & mask or area.start_byte_of(new_start) & mask:
+            raise IommuError(errno.EINVAL, f"cut at {new_start:#x} not aligned to "
+                             f"{self.iova_alignment:#x}")
+        # Access pins are not tracked per area finely enough to be split.
+        if area.num_accesses:
+            raise IommuError(errno.EINVAL, f"{area!r} has access pins")
+        # A domain filled with large pages may hold one IOPTE across the cut.
+        if area.storage and not self.disable_large_pages:
+            raise IommuError(errno.EINVAL, f"{area!r} may be mapped with large pages")
+        lhs = IoptArea(area.iova, iova, pages, area.start_byte, area.iommu_prot)
+        rhs = IoptArea(new_start, area.last, pages, area.start_byte_of(new_start),
+                       area.iommu_prot)
+        for part in (lhs, rhs):
+            part.pages = pages
+            part.storage = area.storage
+        self.areas[lhs.iova] = lhs  # replaces ``area`` (same key)
+        self.areas[rhs.iova] = rhs
+        pages.get()  # rhs's reference; lhs inherits the area's
+        return lhs, rhs
+
+    def iopt_cut_iova(self, iovas: list[int]) -> list[tuple[IoptArea, IoptArea, IoptArea]]:
+        """``iopt_cut_iova``: split the area holding each of ``iovas`` after that byte.
+        Returns (area, lhs, rhs) per split made, for :meth:`iopt_uncut_iova`. A refused
+        cut undoes the earlier ones (the kernel keeps them) so a failure changes nothing."""
+        cuts: list[tuple[IoptArea, IoptArea, IoptArea]] = []
+        try:
+            for iova in iovas:
+                area = self.area_first(iova, iova)
+                if area is None:
+                    continue
+                parts = self.iopt_area_split(area, iova)
+                if parts is not None:
+                    cuts.append((area, *parts))
+        except IommuError:
+            self.iopt_uncut_iova(cuts)
+            raise
+        return cuts
+
+    def iopt_uncut_iova(self, cuts: list[tuple[IoptArea, IoptArea, IoptArea]]) -> None:
+        """Join the splits of :meth:`iopt_cut_iova` again (latest first), for a caller
+        whose next step failed. The parts must still be in the table, unpinned."""
+        for area, lhs, rhs in reversed(cuts):
+            assert self.areas.get(lhs.iova) is lhs and self.areas.get(rhs.iova) is rhs
+            del self.areas[rhs.iova]
+            self.areas[area.iova] = area
+            pages = rhs.pages
+            assert pages is not None
+            lhs.pages = rhs.pages = None
+            pages.put()
+
     def iopt_destroy_table(self, notify: Callable[[int, int], None]) -> None:
         self.iopt_unmap_all(notify)
         self.reserved.clear()

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 import pytest
 
 from iommu_sim import Machine
-from tests.selftest.conftest import skip_without_vfio_compat
 from tests.selftest.utils import (
     MOCK_APERTURE_START,
     PAGE_SIZE,
@@ -126,13 +125,11 @@ class Test_iommufd:
     # -- the VFIO compat tests that run on this fixture -------------------------------------
     def test_simple_ioctls(self, f: IommufdFixture) -> None:
         t = f.t
-        skip_without_vfio_compat(t)
         assert t.m.ioctl(t.fd, vf.VFIO_GET_API_VERSION, 0) == vf.VFIO_API_VERSION
         assert t.m.ioctl(t.fd, vf.VFIO_CHECK_EXTENSION, vf.VFIO_TYPE1v2_IOMMU) == 1
 
     def test_unmap_cmd(self, f: IommufdFixture) -> None:
         t = f.t
-        skip_without_vfio_compat(t)
         cmd = vf.vfio_iommu_type1_dma_unmap(argsz=1, iova=MOCK_APERTURE_START,
                                             size=PAGE_SIZE)
         with expect_errno(errno.EINVAL):
@@ -147,7 +144,6 @@ class Test_iommufd:
 
     def test_map_cmd(self, f: IommufdFixture) -> None:
         t = f.t
-        skip_without_vfio_compat(t)
         cmd = vf.vfio_iommu_type1_dma_map(argsz=1, iova=MOCK_APERTURE_START, size=PAGE_SIZE,
                                           vaddr=f.buffer)
         with expect_errno(errno.EINVAL):
@@ -162,7 +158,6 @@ class Test_iommufd:
 
     def test_info_cmd(self, f: IommufdFixture) -> None:
         t = f.t
-        skip_without_vfio_compat(t)
         cmd = vf.vfio_iommu_type1_info(argsz=1)
         with expect_errno(errno.EINVAL):
             t.ioctl(vf.VFIO_IOMMU_GET_INFO, cmd)
@@ -172,7 +167,6 @@ class Test_iommufd:
 
     def test_set_iommu_cmd(self, f: IommufdFixture) -> None:
         t = f.t
-        skip_without_vfio_compat(t)
         with expect_errno(errno.ENODEV):
             t.m.ioctl(t.fd, vf.VFIO_SET_IOMMU, vf.VFIO_TYPE1v2_IOMMU)
         with expect_errno(errno.ENODEV):
