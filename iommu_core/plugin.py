@@ -426,6 +426,26 @@ class PluginHost:
             loaded.append(ep.name)
         return loaded
 
+    def load_driver(self, name: str, group: str = ENTRY_POINT_GROUP) -> IommuOps:
+        """The driver ``name``: already registered, or loaded from its entry point.
+
+        Only the drivers a machine uses are imported, so a broken or half-installed
+        third-party package cannot take down machines that do not use it.
+        """
+        ops = self.drivers.get(name)
+        if ops is not None:
+            return ops
+        for ep in entry_points(group=group, name=name):
+            try:
+                plugin = ep.load()
+            except ImportError as e:
+                raise IommuError(errno.ENODEV, f"IOMMU driver {name!r} (entry point "
+                                 f"{ep.value}) failed to import: {e}") from None
+            return self.register_driver(name, plugin)
+        raise IommuError(errno.ENODEV, f"no IOMMU driver named {name!r} (have: "
+                         f"{', '.join(sorted(self.drivers)) or 'none'}; installed: "
+                         f"{', '.join(sorted(ep.name for ep in entry_points(group=group)))})")
+
     def register(self, plugin: object, driver: str | None = None, name: str | None = None
                  ) -> None:
         if driver is not None:

@@ -83,8 +83,6 @@ class Machine:
         for name, plugin in builtin_drivers().items():
             if name not in self.plugins.drivers:
                 self.plugins.register_driver(name, plugin)
-        self.plugins.load_entry_points()
-        self.plugins.check_pending()
         self.core = IommuCore(self.platform, self.plugins)
         self.core.default_passthrough = bool(config.get("passthrough", False))
         self.mm = MmStruct(self.platform.mem, self.platform.alloc)
@@ -99,10 +97,11 @@ class Machine:
             name, driver = spec.pop("name", None), spec.pop("driver", None)
             if not isinstance(name, str) or not isinstance(driver, str):
                 raise IommuError(errno.EINVAL, f"iommu entry needs 'name' and 'driver': {spec}")
-            ops = self.plugins.driver(driver)
+            ops = self.plugins.load_driver(driver)  # third-party: by entry point
             hw = ops.iommu_hw_create(name, spec, self.platform)
             res = self.platform.add_iommu(hw)
             ops.iommu_driver_probe(self.core, res)
+        self.plugins.check_pending()
         iommufd_init(self.core, self.task)
         for dspec in config.get("devices", []):
             d = dict(dspec)
