@@ -15,5 +15,5 @@ autodoc_default_options = {"members": True, "undoc-members": False}
 nitpicky = False
 suppress_warnings = ["autodoc.import_object"]
 html_theme = "alabaster"
-html_static_path = ["_static"]
+
 exclude_patterns = ["_build"]
