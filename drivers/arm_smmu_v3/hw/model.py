@@ -338,10 +338,11 @@ class SmmuV3Hardware(IommuHardware):
                 grpid = self.page_request(sid, ssid, iova, access)
                 raise DmaFault(dev.name, iova, ssid, access, ev.name,
                                {"smmu": self.name, "ats": True, "pri": True, "grpid": grpid,
-                                "sid": sid, "why": ev.detail}, page_request=True) from None
+                                "event_id": ev.evt_id, "sid": sid, "why": ev.detail},
+                               page_request=True) from None
             raise DmaFault(dev.name, iova, ssid, access, ev.name,
-                           {"smmu": self.name, "ats": True, "sid": sid, "why": ev.detail}
-                           ) from None
+                           {"smmu": self.name, "ats": True, "event_id": ev.evt_id, "sid": sid,
+                            "why": ev.detail}) from None
         # Only what the request asked for is granted (no write for a read-only request).
         perms = e.perms if access & ACCESS_WRITE else e.perms & ~PERM_W
         pa_page = (e.pa + (iova - e.va)) & ~_PAGE_MASK
