@@ -22,14 +22,25 @@ from drivers.arm_smmu_v3.master import (
 )
 from drivers.arm_smmu_v3.regs import (
     ARM_SMMU_AIDR,
+    ARM_SMMU_FEAT_ATS,
     ARM_SMMU_FEAT_NESTING,
+    ARM_SMMU_FEAT_RANGE_INV,
     ARM_SMMU_FEAT_S2FWB,
     ARM_SMMU_IDR0,
     ARM_SMMU_IIDR,
     ARM_SMMU_OPT_CMDQ_FORCE_SYNC,
+    ATC_INV_SIZE_ALL,
     CMDQ_0_OP,
+    CMDQ_0_SSV,
+    CMDQ_ATC_0_GLOBAL,
+    CMDQ_ATC_0_SID,
+    CMDQ_ATC_0_SSID,
+    CMDQ_ATC_1_ADDR_MASK,
+    CMDQ_ATC_1_SIZE,
     CMDQ_BATCH_ENTRIES,
     CMDQ_CFGI_0_SID,
+    CMDQ_CFGI_0_SSID,
+    CMDQ_CFGI_1_LEAF,
     CMDQ_OP_ATC_INV,
     CMDQ_OP_CFGI_CD,
     CMDQ_OP_CFGI_CD_ALL,
@@ -38,7 +49,14 @@ from drivers.arm_smmu_v3.regs import (
     CMDQ_OP_TLBI_NH_VA,
     CMDQ_OP_TLBI_NH_VAA,
     CMDQ_OP_TLBI_NSNH_ALL,
+    CMDQ_TLBI_0_ASID,
+    CMDQ_TLBI_0_NUM,
+    CMDQ_TLBI_0_SCALE,
     CMDQ_TLBI_0_VMID,
+    CMDQ_TLBI_1_LEAF,
+    CMDQ_TLBI_1_TG,
+    CMDQ_TLBI_1_TTL,
+    CMDQ_TLBI_1_VA_MASK,
     EVTQ_0_SID,
     FIELD_GET,
     FIELD_PREP,
@@ -57,6 +75,7 @@ from drivers.arm_smmu_v3.ste import arm_smmu_make_nested_domain_ste
 from iommu_core.domain import IOMMU_DOMAIN_NESTED, IOMMU_HWPT_FAULT_ID_VALID, IommuDomain
 from iommu_core.errors import IommuError
 from iommu_core.group import IOMMU_NO_PASID
+from iommu_core.iommufd_driver import UserDataArray
 from iommu_core.platform.bus import Device
 from iommufd.uapi import (
     IOMMU_HW_INFO_TYPE_ARM_SMMUV3,
@@ -72,7 +91,7 @@ from iommufd.uapi import (
 
 if TYPE_CHECKING:
     from drivers.arm_smmu_v3.device import ArmSmmuDevice
-    from iommu_core.iommufd_driver import IommufdVdevice, IommufdViommu, UserData, UserDataArray
+    from iommu_core.iommufd_driver import IommufdVdevice, IommufdViommu, UserData
     from iommu_core.plugin import IommuOps
 
 NESTED_OPS = ("attach_dev", "free")
@@ -247,8 +266,73 @@ def arm_smmu_attach_dev_nested(domain: ArmSmmuNestedDomain, dev: Device,
 # ==================================================================================
 # Invalidation through the vIOMMU
 # ==================================================================================
+def arm_vsmmu_validate_range(smmu: ArmSmmuDevice, q0: int, q1: int) -> None:
+    """``arm_vsmmu_validate_range``: range TLBI field values the spec defines as Reserved
+    are refused (uapi.md §10). The simulated SMMU has no IDR5.DS (FEAT_LPA2)."""
+    rng = bool(q0 & (CMDQ_TLBI_0_NUM | CMDQ_TLBI_0_SCALE))
+    ttl = FIELD_GET(CMDQ_TLBI_1_TTL, q1)
+    tg = FIELD_GET(CMDQ_TLBI_1_TG, q1)
+    if not tg:
+        if rng or ttl:
+            raise IommuError(errno.EIO, "NUM/SCALE/TTL are RES0 with TG == 0")
+        return
+    if tg == 2 and ttl == 1:
+        raise IommuError(errno.EIO, "TTL 0b01 with a 16K TG needs IDR5.DS")
+    if not rng and not ttl:
+        raise IommuError(errno.EIO, "NUM == SCALE == TTL == 0 is reserved with TG != 0")
+
+
+def arm_vsmmu_validate_user_cmd(vsmmu: ArmVsmmu, q0: int, q1: int) -> None:
+    """``arm_vsmmu_validate_user_cmd``: only the fields of an accepted opcode may be set;
+    any other bit (RES0, Secure, a feature the SMMU lacks) is EIO before the command can
+    reach the shared queue and raise CERROR_ILL (uapi.md §10)."""
+    smmu = vsmmu.smmu
+    op = q0 & CMDQ_0_OP
+    allowed0, allowed1 = CMDQ_0_OP, 0
+    asid_mask = FIELD_PREP(CMDQ_TLBI_0_ASID, (1 << smmu.asid_bits) - 1)
+    if op == CMDQ_OP_TLBI_NSNH_ALL:
+        pass
+    elif op in (CMDQ_OP_TLBI_NH_VA, CMDQ_OP_TLBI_NH_VAA):
+        if op == CMDQ_OP_TLBI_NH_VA:
+            allowed0 |= asid_mask  # 8-bit ASIDs: the upper 8 bits are RES0
+        if smmu.features & ARM_SMMU_FEAT_RANGE_INV:
+            arm_vsmmu_validate_range(smmu, q0, q1)
+            # SCALE values above 31 (bit 25) are RES0 without DS: outside the mask.
+            allowed0 |= CMDQ_TLBI_0_NUM | CMDQ_TLBI_0_SCALE
+            allowed1 |= CMDQ_TLBI_1_TG | CMDQ_TLBI_1_TTL
+        allowed0 |= CMDQ_TLBI_0_VMID
+        allowed1 |= CMDQ_TLBI_1_LEAF | CMDQ_TLBI_1_VA_MASK
+    elif op in (CMDQ_OP_TLBI_NH_ASID, CMDQ_OP_TLBI_NH_ALL):
+        if op == CMDQ_OP_TLBI_NH_ASID:
+            allowed0 |= asid_mask
+        allowed0 |= CMDQ_TLBI_0_VMID
+    elif op == CMDQ_OP_ATC_INV:
+        if not smmu.features & ARM_SMMU_FEAT_ATS:
+            raise IommuError(errno.EIO, "ATC_INV is illegal on an SMMU without ATS")
+        if FIELD_GET(CMDQ_ATC_1_SIZE, q1) > ATC_INV_SIZE_ALL:
+            raise IommuError(errno.EIO, "ATC_INV Size above 52")
+        # SSID and Global are IGNORED when SSV == 0: no SSV check needed.
+        if smmu.ssid_bits:
+            allowed0 |= CMDQ_0_SSV | CMDQ_ATC_0_SSID | CMDQ_ATC_0_GLOBAL
+        allowed0 |= CMDQ_ATC_0_SID
+        allowed1 |= CMDQ_ATC_1_SIZE | CMDQ_ATC_1_ADDR_MASK
+    elif op in (CMDQ_OP_CFGI_CD, CMDQ_OP_CFGI_CD_ALL):
+        if op == CMDQ_OP_CFGI_CD:
+            # No SSV for CFGI_CD; an SSID needs substream support.
+            if smmu.ssid_bits:
+                allowed0 |= CMDQ_CFGI_0_SSID
+            allowed1 |= CMDQ_CFGI_1_LEAF
+        allowed0 |= CMDQ_CFGI_0_SID
+    else:
+        raise IommuError(errno.EIO, f"guest command opcode {op:#x} is not allowed")
+    if q0 & ~allowed0 or q1 & ~allowed1:
+        raise IommuError(errno.EIO, f"guest command {q0:#x} {q1:#x} sets reserved or "
+                         f"unsupported bits {q0 & ~allowed0:#x} {q1 & ~allowed1:#x}")
+
+
 def arm_vsmmu_convert_user_cmd(vsmmu: ArmVsmmu, cmd: tuple[int, int]) -> tuple[int, int]:
     q0, q1 = cmd
+    arm_vsmmu_validate_user_cmd(vsmmu, q0, q1)
     op = q0 & CMDQ_0_OP
     if op == CMDQ_OP_TLBI_NSNH_ALL:
         # The guest's "everything" is everything of its VMID.
@@ -263,34 +347,33 @@ def arm_vsmmu_convert_user_cmd(vsmmu: ArmVsmmu, cmd: tuple[int, int]) -> tuple[i
 
 
 def arm_vsmmu_cache_invalidate(viommu: IommufdViommu, array: UserDataArray) -> None:
+    """Newest form (uapi.md §10, §11): the array is handled in batches of
+    CMDQ_BATCH_ENTRIES - 1; a batch is copied and converted whole before anything of it
+    is issued (with one CMD_SYNC), so a bad entry fails its batch and ``entry_num`` is
+    the number of entries issued by the earlier batches."""
     vsmmu = vsmmu_of(viommu)
     smmu = vsmmu.smmu
-    n = array.entry_num
-    try:
-        ucmds = array.copy_full_array(iommu_viommu_arm_smmuv3_invalidate,
-                                      IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3)
-    except IommuError:
+    total = array.entry_num
+    processed = 0
+    if array.type != IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3:
         array.entry_num = 0
-        raise
-    cmds: list[tuple[int, int]] = []
-    last = 0
-    cur = 0
+        raise IommuError(errno.EINVAL, f"invalidation data type {array.type:#x} is not "
+                         f"{IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3:#x}")
     try:
-        while cur != n:
-            u = ucmds[cur]
-            cmds.append(arm_vsmmu_convert_user_cmd(vsmmu, (int(u.cmd[0]) & U64,
-                                                           int(u.cmd[1]) & U64)))
-            cur += 1
-            if cur != n and cur - last != CMDQ_BATCH_ENTRIES - 1:
-                continue
-            try:
-                smmu.cmdq.issue_cmdlist(cmds[last:cur], True)
-            except IommuError:
-                cur -= 1
-                raise
-            last = cur
+        while processed < total:
+            n = min(total - processed, CMDQ_BATCH_ENTRIES - 1)
+            batch = UserDataArray(array.uaccess, array.type,
+                                  array.uptr + processed * array.entry_len,
+                                  array.entry_len, n)
+            ucmds = batch.copy_full_array(iommu_viommu_arm_smmuv3_invalidate,
+                                          IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3)
+            cmds = [arm_vsmmu_convert_user_cmd(vsmmu, (int(u.cmd[0]) & U64,
+                                                       int(u.cmd[1]) & U64))
+                    for u in ucmds]
+            smmu.cmdq.issue_cmdlist(cmds, True)
+            processed += n
     finally:
-        array.entry_num = cur
+        array.entry_num = processed
 
 
 # ==================================================================================

@@ -214,8 +214,9 @@ def test_s1dss_and_substreams() -> None:
             assert b.read(dev, pa, 1) == b"\x11"  # stage 1 bypassed: IOVA = PA
         elif rid_result == "translate":
             assert b.read(dev, 0x1000, 1) == b"\x11"
-            # With S1DSS=SSID0, SSID 0 itself is reserved for substream-less traffic.
-            assert fault(b.read, dev, 0x1000, 1, 0).reason == "C_BAD_SUBSTREAMID"
+            # With S1DSS=SSID0, SSID 0 itself is reserved for substream-less traffic:
+            # F_STREAM_DISABLED (SMMUv3 spec 7.3.7).
+            assert fault(b.read, dev, 0x1000, 1, 0).reason == "F_STREAM_DISABLED"
         else:
             assert fault(b.read, dev, 0x1000, 1).reason == rid_result
         assert b.read(dev, 0x1000, 1, 3) == b"\x11"  # SSID 3 uses CD 3

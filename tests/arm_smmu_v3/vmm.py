@@ -55,10 +55,18 @@ class GuestRam:
 
 
 class Vmm:
-    def __init__(self, devices: tuple[str, ...] = (DEV,), **options: Any) -> None:
+    def __init__(self, devices: tuple[str, ...] = (DEV,), *,
+                 placement: dict[str, str] | None = None,
+                 dev_opts: dict[str, dict[str, Any]] | None = None, **options: Any) -> None:
+        """``placement`` puts devices behind other SMMUs (default smmu0, all with
+        ``options``); ``dev_opts`` are per-device Machine options."""
+        placement = placement or {}
+        dev_opts = dev_opts or {}
+        smmus = sorted({"smmu0", *placement.values()})
         self.m = Machine.from_config({
-            "iommus": [{"name": "smmu0", "driver": "arm_smmu_v3", **options}],
-            "devices": [{"name": d, "iommu": "smmu0"} for d in devices]})
+            "iommus": [{"name": n, "driver": "arm_smmu_v3", **options} for n in smmus],
+            "devices": [{"name": d, "iommu": placement.get(d, "smmu0"), **dev_opts.get(d, {})}
+                        for d in devices]})
         m = self.m
         self.fd = m.open("/dev/iommu")
         self.vfds: dict[str, int] = {}
@@ -88,10 +96,14 @@ class Vmm:
                               flags=u.IOMMU_IOAS_MAP_FIXED_IOVA | flags)
         self.m.ioctl(self.fd, u.IOMMU_IOAS_MAP, mp)
 
-    def hw_info(self) -> tuple[u.iommu_hw_info, u.iommu_hw_info_arm_smmuv3]:
+    def hw_info(self, in_type: int | None = None
+                ) -> tuple[u.iommu_hw_info, u.iommu_hw_info_arm_smmuv3]:
         info = u.iommu_hw_info_arm_smmuv3()
         hi = u.iommu_hw_info(size=sz(u.iommu_hw_info), dev_id=self.dev_id, data_len=sz(info),
                              data_uptr=self.scratch)
+        if in_type is not None:
+            hi.flags = u.IOMMU_HW_INFO_FLAG_INPUT_TYPE
+            hi.in_data_type = in_type
         self.m.ioctl(self.fd, u.IOMMU_GET_HW_INFO, hi)
         raw = self.m.mem_read(self.scratch, sz(info))
         return hi, u.iommu_hw_info_arm_smmuv3.from_buffer_copy(raw)
@@ -108,9 +120,10 @@ class Vmm:
         self.m.ioctl(self.fd, u.IOMMU_HWPT_ALLOC, a)
         return int(a.out_hwpt_id)
 
-    def viommu_alloc(self, parent: int) -> int:
-        a = u.iommu_viommu_alloc(size=sz(u.iommu_viommu_alloc),
-                                 type=u.IOMMU_VIOMMU_TYPE_ARM_SMMUV3, dev_id=self.dev_id,
+    def viommu_alloc(self, parent: int, dev_id: int | None = None,
+                     type: int = u.IOMMU_VIOMMU_TYPE_ARM_SMMUV3) -> int:
+        a = u.iommu_viommu_alloc(size=sz(u.iommu_viommu_alloc), type=type,
+                                 dev_id=self.dev_id if dev_id is None else dev_id,
                                  hwpt_id=parent)
         self.m.ioctl(self.fd, u.IOMMU_VIOMMU_ALLOC, a)
         return int(a.out_viommu_id)
@@ -128,10 +141,15 @@ class Vmm:
         return self.hwpt_alloc(viommu, flags, data, u.IOMMU_HWPT_DATA_ARM_SMMUV3, fault_id,
                                dev_id)
 
-    def attach(self, pt_id: int, dev: str = DEV) -> None:
-        at = v.vfio_device_attach_iommufd_pt(argsz=sz(v.vfio_device_attach_iommufd_pt),
-                                             pt_id=pt_id)
+    def attach(self, pt_id: int, dev: str = DEV, pasid: int | None = None) -> None:
+        at = v.vfio_device_attach_iommufd_pt(
+            argsz=sz(v.vfio_device_attach_iommufd_pt), pt_id=pt_id,
+            flags=0 if pasid is None else v.VFIO_DEVICE_ATTACH_PASID, pasid=pasid or 0)
         self.m.ioctl(self.vfds[dev], v.VFIO_DEVICE_ATTACH_IOMMUFD_PT, at)
+
+    def detach(self, dev: str = DEV) -> None:
+        dt = v.vfio_device_detach_iommufd_pt(argsz=sz(v.vfio_device_detach_iommufd_pt))
+        self.m.ioctl(self.vfds[dev], v.VFIO_DEVICE_DETACH_IOMMUFD_PT, dt)
 
     def invalidate(self, viommu: int, cmds: list[tuple[int, int]]) -> u.iommu_hwpt_invalidate:
         raw = b"".join(q0.to_bytes(8, "little") + q1.to_bytes(8, "little") for q0, q1 in cmds)

@@ -103,6 +103,16 @@ def event_record(evt_id: int, sid: int, ssid: int | None, *, addr: int = 0, ipa:
           | (EVTQ_1_RnW if rnw else 0) | (EVTQ_1_S2 if s2 else 0)
           | FIELD_PREP(EVTQ_1_CLASS, cls) | (EVTQ_1_TT_READ if tt_read else 0))
     q3 = (fetch_addr & EVTQ_3_FETCH_ADDR) if fetch_addr is not None else (ipa & EVTQ_3_IPA)
+    if evt_id in (0x02, 0x04, 0x0A):
+        # C_BAD_STREAMID / C_BAD_STE / C_BAD_CD: StreamID, SSV, SubstreamID; the rest
+        # is RES0 (SMMUv3 spec 7.3.3, 7.3.5, 7.3.11).
+        return q0, 0, 0, 0
+    if evt_id == 0x06:
+        # F_STREAM_DISABLED records the StreamID only (7.3.7).
+        return q0 & (EVTQ_0_ID | EVTQ_0_SID), 0, 0, 0
+    if evt_id == 0x08:
+        # C_BAD_SUBSTREAMID: the SubstreamID is always valid, bit 11 is RES0 (7.3.9).
+        return q0 & ~EVTQ_0_SSV, 0, 0, 0
     return q0, q1, addr & U64, q3
 
 

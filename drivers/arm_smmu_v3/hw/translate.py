@@ -241,10 +241,13 @@ class Translator:
         cd: DecodedCd | None = None
         if ste.s1:
             if ssid is not None:
-                if (not ste.s1cdmax or ssid >> ste.s1cdmax
-                        or (ssid == 0 and ste.s1dss == STRTAB_STE_1_S1DSS_SSID0)):
+                if not ste.s1cdmax or ssid >> ste.s1cdmax:
                     raise SmmuEvent(EVT_ID_BAD_SUBSTREAMID_CONFIG, f"SSID {ssid} out of range",
                                     addr=iova)
+                if ssid == 0 and ste.s1dss == STRTAB_STE_1_S1DSS_SSID0:
+                    # CD 0 is reserved for substream-less traffic (spec 7.3.7).
+                    raise SmmuEvent(EVT_ID_STREAM_DISABLED_FAULT,
+                                    "SSID 0 with S1DSS=SSID0", addr=iova)
                 cd = self.get_cd(ste, ssid, iova)
             elif ste.s1cdmax == 0 or ste.s1dss == STRTAB_STE_1_S1DSS_SSID0:
                 cd = self.get_cd(ste, 0, iova)
