@@ -23,6 +23,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from iommu_core.device import IommuDevice, ResvRegion
+    from iommu_core.dirty import IommuDirtyBitmap
     from iommu_core.domain import IommuDomain
     from iommu_core.gather import IotlbGather
     from iommu_core.group import IommuGroup
@@ -276,9 +277,10 @@ def set_dirty_tracking(domain: IommuDomain, enabled: bool) -> bool:
 
 @hookspec(firstresult=True)
 def read_and_clear_dirty(domain: IommuDomain, iova: int, size: int, flags: int,
-                         dirty: Any) -> bool:
+                         dirty: IommuDirtyBitmap) -> bool:
     """``iommu_dirty_ops.read_and_clear_dirty``: for each dirty leaf in the range call
-    ``dirty.record(iova, length)``; clear the dirty state unless IOMMU_DIRTY_NO_CLEAR."""
+    ``dirty.record(iova, length)``; clear the dirty state unless IOMMU_DIRTY_NO_CLEAR.
+    ``dirty.has_bitmap`` is False for iommufd's clear-before-enable pass."""
 
 
 # ---------------------------------------------------------------------------------------

@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any
 from sortedcontainers import SortedDict
 
 from iommu_core.device import ResvType
+from iommu_core.dirty import IommuDirtyBitmap
 from iommu_core.domain import IommuDomain
 from iommu_core.errors import IommuError
-from iommu_core.gather import IotlbGather
 from iommu_core.platform.memory import PAGE_SHIFT, PAGE_SIZE
 from iommu_core.platform.mm import HPAGE_SIZE
 from iommu_core.prot import IOMMU_DIRTY_NO_CLEAR, IOMMU_WRITE
@@ -85,42 +85,6 @@ class IoptArea:
 
     def __repr__(self) -> str:
         return f"<IoptArea {self.iova:#x}-{self.last:#x}>"
-
-
-class IommuDirtyBitmap:
-    """``struct iommu_dirty_bitmap``: what a driver's ``read_and_clear_dirty`` records
-    into (``dirty.record(iova, length)``), plus the IOTLB gather to flush afterwards.
-    Dirty bits are kept as bit ranges (a user bitmap can describe terabytes)."""
-
-    __slots__ = ("base", "gather", "nbits", "page_shift", "ranges")
-
-    def __init__(self, base: int = 0, length: int = 0, page_size: int = 0) -> None:
-        self.base = base
-        # iova_bitmap uses __ffs(page_size) as the shift.
-        self.page_shift = (page_size & -page_size).bit_length() - 1 if page_size else 0
-        self.nbits = (length >> self.page_shift) if page_size else 0
-        #: Inclusive (first bit, last bit) ranges.
-        self.ranges: list[tuple[int, int]] = []
-        self.gather = IotlbGather()
-
-    def record(self, iova: int, length: int) -> None:
-        """``iommu_dirty_bitmap_record``: mark [iova, iova+length) dirty."""
-        if self.nbits:
-            first = max(iova, self.base)
-            last = min(iova + length - 1, self.base + (self.nbits << self.page_shift) - 1)
-            if first <= last:
-                self.ranges.append(((first - self.base) >> self.page_shift,
-                                    (last - self.base) >> self.page_shift))
-        self.gather.add_range(iova, length)
-
-    def write_back(self, uaccess: Any, uptr: int) -> None:
-        """Set the recorded bits in the user bitmap (bits already set stay set)."""
-        for lo, hi in self.ranges:
-            b0, b1 = lo >> 3, hi >> 3
-            cur = bytearray(uaccess.copy_from_user(uptr + b0, b1 - b0 + 1))
-            val = int.from_bytes(cur, "little")
-            val |= ((1 << (hi - lo + 1)) - 1) << (lo - (b0 << 3))
-            uaccess.copy_to_user(uptr + b0, val.to_bytes(len(cur), "little"))
 
 
 class IoPagetable:
@@ -267,7 +231,7 @@ class IoPagetable:
                              f"{self.iova_alignment:#x}")
         if self.allowed:
             windows = [(max(s, _ALLOC_FIRST), min(e, _ALLOC_LAST))
-                       for s, e in self.allowed.items() if e >= _ALLOC_FIRST
+                       for s, e in self._allowed_spans() if e >= _ALLOC_FIRST
                        and s <= _ALLOC_LAST]
         else:
             windows = [(_ALLOC_FIRST, _ALLOC_LAST)]
@@ -284,6 +248,17 @@ class IoPagetable:
                 if got is not None:
                     return got
         raise IommuError(errno.ENOSPC, f"no free IOVA range of {length:#x} bytes")
+
+    def _allowed_spans(self) -> list[tuple[int, int]]:
+        """The allowed ranges as ``interval_tree_for_each_span`` sees them: touching
+        ranges merge into one span (the list never overlaps)."""
+        spans: list[tuple[int, int]] = []
+        for start, last in self.allowed.items():
+            if spans and spans[-1][1] + 1 == start:
+                spans[-1] = (spans[-1][0], last)
+            else:
+                spans.append((start, last))
+        return spans
 
     def iopt_check_iova(self, iova: int, length: int) -> None:
         if iova & (self.iova_alignment - 1):

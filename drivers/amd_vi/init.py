@@ -117,6 +117,12 @@ class AmdIommu:
         self.mmio.write64(MMIO_CONTROL_OFFSET, self.control)
 
     @property
+    def max_pasids(self) -> int:
+        """``iommu->iommu.max_pasids`` = 2^(PASMAX + 1) - 1 (0 without PASID support)."""
+        bits = self.max_pasid_bits
+        return (1 << bits) - 1 if bits else 0
+
+    @property
     def max_pasid_bits(self) -> int:
         """PASID width the unit supports for devices (0 when PASID is not supported)."""
         if not self.drv.pasid_supported():

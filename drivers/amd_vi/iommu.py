@@ -1029,7 +1029,9 @@ def amd_iommu_read_and_clear_dirty(dom: ProtectionDomain, iova: int, size: int, 
                                    dirty: Any) -> None:
     if dom.iop is None:
         raise IommuError(errno.EOPNOTSUPP, "no page table")
-    if not dom.dirty_tracking and getattr(dirty, "bitmap", True) is not None:
+    # EINVAL only when tracking is off and a bitmap was passed (``dirty->bitmap``):
+    # iommufd's clear-before-enable pass has none and must succeed.
+    if not dom.dirty_tracking and dirty.has_bitmap:
         raise IommuError(errno.EINVAL, "dirty tracking is off")
     record: Callable[[int, int], None] = dirty.record
     dom.iop.read_and_clear_dirty(iova, size, flags, record)

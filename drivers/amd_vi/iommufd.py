@@ -72,10 +72,11 @@ def amd_iommufd_hw_info(dev: Device, data_type: int) -> tuple[bytes, int]:
 
 
 def amd_iommufd_get_viommu_size(dev: Device, viommu_type: int) -> int:
-    """AMD-tree behaviour: only IOMMU_VIOMMU_TYPE_AMD, and only with nesting support."""
+    """AMD-tree behaviour: only IOMMU_VIOMMU_TYPE_AMD (vtd_amd.md B9.4). No feature check
+    (unlike SMMUv3): without GT/GIOSUP/GCR3TRPMODE no nest parent exists, so the core
+    fails on the HWPT (EINVAL), as Linux does."""
+    dev_iommu_priv_get(dev)
     if viommu_type != IOMMU_VIOMMU_TYPE_AMD:
-        return 0
-    if not dev_iommu_priv_get(dev).iommu.drv.nesting_supported():
         return 0
     return 64  # sizeof(struct amd_iommu_viommu), any non-zero value
 

@@ -114,6 +114,10 @@ class AmdViPlugin:
         devid = dev.rid
         dev_data = amd.IommuDevData(dev=dev, devid=devid, iommu=iommu)
         if iommu.drv.pasid_supported() and dev.pasid_bits:
+            # iommu->iommu.max_pasids = 2^(PASMAX + 1) - 1 (init.c, vtd_amd.md B2), not a
+            # power of two: dev->iommu->max_pasids = min(PCI max PASIDs, that), so
+            # hw_info reports ilog2() = PASMAX for a 20-bit device.
+            di.max_pasids = min(di.max_pasids, iommu.max_pasids)
             dev_data.max_pasids = di.max_pasids
         iommu.dev_data[devid] = dev_data
         di.priv = dev_data

@@ -915,7 +915,9 @@ def intel_iommu_set_dirty_tracking(domain: DmarDomain, enable: bool) -> None:
 
 def intel_iommu_read_and_clear_dirty(domain: DmarDomain, iova: int, size: int, flags: int,
                                      dirty: Any) -> None:
-    if not domain.dirty_tracking and getattr(dirty, "bitmap", None) is not None:
+    # A12: EINVAL when tracking is off and a bitmap was passed; iommufd's snapshot clear
+    # before enabling passes none.
+    if not domain.dirty_tracking and dirty.has_bitmap:
         raise IommuError(errno.EINVAL, "dirty tracking is not enabled")
     cleared: list[tuple[int, int]] = []
 

@@ -237,6 +237,8 @@ def test_dirty_tracking(env: DriverEnv) -> None:
     dom.ops.set_dirty_tracking(dom, True)
 
     class Record:
+        has_bitmap = True  # a real bitmap, not the clear-only pass
+
         def __init__(self) -> None:
             self.pages: set[int] = set()
 

@@ -106,6 +106,8 @@ def test_dirty_tracking_sets_had(env: DriverEnv) -> None:
     assert _dte(env, dev).had == 0
 
     class Rec:
+        has_bitmap = True  # a real bitmap, not the clear-only pass
+
         bitmap = object()
 
         def record(self, iova: int, n: int) -> None: ...

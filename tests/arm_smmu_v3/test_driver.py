@@ -382,6 +382,8 @@ def test_dirty_tracking_httu(env: DriverEnv) -> None:
     seen: list[int] = []
 
     class Rec:
+        has_bitmap = True  # a real bitmap, not the clear-only pass
+
         def record(self, iova: int, length: int) -> None:
             seen.append(iova)
 

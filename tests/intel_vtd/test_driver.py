@@ -35,6 +35,8 @@ def pasid_entry(env: DriverEnv, dev: Device, p: int) -> pasid.PasidEntry:
 
 
 class RecordDirty:
+    has_bitmap = True  # a real bitmap, not the clear-only pass
+
     def __init__(self) -> None:
         self.ranges: list[tuple[int, int]] = []
         self.bitmap = True

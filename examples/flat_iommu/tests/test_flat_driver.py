@@ -107,6 +107,8 @@ def test_dirty_tracking_sets_had_and_flushes_after_clear(env: DriverEnv) -> None
     assert dte_of(env, dev).had
 
     class Rec:
+        has_bitmap = True  # a real bitmap, not the clear-only pass
+
         def __init__(self) -> None:
             self.pages: list[int] = []
 
