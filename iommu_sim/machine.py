@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import errno
+import operator
+import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from typing import Any
@@ -17,7 +19,7 @@ from iommu_core.errors import IommuError
 from iommu_core.iommu import IommuCore
 from iommu_core.platform.bus import Device, make_pci_device
 from iommu_core.platform.dma import DmaFault, device_dma_read, device_dma_write
-from iommu_core.platform.mm import MmStruct
+from iommu_core.platform.mm import TASK_SIZE, MmStruct
 from iommu_core.platform.platform import Platform
 from iommu_core.platform.task import Task
 from iommu_core.platform.uaccess import UserArg
@@ -51,6 +53,45 @@ MOCK_IOMMU = "mock"
 
 def _oserror(e: IommuError) -> OSError:
     return OSError(e.errno, e.msg)
+
+
+# -- argument checks at the syscall boundary ------------------------------------------------
+# Whatever a caller passes, only OSError (or DmaFault from a device) leaves the Machine.
+# Integers keep their C meaning: an ioctl request is an ``unsigned int``, its argument an
+# ``unsigned long``; a count above SSIZE_MAX is EINVAL (rw_verify_area) and one above
+# MAX_RW_COUNT is cut to it (vfs_read/vfs_write).
+_U32 = (1 << 32) - 1
+_U64 = (1 << 64) - 1
+_SSIZE_MAX = (1 << 63) - 1
+MAX_RW_COUNT = 0x7FFF_F000  # INT_MAX & PAGE_MASK
+
+
+def _int(value: Any, what: str, err: int = errno.EINVAL) -> int:
+    """``value`` as a Python int (anything with ``__index__``), else OSError(err)."""
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise OSError(err, f"{what} must be an integer, not {type(value).__name__}") from None
+
+
+def _count(value: Any, what: str = "count") -> int:
+    n = _int(value, what)
+    if n < 0 or n > _SSIZE_MAX:
+        raise OSError(errno.EINVAL, f"{what} {n} is negative or above SSIZE_MAX")
+    return n
+
+
+def _buffer(data: Any, what: str = "buffer") -> bytes | memoryview:
+    """A bytes-like ``data`` as bytes or a flat byte view (no copy); anything else is a
+    bad user pointer (EFAULT)."""
+    if isinstance(data, bytes):
+        return data
+    try:
+        mv = memoryview(data)
+        return mv if mv.format == "B" and mv.ndim == 1 else mv.cast("B")
+    except (TypeError, ValueError):
+        raise OSError(errno.EFAULT, f"{what} of type {type(data).__name__} is not "
+                      "bytes-like") from None
 
 
 class Machine:
@@ -155,12 +196,14 @@ class Machine:
         return self.platform.alloc.in_use("kernel")
 
     def vfio_cdev(self, device: str) -> str:
-        try:
-            return self._vfio_paths[device]
-        except KeyError:
-            raise OSError(errno.ENODEV, f"no VFIO device for {device!r}") from None
+        path = self._vfio_paths.get(device) if isinstance(device, str) else None
+        if path is None:
+            raise OSError(errno.ENODEV, f"no VFIO device for {device!r}")
+        return path
 
     def device(self, name: str) -> Device:
+        if not isinstance(name, str):
+            raise OSError(errno.ENODEV, f"no device named {name!r}")
         try:
             return self.platform.device(name)
         except IommuError as e:
@@ -168,7 +211,14 @@ class Machine:
 
     # -- files ---------------------------------------------------------------------------
     def open(self, path: str) -> int:
-        opener = self.task.files.chrdevs.get(path)
+        try:
+            p = os.fspath(path)
+        except TypeError:
+            raise OSError(errno.EFAULT, f"path of type {type(path).__name__} is not a "
+                          "string") from None
+        if isinstance(p, bytes):
+            p = os.fsdecode(p)
+        opener = self.task.files.chrdevs.get(p)
         if opener is None:
             raise OSError(errno.ENOENT, f"{path}: no such device node")
         try:
@@ -187,6 +237,8 @@ class Machine:
         address (int), or for by-value ioctls the value itself."""
         try:
             f = self.task.files.get(fd)
+            # ``unsigned int cmd``: the syscall sees the low 32 bits.
+            request = _int(request, "ioctl request", errno.ENOTTY) & _U32
             tracer = self.platform.tracer
             if tracer.enabled:
                 with tracer.span("user", "ioctl", f"fd {fd} request {request:#x}"):
@@ -197,6 +249,7 @@ class Machine:
 
     def _ioctl(self, f: Any, request: int, buf: Any) -> int:
         if isinstance(buf, int) and not isinstance(buf, bool):
+            buf &= _U64  # ``unsigned long arg``
             by_value: frozenset[int] = getattr(f, "by_value_ioctls", frozenset())
             if request in by_value:
                 return int(f.ioctl_by_value(request, buf))
@@ -204,13 +257,15 @@ class Machine:
 
     def read(self, fd: int, n: int) -> bytes:
         try:
-            return bytes(self.task.files.get(fd).read(n))
+            f = self.task.files.get(fd)
+            return bytes(f.read(min(_count(n), MAX_RW_COUNT)))
         except IommuError as e:
             raise _oserror(e) from None
 
     def write(self, fd: int, data: bytes | bytearray) -> int:
         try:
-            return int(self.task.files.get(fd).write(bytes(data)))
+            f = self.task.files.get(fd)
+            return int(f.write(bytes(_buffer(data)[:MAX_RW_COUNT])))
         except IommuError as e:
             raise _oserror(e) from None
 
@@ -224,44 +279,85 @@ class Machine:
     def mmap(self, length: int, fd: int | None = None, offset: int = 0, *,
              shared: bool = True, prot_exec: bool = False, addr: int | None = None) -> int:
         """Anonymous zero-filled memory (page aligned), or a device mapping of ``fd``."""
+        length = _int(length, "length")
+        if addr is not None:
+            addr = _int(addr, "addr")
+        if length > TASK_SIZE:
+            raise OSError(errno.ENOMEM, f"mmap length {length:#x} exceeds the address space")
         try:
             if fd is None:
                 return self.mm.mmap(length, addr)
             f = self.task.files.get(fd)
-            pa, on_unmap = f.mmap(length, offset, shared, prot_exec)
+            offset = _int(offset, "offset")
+            if offset < 0 or offset > _U64:
+                raise OSError(errno.EINVAL, f"bad mmap offset {offset:#x}")
+            pa, on_unmap = f.mmap(length, offset, bool(shared), bool(prot_exec))
             return self.mm.mmap_pfn(length, pa, on_unmap)
         except IommuError as e:
             raise _oserror(e) from None
 
     def munmap(self, va: int, length: int) -> None:
+        va, length = _int(va, "address"), _int(length, "length")
+        # do_vmi_munmap: the range must lie inside the task's address space.
+        if va < 0 or va > TASK_SIZE or length > TASK_SIZE - va:
+            raise OSError(errno.EINVAL, f"munmap [{va:#x}, +{length:#x}) is outside the "
+                          "address space")
         try:
             self.mm.munmap(va, length)
         except IommuError as e:
             raise _oserror(e) from None
 
     def mem_write(self, va: int, data: bytes | bytearray | memoryview) -> None:
+        va = _int(va, "address", errno.EFAULT)
+        buf = _buffer(data, "data")
         try:
-            self.mm.write(va, data)
+            self.mm.write(va, buf)
         except IommuError as e:
             raise _oserror(e) from None
 
     def mem_read(self, va: int, n: int) -> bytes:
+        va, n = _int(va, "address", errno.EFAULT), _count(n, "length")
         try:
+            self.mm.check_range(va, n)
+            if n > MAX_RW_COUNT:
+                raise OSError(errno.ENOMEM, f"a read of {n:#x} bytes at once")
             return self.mm.read(va, n)
         except IommuError as e:
             raise _oserror(e) from None
 
     # -- device DMA ----------------------------------------------------------------------
     def _dma_dev(self, dev: str | Device) -> Device:
-        d = dev if isinstance(dev, Device) else self.platform.devices.get(dev)
+        d = self.platform.devices.get(dev) if type(dev) is str else (
+            dev if isinstance(dev, Device) else None)
         if d is None:
             raise OSError(errno.ENODEV, f"no device named {dev!r}")
         return d
+
+    @staticmethod
+    def _dma_args(iova: Any, n: int, pasid: Any) -> tuple[int, int | None]:
+        """A device address is a u64 and a PASID a non-negative number; one DMA moves at
+        most MAX_RW_COUNT bytes (what lies past the top of the space is the IOMMU's to
+        refuse, as a DmaFault)."""
+        iova = _int(iova, "iova")
+        if pasid is not None:
+            pasid = _int(pasid, "pasid")
+            if pasid < 0:
+                raise OSError(errno.EINVAL, f"negative PASID {pasid}")
+        if iova < 0 or iova > _U64 or n > MAX_RW_COUNT:
+            raise OSError(errno.EINVAL, f"DMA of {n:#x} bytes at {iova:#x} is outside "
+                          "the 64-bit device address space")
+        return iova, pasid
 
     def dma_read(self, dev: str | Device, iova: int, n: int, pasid: int | None = None
                  ) -> bytes:
         """The device reads ``n`` bytes at ``iova`` through its IOMMU (DmaFault if not)."""
         d = self._dma_dev(dev)
+        # Plain in-range ints (the hot path) skip the full argument checks.
+        if not (type(iova) is int and type(n) is int and 0 <= iova <= _U64
+                and 0 <= n <= MAX_RW_COUNT and (pasid is None or (type(pasid) is int
+                                                and pasid >= 0))):
+            n = _count(n, "length")
+            iova, pasid = self._dma_args(iova, n, pasid)
         hw = self.platform.iommus[d.iommu_name]
         tracer = self.platform.tracer
         if not tracer.enabled:
@@ -275,14 +371,18 @@ class Machine:
         """The device writes ``data`` at ``iova`` through its IOMMU (DmaFault if not);
         a fault anywhere writes nothing."""
         d = self._dma_dev(dev)
+        buf = _buffer(data, "data")
+        if not (type(iova) is int and 0 <= iova <= _U64 and len(buf) <= MAX_RW_COUNT
+                and (pasid is None or (type(pasid) is int and pasid >= 0))):
+            iova, pasid = self._dma_args(iova, len(buf), pasid)
         hw = self.platform.iommus[d.iommu_name]
         tracer = self.platform.tracer
         if not tracer.enabled:
-            device_dma_write(hw, self.platform.mem, d, iova, data, pasid)
+            device_dma_write(hw, self.platform.mem, d, iova, buf, pasid)
             return
         p = "" if pasid is None else f" pasid {pasid}"
-        with tracer.span("user", "dma_write", f"{d.name} iova {iova:#x} len {len(data)}{p}"):
-            device_dma_write(hw, self.platform.mem, d, iova, data, pasid)
+        with tracer.span("user", "dma_write", f"{d.name} iova {iova:#x} len {len(buf)}{p}"):
+            device_dma_write(hw, self.platform.mem, d, iova, buf, pasid)
 
     # -- teardown ------------------------------------------------------------------------
     def close_all(self) -> None:

@@ -280,6 +280,10 @@ class IommufdVeventq(IommufdEventq):
         self.sequence = (self.sequence + 1) & _INT_MAX
 
     def read(self, count: int) -> bytes:
+        """Newest kernels (the selftest that also bounds veventq_depth): a count below
+        the 8-byte header is EINVAL even on an empty queue, and so is a count that cannot
+        hold the first record; otherwise whole records are returned, possibly none. (The
+        older eventq.c returned 0 in both cases; see uapi.md §7 vs selftest_catalog §4.7.)"""
         if count < _HDR_SIZE:
             raise IommuError(errno.EINVAL, f"read size {count} is below the "
                              f"{_HDR_SIZE}-byte header")

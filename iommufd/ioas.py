@@ -210,12 +210,14 @@ def iommufd_ioas_map_file(ucmd: Ucmd) -> int:
     _map_prologue(cmd)
     ictx = ucmd.ictx
     iommufd_get_ioas(ictx, cmd.ioas_id)
-    if cmd.fd < 0 or cmd.fd not in ictx.task.files:
-        raise IommuError(errno.EBADF, f"fd {cmd.fd} is not open")
+    # iopt_map_file_pages (newest, with dma-buf import): the length checks come before
+    # the fd is looked up (dma_buf_get, then fget).
     if cmd.length == 0:
         raise IommuError(errno.EINVAL, "zero length")
     if cmd.start + cmd.length - 1 > ULONG_MAX:
         raise IommuError(errno.EOVERFLOW, "start + length overflows")
+    if cmd.fd < 0 or cmd.fd not in ictx.task.files:
+        raise IommuError(errno.EBADF, f"fd {cmd.fd} is not open")
     raise IommuError(errno.EINVAL, f"fd {cmd.fd} is not a memfd, shmem or dma-buf file")
 
 

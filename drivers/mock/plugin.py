@@ -431,7 +431,10 @@ class MockDriver:
         if pagetable_type not in (st.MOCK_IOMMUPT_DEFAULT, st.MOCK_IOMMUPT_HUGE):
             raise IommuError(errno.EOPNOTSUPP, f"mock: pagetable_type {pagetable_type}")
         ops: IommuOps = dev.iommu.ops
-        return MockPagingDomain(mdev.mock, ops, no_dirty, pagetable_type)
+        # selftest.c (generic-pt mock): dirty_ops only when DIRTY_TRACKING was asked for,
+        # so an automatic (flags 0) domain can be shared with a NO_DIRTY device.
+        with_dirty = bool(flags & IOMMU_HWPT_ALLOC_DIRTY_TRACKING)
+        return MockPagingDomain(mdev.mock, ops, not with_dirty, pagetable_type)
 
     @hookimpl
     def domain_alloc_nested(self, dev: Device, parent: IommuDomain, flags: int,

@@ -76,8 +76,10 @@ class MmStruct:
         else:
             align = HPAGE_SIZE if length >= HPAGE_SIZE else PAGE_SIZE
             va = (self._mmap_base - length) & ~(align - 1)
-            while self._overlaps(va, va + length):
+            while va >= PAGE_SIZE and self._overlaps(va, va + length):
                 va = (va - length) & ~(align - 1)
+            if va < PAGE_SIZE:
+                raise IommuError(errno.ENOMEM, f"no room for {length:#x} bytes")
             self._mmap_base = min(self._mmap_base, va)
         self._vmas[va] = va + length
         return va
@@ -98,7 +100,7 @@ class MmStruct:
         end = va + ((length + PAGE_MASK) & ~PAGE_MASK)
         for start, (pend, on_unmap) in list(self._pfnmaps.items()):
             if start < end and va < pend:
-                for vpn in range(max(start, va) >> PAGE_SHIFT, min(pend, end) >> PAGE_SHIFT):
+                for vpn in self._vpns(max(start, va), min(pend, end)):
                     self._pte.pop(vpn, None)
                 if not any(v in self._pte for v in range(start >> PAGE_SHIFT,
                                                          pend >> PAGE_SHIFT)):
@@ -114,10 +116,18 @@ class MmStruct:
                 self._vmas[start] = va
             if vend > end:
                 self._vmas[end] = vend
-        for vpn in range(va >> PAGE_SHIFT, end >> PAGE_SHIFT):
+        for vpn in self._vpns(va, end):
             pfn = self._pte.pop(vpn, None)
             if pfn is not None:
                 self._put_frame(pfn)
+
+    def _vpns(self, start: int, end: int) -> list[int]:
+        """Page numbers in [start, end) that may hold a PTE: the whole range when it is
+        small, else only the populated ones (a huge munmap must not walk 2^35 pages)."""
+        first, last = start >> PAGE_SHIFT, end >> PAGE_SHIFT
+        if last - first <= len(self._pte):
+            return list(range(first, last))
+        return sorted(v for v in self._pte if first <= v < last)
 
     def is_mapped(self, va: int) -> bool:
         idx = self._vmas.bisect_right(va) - 1
