@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import errno
+from typing import ClassVar
 
 import attrs
 
@@ -58,14 +59,43 @@ def _radix_4k(levels: int) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int,
 
 
 @attrs.frozen(kw_only=True)
+class _PaeLikeFormat(PtFormat):
+    """What x86-64 and VT-d second-stage entries share: 4 KiB tables of 512 entries,
+    the address in bits 51:12, a page-size bit ending the walk at 2M/1G; they differ in
+    what makes an entry present."""
+
+    PRESENT: ClassVar[int] = 0
+    PS: ClassVar[int] = 0
+
+    def classify(self, pte: int, level: int) -> int:
+        if not pte & self.PRESENT:
+            return EMPTY
+        if level == 0:
+            return LEAF
+        if pte & self.PS:
+            return LEAF if self.leaf_sizes[level] else INVALID
+        return TABLE
+
+    def table_pa(self, pte: int) -> int:
+        return pte & _ADDR
+
+    def leaf_oa_size(self, pte: int, level: int) -> tuple[int, int]:
+        shift = self.level_shift[level]
+        return pte & bit_mask(51, shift), 1 << shift
+
+
+@attrs.frozen(kw_only=True)
 class X86TableInfo(TableHwInfo):
     """CR3-like pointer (VT-d FSPTPTR, AMD GCR3 table root) and the paging depth."""
 
 
 @attrs.frozen(kw_only=True)
-class X86_64Format(PtFormat):
+class X86_64Format(_PaeLikeFormat):
     """x86-64 4/5-level paging as Linux builds it for IOMMUs: every entry P|U|A, writable
     leaves RW|D, tables P|RW|U|A, PS for 2M/1G leaves, XD never set."""
+
+    PRESENT: ClassVar[int] = X86_P
+    PS: ClassVar[int] = X86_PS
 
     def arch_level(self, level: int) -> str:
         return _X86_LEVEL_NAMES[level]
@@ -82,22 +112,6 @@ class X86_64Format(PtFormat):
 
     def make_table(self, table_pa: int, level: int) -> int:
         return table_pa | X86_P | X86_RW | X86_US | X86_A
-
-    def classify(self, pte: int, level: int) -> int:
-        if not pte & X86_P:
-            return EMPTY
-        if level == 0:
-            return LEAF
-        if pte & X86_PS:
-            return LEAF if self.leaf_sizes[level] else INVALID
-        return TABLE
-
-    def table_pa(self, pte: int) -> int:
-        return pte & _ADDR
-
-    def leaf_oa_size(self, pte: int, level: int) -> tuple[int, int]:
-        shift = self.level_shift[level]
-        return pte & bit_mask(51, shift), 1 << shift
 
     def leaf_prot(self, pte: int) -> int:
         return IOMMU_READ | (IOMMU_WRITE if pte & X86_RW else 0)
@@ -162,9 +176,12 @@ class VtdSsTableInfo(TableHwInfo):
 
 
 @attrs.frozen(kw_only=True)
-class VtdSsFormat(PtFormat):
+class VtdSsFormat(_PaeLikeFormat):
     """VT-d second stage: R/W, PS for superpages, A/D (SSADE), SNP. No present bit: an
     entry is present iff R|W."""
+
+    PRESENT: ClassVar[int] = SS_R | SS_W
+    PS: ClassVar[int] = SS_PS
 
     snp: bool
 
@@ -185,22 +202,6 @@ class VtdSsFormat(PtFormat):
 
     def make_table(self, table_pa: int, level: int) -> int:
         return table_pa | SS_R | SS_W
-
-    def classify(self, pte: int, level: int) -> int:
-        if not pte & (SS_R | SS_W):
-            return EMPTY
-        if level == 0:
-            return LEAF
-        if pte & SS_PS:
-            return LEAF if self.leaf_sizes[level] else INVALID
-        return TABLE
-
-    def table_pa(self, pte: int) -> int:
-        return pte & _ADDR
-
-    def leaf_oa_size(self, pte: int, level: int) -> tuple[int, int]:
-        shift = self.level_shift[level]
-        return pte & bit_mask(51, shift), 1 << shift
 
     def leaf_prot(self, pte: int) -> int:
         return (IOMMU_READ if pte & SS_R else 0) | (IOMMU_WRITE if pte & SS_W else 0)
