@@ -8,12 +8,11 @@ unbinds.
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from iommu_core.errors import IommuError
 from iommu_core.group import IOMMU_NO_PASID
-from iommu_core.platform.files import File
+from iommu_core.platform.files import File, VmRegion
 from iommu_core.platform.uaccess import UserArg, copy_struct_from_user
 from iommu_core.trace import traced
 from iommufd import uapi, uapi_vfio
@@ -29,7 +28,6 @@ from iommufd.device import (
 if TYPE_CHECKING:
     from iommu_core.iommu import IommuCore
     from iommu_core.platform.bus import Device
-    from iommu_core.platform.task import Task
     from iommu_core.trace import Tracer
     from iommufd.private import IommufdCtx
 
@@ -39,9 +37,8 @@ VFIO_CDEV_PREFIX = "/dev/vfio/devices/vfio"
 class VfioDevice:
     """``struct vfio_device`` of a vfio-pci bound device."""
 
-    def __init__(self, core: IommuCore, task: Task, dev: Device, path: str) -> None:
+    def __init__(self, core: IommuCore, dev: Device, path: str) -> None:
         self.core = core
-        self.task = task
         self.tracer: Tracer = core.tracer
         self.dev = dev
         self.path = path
@@ -116,8 +113,7 @@ class VfioDeviceFile(File):
     def write(self, data: bytes) -> int:
         raise IommuError(errno.EINVAL, f"{self.name}: no writable region")
 
-    def mmap(self, length: int, offset: int, shared: bool, prot_exec: bool
-             ) -> tuple[int, Callable[[], None]]:
+    def mmap(self, length: int, offset: int, shared: bool, prot_exec: bool) -> VmRegion:
         raise IommuError(errno.EINVAL, f"{self.name}: no mappable region")
 
     # -- VFIO_DEVICE_BIND_IOMMUFD -----------------------------------------------------------
@@ -136,7 +132,7 @@ class VfioDeviceFile(File):
         device = self.device
         if self.access_granted:
             raise IommuError(errno.EINVAL, "already bound")
-        task = device.task
+        task = device.core.platform.tasks.require_current()
         if bind.flags & uapi_vfio.VFIO_DEVICE_BIND_FLAG_TOKEN:
             task.uaccess.copy_from_user(bind.token_uuid_ptr, 16)
             # Neither a PF with VFs nor a VF of a vfio-pci PF: a token is wrong here.
@@ -232,11 +228,12 @@ class VfioDeviceFile(File):
             self._close_device()
 
 
-def vfio_register_device(core: IommuCore, task: Task, dev: Device) -> str:
+def vfio_register_device(core: IommuCore, dev: Device) -> str:
     """Register ``dev`` with vfio-pci: its cdev ``/dev/vfio/devices/vfioN`` (N from 0)."""
-    n = sum(1 for p in task.files.chrdevs if p.startswith(VFIO_CDEV_PREFIX))
+    chrdevs = core.platform.chrdevs
+    n = sum(1 for p in chrdevs if p.startswith(VFIO_CDEV_PREFIX))
     path = f"{VFIO_CDEV_PREFIX}{n}"
-    device = VfioDevice(core, task, dev, path)
-    task.files.chrdevs[path] = lambda t: VfioDeviceFile(device)
+    device = VfioDevice(core, dev, path)
+    chrdevs[path] = lambda t: VfioDeviceFile(device)
     return path
 

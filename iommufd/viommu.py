@@ -213,7 +213,7 @@ def iommufd_viommu_alloc_ioctl(ucmd: Ucmd) -> int:
         raise IommuError(errno.EINVAL, f"HWPT {hwpt.id} is not a nest parent")
     viommu = ictx.object_alloc(IommufdViommuObj(ictx, hwpt, dev.iommu.iommu_dev, cmd.type))
     viommu.obj_id = viommu.id
-    user_data = UserData(ictx.task.uaccess, cmd.type, cmd.data_uptr, cmd.data_len)
+    user_data = UserData(ictx.current.uaccess, cmd.type, cmd.data_uptr, cmd.data_len)
     try:
         assert hwpt.domain is not None
         ops.viommu_init(viommu, hwpt.domain, user_data if cmd.data_len else None)
