@@ -15,6 +15,7 @@ from typing import Any
 
 import attrs
 
+from iommu_sim.catalogue import describe_ops
 from iommu_sim.machine import Machine
 
 __all__ = ["Graph", "build_graph", "to_dot", "to_mermaid"]
@@ -79,10 +80,12 @@ def build_graph(machine: Machine, kernel: bool = True) -> Graph:
     doms: dict[int, str] = {}
     core = machine.core
     if kernel:
+        on_demand = {drv: describe_ops(machine.plugins, drv).vendor().on_demand_units
+                     for drv in set(machine.iommus.values())}
         for name, drv in machine.iommus.items():
-            if drv == "mock" and not any(d.iommu_name == name
-                                         for d in machine.platform.devices.values()):
-                continue
+            if on_demand[drv] and not any(d.iommu_name == name
+                                          for d in machine.platform.devices.values()):
+                continue  # a unit for devices made on demand, none made yet
             g.add(Node(f"iommu_{_sid(name)}", f"{name}\\n{drv}", "iommu", "kernel"))
         for gid, grp in sorted(core.groups.items()):
             gn = g.add(Node(f"group_{gid}", f"group {gid}", "group", "kernel"))
