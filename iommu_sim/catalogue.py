@@ -3,12 +3,15 @@ scenario constants): the built-in ones and every installed driver package.
 
 Each is asked through its teaching hooks (:class:`iommu_core.describe.DescribeOps`);
 nothing here knows a vendor. A driver package that fails to load is left out (and named
-in :attr:`Catalogue.broken`) so it cannot break the tools for the others.
+in :attr:`Catalogue.broken`) so it cannot break the tools for the others. With
+``IOMMU_SIM_ONLY_BUILTIN=1`` in the environment only the built-in drivers are known (the
+docs' recorded output does not depend on what else is installed).
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Iterator
 from importlib.metadata import entry_points
 
@@ -16,7 +19,10 @@ from iommu_core.describe import DescribeOps
 from iommu_core.plugin import ENTRY_POINT_GROUP, PluginHost
 from iommu_sim.builtin import builtin_drivers
 
-__all__ = ["Catalogue", "UnknownVendor", "catalogue", "describe_ops"]
+__all__ = ["ONLY_BUILTIN", "Catalogue", "UnknownVendor", "catalogue", "describe_ops"]
+
+#: Environment variable: set (non-empty), the tools know only the built-in drivers.
+ONLY_BUILTIN = "IOMMU_SIM_ONLY_BUILTIN"
 
 
 class UnknownVendor(LookupError):
@@ -50,7 +56,8 @@ def _load() -> Catalogue:
     broken: dict[str, str] = {}
     for name, plugin in builtin_drivers().items():
         host.register_driver(name, plugin)
-    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+    installed = [] if os.environ.get(ONLY_BUILTIN) else entry_points(group=ENTRY_POINT_GROUP)
+    for ep in sorted(installed, key=lambda e: e.name):
         if ep.name in host.drivers:
             continue
         try:
