@@ -133,6 +133,12 @@ class MockDte(Structure):
 
 class MockPasidEntry(Structure):
     layout = PASID_LAYOUT
+    golden = (
+        Golden("invalid", (0,)),
+        Golden("translate", (mhw.make_ctx_q0(mhw.MODE_TRANSLATE, 3, 7), 0x30_0000)),
+        Golden("no_levels", (mhw.make_ctx_q0(mhw.MODE_TRANSLATE, 0, 7), 0x30_0000),
+               valid=False),
+    )
 
     def check(self, words: tuple[int, ...], values: Mapping[str, int], unit: Any
               ) -> list[Problem]:

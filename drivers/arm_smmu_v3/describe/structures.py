@@ -137,8 +137,10 @@ STE_LAYOUT = Layout(
 class Ste(Structure):
     layout = STE_LAYOUT
     golden = (
+        Golden("invalid", (0,), valid=False),  # V=0: C_BAD_STE when a stream uses it
         Golden("abort", (r.STRTAB_STE_0_V,)),
         Golden("bypass", (r.STRTAB_STE_0_V | 4 << 1, 1 << 44)),
+        Golden("s1_cd_table", (0xA000_0001_0080_402B, 0x1800_00D6)),
         # The tour's nested STE (S1 CD table in guest memory, S2 at VMID 2).
         Golden("nested", (0x100F, 0x0000_1000_0208_0002, 0x044D_3590_0000_0001,
                           0x1_0010_2000)),
@@ -234,10 +236,9 @@ _S1_STE = DecodedSte(sid=0, raw=(0,) * 8, config=5, s1=True, s2=False)
 class Cd(Structure):
     layout = CD_LAYOUT
     golden = (
-        Golden("invalid", (0,)),
+        Golden("invalid", (0,), valid=False),  # the SMMU reports C_BAD_CD for V=0
         # The tour's guest CD: ASID 3, 48-bit input, 4K granule.
-        Golden("s1_4k", (0x0003_0000_0001_b510 | 1 << 31 | 16 | 1 << 23, 0x10_2000, 0,
-                         0x44E048FF)),
+        Golden("s1_4k", (0x0003_E205_C000_3510, 0xC_0000, 0, 0xF404_FF44)),
         Golden("bad_granule", (r.CTXDESC_CD_0_V | r.CTXDESC_CD_0_AA64 | 16
                                | r.FIELD_PREP(r.CTXDESC_CD_0_TCR_TG0, 3), 0x1000),
                valid=False),

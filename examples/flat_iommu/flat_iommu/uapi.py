@@ -21,8 +21,8 @@ class iommu_hw_info_flat(UapiStruct):
     id: int
     version: int
     cap: int
-    _fields_ = [("id", ctypes.c_uint32), ("version", ctypes.c_uint32),
-                ("cap", ctypes.c_uint32), ("__reserved", ctypes.c_uint32)]
+    _fields_ = (("id", ctypes.c_uint32), ("version", ctypes.c_uint32),
+                ("cap", ctypes.c_uint32), ("__reserved", ctypes.c_uint32))
 
 
 DATA_TYPES: Final = (
