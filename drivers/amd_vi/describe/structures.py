@@ -10,6 +10,7 @@ same configuration) runs too.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -86,6 +87,18 @@ DTE_LAYOUT = Layout(
 _DEV_TABLE = 0x1000  # scratch device table (one page: 128 DTEs)
 
 
+@functools.lru_cache(maxsize=16)
+def _scratch(feats: AmdViFeatures, ctl: int) -> AmdIommuHw:
+    """A unit of this configuration with its device table at _DEV_TABLE. One per
+    configuration: ``_fetch_dte`` reads the entry afresh (it fills the DTE cache, never
+    consults it) and every check rewrites the four qwords."""
+    hw = AmdIommuHw("describe", feats, Platform())
+    regs = hw.mmio["regs"]
+    regs.write64(t.MMIO_CONTROL_OFFSET, ctl)
+    regs.write64(t.MMIO_DEV_TABLE_OFFSET, _DEV_TABLE)  # one page
+    return hw
+
+
 class Dte(Structure):
     layout = DTE_LAYOUT
     golden = (
@@ -137,15 +150,12 @@ class Dte(Structure):
 
     def model_verdict(self, words: tuple[int, ...], unit: Any) -> Verdict:
         feats = unit_features(unit)
-        hw = AmdIommuHw("describe", feats, Platform())
         ctl = 0
         if unit is not None:  # the unit's guest-translation enable, as its driver set it
             ctl = unit.mmio["regs"].read64(t.MMIO_CONTROL_OFFSET) & 1 << t.CONTROL_GT_EN
         elif feats.gt:
             ctl = 1 << t.CONTROL_GT_EN
-        regs = hw.mmio["regs"]
-        regs.write64(t.MMIO_CONTROL_OFFSET, ctl)
-        regs.write64(t.MMIO_DEV_TABLE_OFFSET, _DEV_TABLE)  # one page
+        hw = _scratch(feats, ctl)
         for i, w in enumerate(words):
             hw.mem.write_u64(_DEV_TABLE + 8 * i, w)
         try:

@@ -11,6 +11,7 @@ never called valid when the unit would refuse it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -59,8 +60,15 @@ _LEAF = 0x3000  # PASID table
 
 def _scratch(unit: Any, scalable: bool) -> VtdHardware:
     """A unit of ``unit``'s configuration, its root table at _ROOT (latched through
-    RTADDR and GCMD.SRTP as the driver does)."""
-    hw = VtdHardware("describe", unit_config(unit), Platform())
+    RTADDR and GCMD.SRTP as the driver does). One per configuration: the checks call
+    the model's table readers directly, which consult no cache, and rewrite every word
+    they read."""
+    return _scratch_for(unit_config(unit), scalable)
+
+
+@functools.lru_cache(maxsize=16)
+def _scratch_for(cfg: VtdConfig, scalable: bool) -> VtdHardware:
+    hw = VtdHardware("describe", cfg, Platform())
     regs = hw.mmio["regs"]
     regs.write64(h.DMAR_RTADDR_REG, _ROOT | (h.DMA_RTADDR_SMT if scalable else 0))
     regs.write32(h.DMAR_GCMD_REG, h.DMA_GCMD_SRTP)
