@@ -202,7 +202,7 @@ def cmd_graph(args: argparse.Namespace) -> int:
             runner.close()
         return EXIT_FAIL
     try:
-        g = build_graph(m, kernel=not args.iommufd_only)
+        g = build_graph(m, kernel=not args.iommufd_only, entries=args.entries)
         text = {"dot": to_dot, "mermaid": to_mermaid}.get(args.format)
         out = text(g) if text else json.dumps(g.to_dict(), indent=1) + "\n"
         if args.output:
@@ -338,6 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--script", help="run this script first")
     g.add_argument("--config", help="a Machine config (TOML or JSON; default Machine)")
     g.add_argument("--iommufd-only", action="store_true", help="only iommufd's objects")
+    g.add_argument("--entries", action="store_true", help="also the entries the hardware "
+                   "reads for each device and each domain's tables (as the drivers "
+                   "describe them)")
     g.add_argument("-o", "--output", help="write to a file")
     g.set_defaults(func=cmd_graph)
 
