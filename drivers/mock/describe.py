@@ -9,7 +9,6 @@ any driver can let its model judge an entry without reaching into the model's in
 
 from __future__ import annotations
 
-import ctypes
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -30,6 +29,7 @@ from iommu_core.describe import (
     VendorDesc,
     Verdict,
     record_walk,
+    unpack,
 )
 from iommu_core.domain import IommuDomain
 from iommu_core.hookspec import hookimpl
@@ -108,7 +108,19 @@ def _model_verdict(dte: Sequence[int]) -> Verdict:
     return Verdict(True)
 
 
-class MockDte(Structure):
+class _MockContext(Structure):
+    """What a DTE and a PASID entry share: q0's mode and the page-table root."""
+
+    def check(self, words: tuple[int, ...], values: Mapping[str, int], unit: Any
+              ) -> list[Problem]:
+        return _check(values)
+
+    def summary(self, words: tuple[int, ...], values: Mapping[str, int],
+                fields: Sequence[DecodedField]) -> str:
+        return _summary(values)
+
+
+class MockDte(_MockContext):
     layout = DTE_LAYOUT
     golden = (
         Golden("invalid", (0,)),
@@ -119,19 +131,11 @@ class MockDte(Structure):
         Golden("reserved_mode", (mhw.make_ctx_q0(3),), valid=False),
     )
 
-    def check(self, words: tuple[int, ...], values: Mapping[str, int], unit: Any
-              ) -> list[Problem]:
-        return _check(values)
-
     def model_verdict(self, words: tuple[int, ...], unit: Any) -> Verdict:
         return _model_verdict(words)
 
-    def summary(self, words: tuple[int, ...], values: Mapping[str, int],
-                fields: Sequence[DecodedField]) -> str:
-        return _summary(values)
 
-
-class MockPasidEntry(Structure):
+class MockPasidEntry(_MockContext):
     layout = PASID_LAYOUT
     golden = (
         Golden("invalid", (0,)),
@@ -139,14 +143,6 @@ class MockPasidEntry(Structure):
         Golden("no_levels", (mhw.make_ctx_q0(mhw.MODE_TRANSLATE, 0, 7), 0x30_0000),
                valid=False),
     )
-
-    def check(self, words: tuple[int, ...], values: Mapping[str, int], unit: Any
-              ) -> list[Problem]:
-        return _check(values)
-
-    def summary(self, words: tuple[int, ...], values: Mapping[str, int],
-                fields: Sequence[DecodedField]) -> str:
-        return _summary(values)
 
 
 # -- hw_info ------------------------------------------------------------------------------------
@@ -164,8 +160,7 @@ class MockHwInfo(HwInfoDesc):
     layouts = (_FLAGS, _TEST_REG)
 
     def register_values(self, data: bytes) -> list[tuple[Layout, int]]:
-        info = st.iommu_test_hw_info.from_buffer_copy(
-            data.ljust(ctypes.sizeof(st.iommu_test_hw_info), b"\0"))
+        info = unpack(st.iommu_test_hw_info, data)
         return [(_FLAGS, info.flags), (_TEST_REG, info.test_reg)]
 
 

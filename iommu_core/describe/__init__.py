@@ -16,6 +16,7 @@ from iommu_core.describe.hw_info import (
     HwInfoDesc,
     RegisterValue,
     sizes_text,
+    unpack,
 )
 from iommu_core.describe.ops import DescribeOps
 from iommu_core.describe.structure import (
@@ -79,5 +80,6 @@ __all__ = [
     "record_walk",
     "sizes_text",
     "unknown_bits",
+    "unpack",
     "unused_notes",
 ]

@@ -9,13 +9,26 @@ vendors (:data:`SUMMARY_KEYS`).
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
 
 import attrs
 
 from iommu_core.describe.structure import Layout, fmt_value
 
-__all__ = ["SUMMARY_KEYS", "HwInfoDecoded", "HwInfoDesc", "RegisterValue", "sizes_text"]
+__all__ = ["SUMMARY_KEYS", "HwInfoDecoded", "HwInfoDesc", "RegisterValue", "sizes_text",
+           "unpack"]
+
+_S = TypeVar("_S", bound=Any)
+
+
+def unpack(struct: type[_S], data: bytes) -> _S:
+    """The payload ``data`` as a ``struct`` (a ctypes uAPI struct), zero-extended when the
+    kernel returned less (an older, shorter struct) and cut when it returned more."""
+    n = ctypes.sizeof(struct)
+    buf: _S = struct.from_buffer_copy(data[:n].ljust(n, b"\0"))
+    return buf
 
 #: The capabilities ``iommu-sim info`` compares side by side, in its row order. A driver
 #: answers the ones that apply (and may add its own, shown after these).

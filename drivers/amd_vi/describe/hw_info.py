@@ -3,13 +3,12 @@ iommu_hw_info_amd), field by field, and the capabilities they imply."""
 
 from __future__ import annotations
 
-import ctypes
 from collections.abc import Mapping
 
 import iommufd.uapi as u
 from drivers.amd_vi.describe.structures import EFR2_LAYOUT, EFR_LAYOUT
 from drivers.amd_vi.io_pgtable import AMD_IOMMU_PGSIZES_V2
-from iommu_core.describe import HwInfoDesc, Layout, sizes_text
+from iommu_core.describe import HwInfoDesc, Layout, sizes_text, unpack
 from iommu_core.pgtable import formats
 
 
@@ -31,8 +30,7 @@ class AmdHwInfo(HwInfoDesc):
     layouts = (EFR_LAYOUT, EFR2_LAYOUT)
 
     def register_values(self, data: bytes) -> list[tuple[Layout, int]]:
-        info = u.iommu_hw_info_amd.from_buffer_copy(
-            data.ljust(ctypes.sizeof(u.iommu_hw_info_amd), b"\0"))
+        info = unpack(u.iommu_hw_info_amd, data)
         return [(EFR_LAYOUT, info.efr), (EFR2_LAYOUT, info.efr2)]
 
     def summarize(self, regs: Mapping[str, Mapping[str, int]]) -> dict[str, str]:

@@ -30,17 +30,8 @@ from iommu_core.describe import (
 )
 from iommu_core.platform.platform import Platform
 
-
-def _f(name: str, word: int, mask: int, meaning: str = "",
-       values: Mapping[int, str] | None = None, addr: bool = False, kernel: str = ""
-       ) -> BitField:
-    return mask_field(name, word, mask, meaning, values, addr=addr, kernel=kernel)
-
-
-def _b(name: str, hi: int, lo: int, meaning: str = "",
-       values: Mapping[int, str] | None = None, addr: bool = False, kernel: str = ""
-       ) -> BitField:
-    return BitField(name, hi, lo, meaning, values or {}, addr, kernel)
+_f = mask_field  # a field from a per-qword mask of amd_iommu_types
+_b = BitField  # a field at the specification's absolute bit numbers
 
 
 def unit_features(unit: Any) -> AmdViFeatures:

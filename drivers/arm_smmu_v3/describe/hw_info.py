@@ -3,13 +3,12 @@ iommu_hw_info_arm_smmuv3), field by field, and the capabilities they imply."""
 
 from __future__ import annotations
 
-import ctypes
 from collections.abc import Mapping
 
 import iommufd.uapi as u
 from drivers.arm_smmu_v3 import regs as r
 from drivers.arm_smmu_v3.describe.structures import AIDR_LAYOUT, IDR_LAYOUTS, IIDR_LAYOUT
-from iommu_core.describe import HwInfoDesc, Layout
+from iommu_core.describe import HwInfoDesc, Layout, unpack
 
 
 class SmmuHwInfo(HwInfoDesc):
@@ -18,8 +17,7 @@ class SmmuHwInfo(HwInfoDesc):
     layouts = (*IDR_LAYOUTS.values(), IIDR_LAYOUT, AIDR_LAYOUT)
 
     def register_values(self, data: bytes) -> list[tuple[Layout, int]]:
-        info = u.iommu_hw_info_arm_smmuv3.from_buffer_copy(data.ljust(
-            ctypes.sizeof(u.iommu_hw_info_arm_smmuv3), b"\0"))
+        info = unpack(u.iommu_hw_info_arm_smmuv3, data)
         idr = list(info.idr)
         return [*((IDR_LAYOUTS[i], idr[i]) for i in IDR_LAYOUTS), (IIDR_LAYOUT, info.iidr),
                 (AIDR_LAYOUT, info.aidr)]

@@ -42,10 +42,7 @@ _PS = dict(enumerate(("32-bit", "36-bit", "40-bit", "42-bit", "44-bit", "48-bit"
 _CONFIGS = {0: "ABORT", 4: "BYPASS", 5: "S1_TRANS", 6: "S2_TRANS", 7: "NESTED"}
 
 
-def _f(name: str, word: int, mask: int, meaning: str = "",
-       values: Mapping[int, str] | None = None, addr: bool = False, kernel: str = ""
-       ) -> BitField:
-    return mask_field(name, word, mask, meaning, values, addr=addr, kernel=kernel)
+_f = mask_field  # the tables below read like the kernel's GENMASK definitions
 
 
 def unit_config(unit: Any) -> SmmuHwConfig:
@@ -196,7 +193,7 @@ _TCR = {"T0SZ", "TG0", "IRGN0", "ORGN0", "SH0", "EPD0", "EPD1", "IPS", "TBI0", "
 def _c(name: str, word: int, mask: int, meaning: str,
        values: Mapping[int, str] | None = None, addr: bool = False, macro: str = ""
        ) -> BitField:
-    return _f(name, word, mask, meaning, values, addr,
+    return _f(name, word, mask, meaning, values, addr=addr,
               kernel=macro or f"CTXDESC_CD_{word}_{'TCR_' if name in _TCR else ''}{name}")
 
 

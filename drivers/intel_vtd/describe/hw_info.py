@@ -3,12 +3,11 @@ iommu_hw_info_vtd), field by field, and the capabilities they imply."""
 
 from __future__ import annotations
 
-import ctypes
 from collections.abc import Mapping
 
 import iommufd.uapi as u
 from drivers.intel_vtd.describe.structures import CAP_LAYOUT, ECAP_LAYOUT
-from iommu_core.describe import BitField, HwInfoDesc, Layout
+from iommu_core.describe import BitField, HwInfoDesc, Layout, unpack
 
 FLAGS_LAYOUT = Layout(
     name="vtd-hw-info-flags", title="flags", category="register", words=1, word_bits=32,
@@ -24,8 +23,7 @@ class VtdHwInfo(HwInfoDesc):
     layouts = (CAP_LAYOUT, ECAP_LAYOUT, FLAGS_LAYOUT)
 
     def register_values(self, data: bytes) -> list[tuple[Layout, int]]:
-        info = u.iommu_hw_info_vtd.from_buffer_copy(
-            data.ljust(ctypes.sizeof(u.iommu_hw_info_vtd), b"\0"))
+        info = unpack(u.iommu_hw_info_vtd, data)
         return [(CAP_LAYOUT, info.cap_reg), (ECAP_LAYOUT, info.ecap_reg),
                 (FLAGS_LAYOUT, info.flags)]
 

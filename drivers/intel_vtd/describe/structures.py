@@ -36,10 +36,7 @@ _PGTT = {1: "FL_ONLY (first stage)", 2: "SL_ONLY (second stage)", 3: "NESTED", 4
 _AW = {1: "39-bit 3-level", 2: "48-bit 4-level", 3: "57-bit 5-level"}
 
 
-def _b(name: str, hi: int, lo: int, meaning: str = "",
-       values: Mapping[int, str] | None = None, addr: bool = False, kernel: str = ""
-       ) -> BitField:
-    return BitField(name, hi, lo, meaning, values or {}, addr, kernel)
+_b = BitField  # the specification's absolute bit numbers, as the pasid_set_* setters use
 
 
 def unit_config(unit: Any) -> VtdConfig:

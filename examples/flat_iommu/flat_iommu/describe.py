@@ -11,7 +11,6 @@ one DMA through the entry and says whether it refused it (``F_DTE_BAD``).
 
 from __future__ import annotations
 
-import ctypes
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
@@ -37,6 +36,7 @@ from iommu_core.describe import (
     module_constants,
     record_walk,
     sizes_text,
+    unpack,
 )
 from iommu_core.domain import IommuDomain
 from iommu_core.hookspec import hookimpl
@@ -249,8 +249,7 @@ class FlatHwInfo(HwInfoDesc):
     layouts = (ID_LAYOUT, VERSION_LAYOUT, CAP_LAYOUT)
 
     def register_values(self, data: bytes) -> list[tuple[Layout, int]]:
-        info = iommu_hw_info_flat.from_buffer_copy(
-            data.ljust(ctypes.sizeof(iommu_hw_info_flat), b"\0"))
+        info = unpack(iommu_hw_info_flat, data)
         return [(ID_LAYOUT, info.id), (VERSION_LAYOUT, info.version), (CAP_LAYOUT, info.cap)]
 
     def summarize(self, regs: Mapping[str, Mapping[str, int]]) -> dict[str, str]:
