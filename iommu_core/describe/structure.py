@@ -259,7 +259,9 @@ class Golden:
 
 class Structure:
     """A structure a driver can decode. Subclass it, set :attr:`layout` (and
-    :attr:`golden`), override the methods the vendor's rules need.
+    :attr:`golden`), override the methods the vendor's rules need. As it is,
+    ``Structure(layout)`` decodes a structure every encoding of which is valid (an ID
+    register).
 
     ``unit`` is a hardware model instance of the driver (its configuration decides what
     is valid), or None for the driver's default configuration.
@@ -290,8 +292,9 @@ class Structure:
 
     def summary(self, words: tuple[int, ...], values: Mapping[str, int],
                 fields: Sequence[DecodedField]) -> str:
+        """One line: the variant's name, else the layout's description."""
         v = self.layout.variant_for(join_words(words, self.layout.word_bits))
-        return v.name if v is not None else ""
+        return v.name if v is not None else self.layout.doc
 
     def notes(self, words: tuple[int, ...], fields: Sequence[DecodedField], unit: Any
               ) -> Sequence[str]:

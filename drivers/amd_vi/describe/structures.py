@@ -328,10 +328,7 @@ EFR2_LAYOUT = _register("EFR2", [n for n in _EFR2 if n in vars(t)],
                         "AMD-Vi Extended Feature 2 Register", "MMIO_EXT_FEATURES2")
 
 
-class Register(Structure):
-    """A feature register: every encoding is valid."""
-
 
 STRUCTURES: tuple[Structure, ...] = (
-    Dte(), Gcr3(), Cmd(), Event(), Register(EFR_LAYOUT), Register(EFR2_LAYOUT),
+    Dte(), Gcr3(), Cmd(), Event(), Structure(EFR_LAYOUT), Structure(EFR2_LAYOUT),
 )

@@ -455,12 +455,9 @@ AIDR_LAYOUT = Layout(
     doc="SMMUv3 architecture ID register", kernel="ARM_SMMU_AIDR")
 
 
-class Register(Structure):
-    """An ID register: every encoding is valid."""
-
 
 STRUCTURES: tuple[Structure, ...] = (
     Ste(), Cd(), Cmd(), Event(),
-    *(Register(lay) for lay in IDR_LAYOUTS.values()), Register(IIDR_LAYOUT),
-    Register(AIDR_LAYOUT),
+    *(Structure(lay) for lay in IDR_LAYOUTS.values()), Structure(IIDR_LAYOUT),
+    Structure(AIDR_LAYOUT),
 )

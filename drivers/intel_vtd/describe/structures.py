@@ -391,11 +391,8 @@ CAP_LAYOUT = _register("CAP", "CAP_", "VT-d capability register")
 ECAP_LAYOUT = _register("ECAP", "ECAP_", "VT-d extended capability register")
 
 
-class Register(Structure):
-    """A capability register: every encoding is valid."""
-
 
 STRUCTURES: tuple[Structure, ...] = (
     PasidEntry(), ScalableContextEntry(), LegacyContextEntry(), Descriptor(),
-    Register(CAP_LAYOUT), Register(ECAP_LAYOUT),
+    Structure(CAP_LAYOUT), Structure(ECAP_LAYOUT),
 )

@@ -238,9 +238,6 @@ CAP_LAYOUT = _reg("flat-cap", "CAP", (
     "FlatIOMMU CAP register")
 
 
-class Register(Structure):
-    """A read-only ID register: every value is valid."""
-
 
 # -- IOMMU_GET_HW_INFO ----------------------------------------------------------------------
 class FlatHwInfo(HwInfoDesc):
@@ -309,8 +306,8 @@ class FlatDescribe:
 
     @hookimpl
     def describe_structures(self) -> list[Structure]:
-        return [_DTE, FlatCmd(), FlatFault(), Register(ID_LAYOUT), Register(VERSION_LAYOUT),
-                Register(CAP_LAYOUT)]
+        return [_DTE, FlatCmd(), FlatFault(), Structure(ID_LAYOUT), Structure(VERSION_LAYOUT),
+                Structure(CAP_LAYOUT)]
 
     @hookimpl
     def describe_hw_info(self) -> list[HwInfoDesc]:
