@@ -18,10 +18,14 @@ from __future__ import annotations
 
 import ast
 import functools
+import importlib
 import operator
 import types
 from collections.abc import Callable, Mapping
 from typing import Any
+
+from iommu_core.describe import module_constants
+from iommu_sim.catalogue import catalogue
 
 __all__ = ["ExprError", "constants", "evaluate"]
 
@@ -43,11 +47,6 @@ _CONSTANT_MODULES = (
 def constants() -> Mapping[str, int]:
     """Every constant a scenario may name (first wins: the uAPI, then each driver of the
     catalogue in order; they do not conflict)."""
-    import importlib
-
-    from iommu_core.describe import module_constants
-    from iommu_sim.catalogue import catalogue
-
     out = module_constants(*(importlib.import_module(m) for m in _CONSTANT_MODULES))
     for d in catalogue():
         for name, val in d.constants().items():

@@ -11,6 +11,7 @@ import importlib
 from collections.abc import Mapping
 from typing import Any
 
+from iommu_sim.catalogue import catalogue
 from iommufd import uapi, uapi_selftest, uapi_vfio
 from iommufd.uapi import IoctlDesc
 
@@ -52,8 +53,6 @@ def structs() -> Mapping[str, type[Any]]:
             if (isinstance(val, type) and issubclass(val, ctypes.Structure | ctypes.Union)
                     and val.__module__ == mod.__name__ and not name.startswith("_")):
                 out.setdefault(name, val)
-    from iommu_sim.catalogue import catalogue
-
     for d in catalogue():
         for dt in d.ops.iommufd_uapi_data_types():
             st = getattr(dt, "struct", None)
