@@ -159,8 +159,8 @@ class PrivateFileObject(VmObject):
                     for k in range(n):
                         if src is not None:
                             mem.copy_frames(pfns[i - gs + k], src + k, 1)
-                for k, pfn in enumerate(pfns):
-                    self.anon.pages.set(gs + k, gs + k + 1, pfn)
+                for k, new in enumerate(pfns):
+                    self.anon.pages.set(gs + k, gs + k + 1, new)
             return _runs(self.anon.pages, first, count)
         out: list[Run] = []
         for i, n, pfn in _runs(self.anon.pages, first, count):

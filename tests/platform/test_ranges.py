@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,7 +19,7 @@ def _check(rm: RangeMap[int], oracle: dict[int, int], linear: bool) -> None:
     for i in range(SPAN + 1):
         assert rm.get(i) == oracle.get(i), i
     runs = list(rm.items())
-    for (_s1, e1, v1), (s2, _e2, v2) in zip(runs, runs[1:], strict=False):
+    for (_s1, e1, v1), (s2, _e2, v2) in itertools.pairwise(runs):
         assert e1 <= s2, "runs overlap"
         if e1 == s2:  # touching runs must differ, or they would have coalesced
             assert (v1 + (e1 - _s1) != v2) if linear else (v1 != v2)
