@@ -8,6 +8,7 @@ Commands::
     trace    run a Python script against a Machine and print (or save) its call tree
     graph    the iommufd object graph and device/group/domain topology (DOT or Mermaid)
     run      run scenario files (TOML) and check their expectations
+    exec     run a real Linux program against a Machine (docs/exec.rst)
 """
 
 from __future__ import annotations
@@ -352,7 +353,41 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--json", action="store_true", help="a JSON report")
     _add_color(n)
     n.set_defaults(func=cmd_run)
+
+    x = sub.add_parser("exec", help="run a real Linux program against a Machine",
+                       description="Run PROGRAM so that its /dev/iommu, /dev/vfio/* and the "
+                       "kernel pseudo-files the iommufd selftests use are the Machine's, "
+                       "and its memory is the user memory (docs/exec.rst).")
+    x.add_argument("--config", metavar="FILE", help="Machine config (TOML or JSON); "
+                   "default: the default Machine")
+    x.add_argument("--trace", metavar="FILE", help="write the layered call tree as JSON")
+    x.add_argument("program", nargs=argparse.REMAINDER, help="-- PROGRAM [ARGS...]")
+    x.set_defaults(func=cmd_exec)
     return p
+
+
+# -- exec --------------------------------------------------------------------------------
+def cmd_exec(args: argparse.Namespace) -> int:
+    from iommu_sim.exec import HostUnsupported, exec_program
+
+    program = list(args.program)
+    if program and program[0] == "--":
+        program = program[1:]
+    if not program:
+        print("iommu-sim exec: no program given (iommu-sim exec -- PROGRAM [ARGS...])",
+              file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        machine = _machine(args)
+    except (OSError, ValueError) as e:
+        print(f"iommu-sim exec: {args.config}: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return exec_program(machine, program[0], program[1:],
+                            trace=Path(args.trace) if args.trace else None)
+    except HostUnsupported as e:
+        print(f"iommu-sim exec: {e}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 def main(argv: Sequence[str] | None = None) -> int:
