@@ -174,6 +174,10 @@ class PageAllocator:
     def pin_count(self, pfn: int) -> int:
         return self._pins.get(pfn, 0) or 0
 
+    def pin_count_in(self, pfn: int, count: int) -> int:
+        """Frames of ``[pfn, pfn+count)`` holding a pin."""
+        return self._pins.covered(pfn, pfn + count)
+
     def pinned_frames(self) -> int:
         """Frames holding at least one pin."""
         return self._pins.total()

@@ -120,10 +120,22 @@ class HostWindow:
         self._ensure((first_page + count) << PAGE_SHIFT)
         return self.base + first_page, count
 
+    @property
+    def pinned(self) -> bool:
+        return self.alloc.pin_count_in(self.base, self.npages) > 0
+
     def close(self) -> None:
+        """Let go of the file (its pages go when the program lets go too: a hugetlb page
+        returns to the pool); the frame numbers are free again."""
         self.alloc.mem.detach_window(self.base, self.npages)
-        self._map = None
+        if self._map is not None:
+            try:
+                self._map.close()
+            except BufferError:
+                pass  # a view is still out there; the mapping goes with it
+            self._map = None
         os.close(self.fd)
+        self.alloc.free_range(self.base, self.npages)
 
 
 class HostWindows:
@@ -144,6 +156,13 @@ class HostWindows:
             return w
         w = self.by_key[key] = HostWindow(self.alloc, fd, key)
         return w
+
+    def gc(self) -> None:
+        """Close the windows no pin holds: a later look-up opens the file again."""
+        for key, w in list(self.by_key.items()):
+            if not w.pinned:
+                del self.by_key[key]
+                w.close()
 
     def close_all(self) -> None:
         for w in self.by_key.values():

@@ -359,6 +359,7 @@ class Supervisor:
         """Process what happened since the last call: files released, processes gone."""
         for ex in self.exports.poll_releases():
             ex.file.fput()
+        self.windows.gc()
         if self.procs:
             p = select.poll()
             fds = {proc.pidfd: proc for proc in self.procs.values()}
