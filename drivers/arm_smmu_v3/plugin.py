@@ -13,7 +13,7 @@ from typing import Any
 
 from drivers.arm_smmu_v3 import domain as d
 from drivers.arm_smmu_v3 import iommufd as nest
-from drivers.arm_smmu_v3.cmdq import CmdqEnt
+from drivers.arm_smmu_v3.cmdq import arm_smmu_make_cmd_pri_resp, arm_smmu_make_cmd_resume
 from drivers.arm_smmu_v3.device import ArmSmmuDevice
 from drivers.arm_smmu_v3.hw.config import SmmuHwConfig
 from drivers.arm_smmu_v3.hw.model import SmmuV3Hardware
@@ -24,8 +24,6 @@ from drivers.arm_smmu_v3.master import (
     master_of,
 )
 from drivers.arm_smmu_v3.regs import (
-    CMDQ_OP_PRI_RESP,
-    CMDQ_OP_RESUME,
     CMDQ_RESUME_0_RESP_ABORT,
     CMDQ_RESUME_0_RESP_RETRY,
     PRI_RESP_DENY,
@@ -141,14 +139,14 @@ class ArmSmmuV3Plugin:
         if master.stall_enabled:
             resp = (CMDQ_RESUME_0_RESP_RETRY if msg.code == PageResponseCode.SUCCESS
                     else CMDQ_RESUME_0_RESP_ABORT)
-            cmdq.issue_cmd(CmdqEnt(opcode=CMDQ_OP_RESUME, sid=sid, stag=evt.grpid, resp=resp))
+            cmdq.issue_cmd(arm_smmu_make_cmd_resume(sid, evt.grpid, resp))
         elif d.arm_smmu_pri_supported(master):
             code = {PageResponseCode.SUCCESS: PRI_RESP_SUCC,
                     PageResponseCode.INVALID: PRI_RESP_DENY,
                     PageResponseCode.FAILURE: PRI_RESP_FAIL}[msg.code]
-            cmdq.issue_cmd(CmdqEnt(opcode=CMDQ_OP_PRI_RESP, substream_valid=evt.pasid_valid,
-                                   sid=sid, ssid=evt.pasid if evt.pasid_valid else 0,
-                                   grpid=evt.grpid, resp=code), sync=True)
+            cmdq.issue_cmd(arm_smmu_make_cmd_pri_resp(
+                sid, evt.pasid if evt.pasid_valid else 0, evt.pasid_valid, evt.grpid, code),
+                sync=True)
         return True
 
     @hookimpl

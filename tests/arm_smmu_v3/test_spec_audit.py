@@ -848,47 +848,67 @@ def test_ioas_unmap_under_a_nested_domain_invalidates(vmm: Vmm) -> None:
 # §8.2: command encodings (driver level: what the driver writes in the queue)
 # ==========================================================================================
 def test_command_encodings() -> None:
-    from drivers.arm_smmu_v3.cmdq import CmdqEnt, arm_smmu_cmdq_build_cmd
+    """7.3's arm_smmu_make_cmd_* builders and the range loop of
+    arm_smmu_cmdq_batch_add_range, bit for bit."""
+    from drivers.arm_smmu_v3 import cmdq as c
 
-    def enc(**kw: Any) -> tuple[int, int]:
-        return arm_smmu_cmdq_build_cmd(CmdqEnt(**kw))
-
-    rng = {"num": 3, "scale": 2, "leaf": True, "ttl": 3, "tg": 1}
-    rng0 = 3 << 12 | 2 << 20
-    rng1 = 1 | 3 << 8 | 1 << 10
     addr = 0xFFF0_1234_5678_9000
-    assert enc(opcode=0x01, sid=0x1234) == (0x01 | 0x1234 << 32, 0)
-    assert enc(opcode=0x03, sid=5, leaf=True) == (0x03 | 5 << 32, 1)
-    assert enc(opcode=0x04) == (0x04, 31)  # CFGI_ALL: the whole SID range
-    assert enc(opcode=0x05, sid=5, ssid=0xABCDE, leaf=True) == (
-        0x05 | 0xABCDE << 12 | 5 << 32, 1)
-    assert enc(opcode=0x06, sid=5) == (0x06 | 5 << 32, 0)
-    assert enc(opcode=0x10, vmid=7) == (0x10 | 7 << 32, 0)
-    assert enc(opcode=0x11, asid=9, vmid=7) == (0x11 | 7 << 32 | 9 << 48, 0)
-    assert enc(opcode=0x12, asid=9, vmid=7, addr=addr, **rng) == (
-        0x12 | rng0 | 7 << 32 | 9 << 48, rng1 | addr)
-    assert enc(opcode=0x20) == (0x20, 0)
-    assert enc(opcode=0x21, asid=9, vmid=7) == (0x21 | 9 << 48, 0)  # no VMID at EL2
-    assert enc(opcode=0x22, asid=9, vmid=7, addr=addr, **rng) == (
-        0x22 | rng0 | 9 << 48, rng1 | addr)
-    assert enc(opcode=0x28, vmid=7) == (0x28 | 7 << 32, 0)
-    assert enc(opcode=0x2A, vmid=7, asid=9, addr=addr, **rng) == (
-        0x2A | rng0 | 7 << 32, rng1 | addr & bits(51, 12))  # IPA 51:12, no ASID
-    assert enc(opcode=0x30) == (0x30, 0)
-    assert enc(opcode=0x40, substream_valid=True, global_=True, ssid=0x54321, sid=0x99,
-               size=52, addr=addr) == (0x40 | 1 << 9 | 1 << 11 | 0x54321 << 12 | 0x99 << 32,
-                                       52 | addr)
-    assert enc(opcode=0x41, substream_valid=True, ssid=3, sid=0x99, grpid=0x1FF, resp=2) == (
+    assert c.arm_smmu_make_cmd_prefetch_cfg(0x1234) == (0x01 | 0x1234 << 32, 0)
+    assert c.arm_smmu_make_cmd_cfgi_ste(5, True) == (0x03 | 5 << 32, 1)
+    assert c.arm_smmu_make_cmd_cfgi_all() == (0x04, 31)  # the whole SID range
+    assert c.arm_smmu_make_cmd_cfgi_cd(5, 0xABCDE, True) == (0x05 | 0xABCDE << 12 | 5 << 32, 1)
+    assert c.arm_smmu_make_cmd_op(0x06) == (0x06, 0)
+    assert c.arm_smmu_make_cmd_tlbi(0x10, 0, 7) == (0x10 | 7 << 32, 0)
+    assert c.arm_smmu_make_cmd_tlbi(0x11, 9, 7) == (0x11 | 7 << 32 | 9 << 48, 0)
+    assert c.arm_smmu_make_cmd_op(0x20) == (0x20, 0)
+    assert c.arm_smmu_make_cmd_tlbi(0x28, 0, 7) == (0x28 | 7 << 32, 0)
+    assert c.arm_smmu_make_cmd_op(0x30) == (0x30, 0)
+    assert c.arm_smmu_make_cmd_atc_inv(0x99, 0x54321, addr, 52) == (
+        0x40 | 1 << 11 | 0x54321 << 12 | 0x99 << 32, 52 | addr)
+    assert c.arm_smmu_make_cmd_atc_inv_all(0x99, 0) == (0x40 | 0x99 << 32, 52)  # no SSV
+    assert c.arm_smmu_make_cmd_pri_resp(0x99, 3, True, 0x1FF, 2) == (
         0x41 | 1 << 11 | 3 << 12 | 0x99 << 32, 0x1FF | 2 << 12)
-    expect_errno(errno.EINVAL, enc, opcode=0x41, resp=3)
-    assert enc(opcode=0x44, sid=0x99, resp=1, stag=0xBEEF) == (0x44 | 1 << 12 | 0x99 << 32,
-                                                              0xBEEF)
-    # CMD_SYNC: CS=SEV, MSH=ISH, MSIATTR=OIWB; with an MSI address CS=IRQ.
-    assert enc(opcode=0x46) == (0x46 | 2 << 12 | 3 << 22 | 0xF << 24, 0)
-    assert enc(opcode=0x46, msiaddr=0x8000_1040) == (0x46 | 1 << 12 | 3 << 22 | 0xF << 24,
-                                                     0x8000_1040)
-    expect_errno(errno.ENOENT, enc, opcode=0x13)  # NH_VAA is never built by the driver
-    expect_errno(errno.ENOENT, enc, opcode=0x7F)
+    assert c.arm_smmu_make_cmd_resume(0x99, 0xBEEF, 1) == (0x44 | 1 << 12 | 0x99 << 32, 0xBEEF)
+    # CMD_SYNC: MSH=ISH, MSIATTR=OIWB; CS=SEV, or CS=IRQ with an MSI address.
+    assert c.arm_smmu_make_cmd_sync(2, 0) == (0x46 | 2 << 12 | 3 << 22 | 0xF << 24, 0)
+    assert c.arm_smmu_make_cmd_sync(1, 0x8000_1040) == (0x46 | 1 << 12 | 3 << 22 | 0xF << 24,
+                                                        0x8000_1040)
+
+
+class _Batch:
+    def __init__(self) -> None:
+        self.cmds: list[tuple[int, int]] = []
+
+    def add_cmd(self, cmd: tuple[int, int]) -> None:
+        self.cmds.append(cmd)
+
+
+@pytest.mark.parametrize(("ril", "leaf", "iova", "size", "granule", "expect"), [
+    # RIL, leaf 4K pages: TTL=3, one command per 5-bit chunk of the page count.
+    (True, True, 0x10_0000, 3 * 4096, 4096, [(2 << 12 | 0 << 20, 0x10_0000)]),
+    (True, True, 0x10_0000, 33 * 4096, 4096,
+     [(0 << 12 | 0 << 20, 0x10_0000), (0 << 12 | 5 << 20, 0x10_1000)]),
+    # Non-leaf one page: two pages (SCALE=1), so NUM=SCALE=TTL=0 (Reserved) never goes out.
+    (True, False, 0x10_0000, 4096, 4096, [(0 << 12 | 1 << 20, 0x10_0000)]),
+    # Without RIL: one command per granule, no range fields.
+    (False, True, 0x10_0000, 2 * 4096, 4096, [(0, 0x10_0000), (0, 0x10_1000)]),
+])
+def test_range_tlbi_commands(ril: bool, leaf: bool, iova: int, size: int, granule: int,
+                             expect: list[tuple[int, int]]) -> None:
+    from drivers.arm_smmu_v3.cmdq import arm_smmu_make_cmd_tlbi
+    from drivers.arm_smmu_v3.domain import arm_smmu_cmdq_batch_add_range
+    from drivers.arm_smmu_v3.regs import ARM_SMMU_FEAT_RANGE_INV
+
+    class Smmu:
+        features = ARM_SMMU_FEAT_RANGE_INV if ril else 0
+
+    batch = _Batch()
+    cmd = arm_smmu_make_cmd_tlbi(NH_VA, 9, 0)
+    arm_smmu_cmdq_batch_add_range(Smmu(), batch, cmd, leaf, iova, size,  # type: ignore[arg-type]
+                                  granule, 12)
+    fields1 = (1 if leaf else 0) | ((3 << 8 | 1 << 10) if ril and leaf else 0) | (
+        1 << 10 if ril and not leaf else 0)
+    assert batch.cmds == [(cmd[0] | e0, fields1 | a) for e0, a in expect]
 
 
 def test_invalidate_targets(vmm: Vmm) -> None:
