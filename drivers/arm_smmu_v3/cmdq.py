@@ -135,6 +135,16 @@ def arm_smmu_make_cmd_tlbi(op: int, asid: int, vmid: int) -> Cmd:
     return (op | FIELD_PREP(CMDQ_TLBI_0_ASID, asid) | FIELD_PREP(CMDQ_TLBI_0_VMID, vmid), 0)
 
 
+_SYNC_IRQ_0 = arm_smmu_make_cmd_sync(CMDQ_SYNC_0_CS_IRQ, 0)[0]
+_SYNC_SEV_0 = arm_smmu_make_cmd_sync(CMDQ_SYNC_0_CS_SEV, 0)[0]
+#: Little-endian packers of 0..130 qwords: a full batch and its CMD_SYNC.
+_PACKERS = tuple(struct.Struct(f"<{i}Q") for i in range(2 * (CMDQ_BATCH_ENTRIES + 1) + 1))
+
+
+def _packer(nwords: int) -> struct.Struct:
+    return _PACKERS[nwords] if nwords < len(_PACKERS) else struct.Struct(f"<{nwords}Q")
+
+
 CERROR_NAMES = {
     CMDQ_ERR_CERROR_NONE_IDX: "No error",
     CMDQ_ERR_CERROR_ILL_IDX: "Illegal command",
@@ -208,14 +218,13 @@ class ArmSmmuCmdq(ArmSmmuQueue):
 
     def _write_entries(self, prod: int, words: list[int]) -> None:
         """``arm_smmu_cmdq_write_entries``: one copy per contiguous run of slots."""
-        mem = self.smmu.mem
-        n = len(words) >> 1
+        write = self.smmu.mem.write
+        nwords = len(words)
         idx = prod & ((1 << self.max_n_shift) - 1)
-        first = min(n, (1 << self.max_n_shift) - idx)
-        mem.write(self.base_dma + (idx << 4), struct.pack(f"<{2 * first}Q", *words[:2 * first]))
-        if first < n:  # wrapped
-            rest = words[2 * first:]
-            mem.write(self.base_dma, struct.pack(f"<{len(rest)}Q", *rest))
+        first = min(nwords, ((1 << self.max_n_shift) - idx) << 1)
+        write(self.base_dma + (idx << 4), _packer(first).pack(*words[:first]))
+        if first < nwords:  # wrapped
+            write(self.base_dma, _packer(nwords - first).pack(*words[first:]))
 
     def issue_cmdlist(self, cmds: Sequence[Cmd], sync: bool) -> None:
         """``arm_smmu_cmdq_issue_cmdlist``: write the commands (+ a CMD_SYNC) at PROD,
@@ -223,13 +232,16 @@ class ArmSmmuCmdq(ArmSmmuQueue):
         ETIMEDOUT."""
         smmu = self.smmu
         n = len(cmds)
-        total = n + (1 if sync else 0)
-        if total == 0:
+        total = n + 1 if sync else n
+        if not total:
             return
-        self._read_cons()
-        if self.space() < total:
-            raise IommuError(errno.ETIMEDOUT, "CMDQ timeout: no space (is the SMMU running?)")
+        shift = self.max_n_shift
+        wrap_mask = (2 << shift) - 1
+        mmio = smmu.mmio
+        self.cons = cons = mmio.read32(self.cons_off) & ~CMDQ_CONS_ERR
         prod = self.prod
+        if (1 << shift) - ((prod - cons) & wrap_mask) < total:
+            raise IommuError(errno.ETIMEDOUT, "CMDQ timeout: no space (is the SMMU running?)")
         words = [w for cmd in cmds for w in cmd]
         tracer = smmu.tracer
         if tracer.enabled:
@@ -237,20 +249,20 @@ class ArmSmmuCmdq(ArmSmmuQueue):
                 tracer.event("driver", f"cmdq {CMDQ_OP_NAMES.get(q0 & CMDQ_0_OP, '?')}",
                              f"{q0:#x} {q1:#x}")
         msiaddr = 0
-        sync_prod = self.inc(prod, n)
+        sync_prod = (prod & ~wrap_mask & 0x7FFF_FFFF) | ((prod + n) & wrap_mask)
         if sync:
             # arm_smmu_cmdq_build_sync_cmd(): MSI-poll on the sync's own slot, else SEV.
             if smmu.options & ARM_SMMU_OPT_MSIPOLL:
-                msiaddr = self.slot(sync_prod)
-                words += arm_smmu_make_cmd_sync(CMDQ_SYNC_0_CS_IRQ, msiaddr)
+                msiaddr = self.base_dma + ((sync_prod & ((1 << shift) - 1)) << 4)
+                words += (_SYNC_IRQ_0, msiaddr)
             else:
-                words += arm_smmu_make_cmd_sync(CMDQ_SYNC_0_CS_SEV, 0)
+                words += (_SYNC_SEV_0, 0)
             self.syncs += 1
             if tracer.enabled:
                 tracer.event("driver", "cmdq CMD_SYNC", "MSI poll" if msiaddr else "SEV")
         self._write_entries(prod, words)
-        self.prod = self.inc(prod, total)
-        smmu.mmio.write32(self.prod_off, self.prod)
+        self.prod = prod = (prod & ~wrap_mask & 0x7FFF_FFFF) | ((prod + total) & wrap_mask)
+        mmio.write32(self.prod_off, prod)
         if sync:
             self._poll_sync(sync_prod, msiaddr)
 

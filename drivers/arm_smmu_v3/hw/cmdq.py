@@ -132,8 +132,8 @@ def range_reserved(q0: int, q1: int) -> bool:
     TTL=0b01 with a 16K granule (needs IDR5.DS, not implemented), and TG!=0 with
     NUM=SCALE=TTL=0."""
     rng = bool(q0 & _RANGE_0)
-    ttl = FIELD_GET(CMDQ_TLBI_1_TTL, q1)
-    tg = FIELD_GET(CMDQ_TLBI_1_TG, q1)
+    ttl = (q1 >> 8) & 3  # CMDQ_TLBI_1_TTL
+    tg = (q1 >> 10) & 3  # CMDQ_TLBI_1_TG
     if not tg:
         return rng or bool(ttl)
     if tg == 2 and ttl == 1:
@@ -170,25 +170,28 @@ class CommandEngine:
             CMDQ_OP_RESUME: self._resume,
             CMDQ_OP_CMD_SYNC: self._cmd_sync,
         }
+        #: opcode -> (handler, qword 0 fields, qword 1 fields, name)
+        self.table = {op: (fn, *self.fields[op], CMDQ_OP_NAMES[op])
+                      for op, fn in self.ops.items()}
+        self.tracer = hw.platform.tracer
         #: Per-opcode counts of executed commands (tests and the tour read them).
         self.counts: dict[str, int] = {}
 
     def execute(self, q0: int, q1: int, slot: int) -> int:
         op = q0 & CMDQ_0_OP
-        tracer = self.hw.platform.tracer
-        if tracer.enabled:
-            tracer.event("hw", f"{self.hw.name} CMD_{CMDQ_OP_NAMES.get(op, f'OP_{op:#x}')}",
-                         f"{q0:#018x} {q1:#018x}")
-        handler = self.ops.get(op)
-        if handler is None:
+        if self.tracer.enabled:
+            self.tracer.event("hw", f"{self.hw.name} CMD_"
+                              f"{CMDQ_OP_NAMES.get(op, f'OP_{op:#x}')}", f"{q0:#018x} {q1:#018x}")
+        ent = self.table.get(op)
+        if ent is None:
             return ILL
-        m0, m1 = self.fields[op]
+        handler, m0, m1, name = ent
         if q0 & ~m0 or q1 & ~m1:
             return ILL
         err = handler(q0, q1, slot)
         if not err:
-            name = CMDQ_OP_NAMES[op]
-            self.counts[name] = self.counts.get(name, 0) + 1
+            counts = self.counts
+            counts[name] = counts.get(name, 0) + 1
         return err
 
     # -- configuration ---------------------------------------------------------------------
@@ -253,11 +256,11 @@ class CommandEngine:
             return addr, addr + 1
         if range_reserved(q0, q1):
             return None
-        tg = FIELD_GET(CMDQ_TLBI_1_TG, q1)
+        tg = (q1 >> 10) & 3  # CMDQ_TLBI_1_TG
         if tg == 0:
             return addr, addr + 1
-        num = FIELD_GET(CMDQ_TLBI_0_NUM, q0) + 1
-        scale = FIELD_GET(CMDQ_TLBI_0_SCALE, q0)
+        num = ((q0 >> 12) & 0x1F) + 1  # CMDQ_TLBI_0_NUM
+        scale = (q0 >> 20) & 0x1F  # CMDQ_TLBI_0_SCALE
         return addr, addr + (num << (scale + _TG_SHIFT[tg]))
 
     def _tlbi_nh_all(self, q0: int, q1: int, slot: int) -> int:
@@ -378,13 +381,12 @@ class CommandEngine:
         return 0
 
     def _cmd_sync(self, q0: int, q1: int, slot: int) -> int:
-        cs = FIELD_GET(CMDQ_SYNC_0_CS, q0)
+        cs = (q0 >> 12) & 3  # CMDQ_SYNC_0_CS
         if cs == 3:
             return ILL
         if cs == CMDQ_SYNC_0_CS_IRQ and self.cfg.msi:
             # Completion signalled by an MSI write of MSIDATA to MSIADDR.
-            self.hw.platform.mem.write_u32(q1 & CMDQ_SYNC_1_MSIADDR_MASK,
-                                           FIELD_GET(CMDQ_SYNC_0_MSIDATA, q0))
+            self.hw.platform.mem.write_u32(q1 & CMDQ_SYNC_1_MSIADDR_MASK, q0 >> 32)
         return 0
 
 

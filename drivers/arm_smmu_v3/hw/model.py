@@ -58,6 +58,15 @@ from iommu_core.platform.dma import (
 from iommu_core.platform.platform import Platform
 
 _PAGE_MASK = 0xFFF
+_UNPACKERS: dict[int, struct.Struct] = {}
+
+
+def _unpacker(ncmds: int) -> struct.Struct:
+    """Unpacks ``ncmds`` commands (two little-endian qwords each)."""
+    u = _UNPACKERS.get(ncmds)
+    if u is None:
+        u = _UNPACKERS[ncmds] = struct.Struct(f"<{2 * ncmds}Q")
+    return u
 #: Translation fault IDs that may stall or turn into a PRI page request.
 _XLATE_FAULTS = frozenset({0x10, 0x11, 0x12, 0x13})
 
@@ -177,7 +186,7 @@ class SmmuV3Hardware(IommuHardware):
                 idx = cons & (size - 1)
                 pidx = prod & (size - 1)
                 n = pidx - idx if pidx > idx else size - idx
-                words = struct.unpack(f"<{2 * n}Q", read(base + (idx << 4), n << 4))
+                words = _unpacker(n).unpack(read(base + (idx << 4), n << 4))
                 done = 0
                 for i in range(0, 2 * n, 2):
                     error = execute(words[i], words[i + 1], base + ((idx + done) << 4))
