@@ -254,6 +254,8 @@ class ArmSmmuDevice:
         self.tracer = core.platform.tracer
         self.features = 0
         self.options = 0
+        #: vIOMMU guest commands validated as the posted series does (firmware option).
+        self.vsmmu_strict_cmds = bool(res.firmware.get("vsmmu_strict_cmds", False))
         self.ias = 0
         self.oas = 0
         self.asid_bits = 8

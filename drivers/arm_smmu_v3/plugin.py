@@ -45,6 +45,10 @@ from iommu_core.plugin import IommuOps
 from iommu_core.prot import IOMMU_MMIO, IOMMU_NOEXEC, IOMMU_WRITE
 
 DRIVER_NAME = "arm_smmu_v3"
+#: Machine options that are not hardware but what the driver is told (firmware / kernel
+#: parameters): ``vsmmu_strict_cmds`` selects the vIOMMU invalidation of the posted,
+#: unmerged series (see :func:`~drivers.arm_smmu_v3.iommufd.arm_vsmmu_cache_invalidate`).
+FIRMWARE_OPTIONS = ("vsmmu_strict_cmds",)
 
 
 def _smmu_of(dev: Device) -> ArmSmmuDevice:
@@ -75,7 +79,18 @@ class ArmSmmuV3Plugin:
     @hookimpl
     def iommu_hw_create(self, name: str, options: dict[str, Any], platform: Platform
                         ) -> SmmuV3Hardware:
-        return SmmuV3Hardware(name, SmmuHwConfig.from_options(dict(options)), platform)
+        opts = dict(options)
+        firmware = {}
+        for key in FIRMWARE_OPTIONS:
+            if key in opts:
+                value = opts.pop(key)
+                if not isinstance(value, bool):
+                    raise IommuError(errno.EINVAL, f"option {key} must be a bool, not "
+                                     f"{value!r}")
+                firmware[key] = value
+        hw = SmmuV3Hardware(name, SmmuHwConfig.from_options(opts), platform)
+        hw.firmware = firmware
+        return hw
 
     @hookimpl
     def iommu_driver_probe(self, core: IommuCore, res: IommuResources) -> IommuDevice:
