@@ -75,7 +75,7 @@ from iommu_core.platform.dma import DmaFault
 from iommu_core.prot import IOMMU_CACHE, IOMMU_READ, IOMMU_WRITE
 
 from .harness import BareSmmu, tlbi_va
-from .hwutil import cdtable_ste, nested_ste, page, s1_cd, s1_stream, s2_ste
+from .hwutil import cdtable_ste, nested_stream, page, s1_cd, s1_stream, s2_ste
 
 RW = IOMMU_READ | IOMMU_WRITE | IOMMU_CACHE
 
@@ -380,41 +380,9 @@ def test_stage2_and_tlbi_s2_ipa() -> None:
     assert b.events[-1][1] & EVTQ_1_S2
 
 
-def _nested(b: BareSmmu, vmid: int = 9) -> tuple[object, object, int, object]:
-    """Guest RAM at IPA 0x4000_0000 (16 pages); a CD table and S1 tables inside it."""
-    s2 = b.table(2)
-    ram = b.alloc.alloc_pages(4)
-    s2.map(0x4000_0000, ram, 16 * 4096, RW)
-
-    class GuestMem:
-        next = 0
-
-        def alloc_table(self, size: int) -> int:
-            GuestMem.next += 1
-            return 0x4000_0000 + GuestMem.next * 4096
-
-        def free_table(self, addr: int, size: int) -> None:
-            pass
-
-        def read_u64(self, ipa: int) -> int:
-            return b.mem.read_u64(ram + ipa - 0x4000_0000)
-
-        def write_u64(self, ipa: int, v: int) -> None:
-            b.mem.write_u64(ram + ipa - 0x4000_0000, v)
-
-    from iommu_core.pgtable import IoPageTable, formats
-
-    s1 = IoPageTable(formats.arm_lpae_s1(), GuestMem())
-    cd_ipa = 0x4000_0000  # page 0 of guest RAM
-    b.mem.write_qwords(ram, s1_cd(s1, 3).q)  # type: ignore[arg-type]
-    vste = cdtable_ste(cd_ipa)
-    b.write_ste(5, nested_ste((vste[0], vste[1]), s2, vmid))
-    return s1, s2, ram, GuestMem
-
-
 def test_nested_translation_goes_through_stage2() -> None:
     b = BareSmmu()
-    s1, s2, ram, _ = _nested(b)
+    s1, s2, ram = nested_stream(b)
     # Guest maps VA 0x1000 -> IPA of guest page 15.
     s1.map(0x1000, 0x4000_0000 + 15 * 4096, 4096, RW)  # type: ignore[attr-defined]
     b.mem.write(ram + 15 * 4096, b"nested")
@@ -435,7 +403,7 @@ def test_nested_translation_goes_through_stage2() -> None:
 
 def test_nested_cd_fetch_and_table_walk_faults_are_stage2() -> None:
     b = BareSmmu()
-    s1, s2, ram, _ = _nested(b)
+    s1, s2, ram = nested_stream(b)
     dev = b.device(5)
     # Unmap the guest page that holds an S1 table: the walk faults at stage 2, class TT.
     s1.map(0x1000, 0x4000_0000 + 15 * 4096, 4096, RW)  # type: ignore[attr-defined]

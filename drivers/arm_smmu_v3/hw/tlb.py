@@ -380,8 +380,11 @@ class Atc:
         return pages.get(va >> PAGE_SHIFT) if pages is not None else None
 
     def insert(self, sid: int, ssid: int, va: int, pa_page: int, perms: int) -> None:
-        self.by_sid.setdefault(sid, {}).setdefault(ssid, {})[va >> PAGE_SHIFT] = (
-            pa_page, perms)
+        pages = self.by_sid.setdefault(sid, {}).setdefault(ssid, {})
+        page = va >> PAGE_SHIFT
+        if pages.get(page) is not None:  # replaced: what was derived from it goes
+            self.fast.drop(((sid, None if ssid < 0 else ssid, page, True),))
+        pages[page] = (pa_page, perms)
 
     def invalidate(self, sid: int, ssid: int | None, start: int, end: int) -> int:
         """Drop [start, end) for one SSID (-1 = no PASID), or for every SSID when
