@@ -1,8 +1,9 @@
 """Performance ratios measured through the Machine ABI, for any driver.
 
 Every figure is a ratio of two timings taken in the same process (the cyclic GC paused,
-best of N), never an absolute time; the system bench (``python -m iommu_sim.bench``)
-builds on these definitions. Run one driver's set with::
+best of N, the two contenders measured in turns), never an absolute time; the system
+bench (``python -m iommu_sim.bench``) builds on these definitions. Run one driver's set
+with::
 
     python -m iommu_sim.perf --driver arm_smmu_v3 [--option tlb_entries=131072] [--quick]
 
@@ -11,8 +12,9 @@ builds on these definitions. Run one driver's set with::
   unmap_pages of 4 KiB (materialised tables in simulated memory) at the same IOVA.
 * ``inval_cached_ratio``: the same ioctl pair with ``pages`` distinct 4 KiB pages cached
   in the IOMMU (warmed by one DMA read per page over a mapping of ``pages`` pages) /
-  the pair with nothing cached. ``leaf`` 2 MiB lets the mapping use block leaves; 4 KiB
-  forces 4 KiB leaves (misaligned), so the TLB holds one entry per page.
+  the pair on an identical Machine with nothing cached. ``leaf`` 2 MiB lets the mapping
+  use block leaves; 4 KiB forces 4 KiB leaves (misaligned), so the TLB holds one entry
+  per page.
 """
 
 from __future__ import annotations
@@ -46,16 +48,23 @@ WARM_IOVA = 1 << 32
 
 def best_of(fn: Callable[[], object], n: int, reps: int = 7) -> float:
     """Seconds per call of ``fn``: the best of ``reps`` runs of ``n`` calls, GC paused."""
+    return best_of_each([fn], n, reps)[0]
+
+
+def best_of_each(fns: list[Callable[[], object]], n: int, reps: int = 7) -> list[float]:
+    """:func:`best_of` for several functions, their runs interleaved so that a burst of
+    load on a shared machine hits all of them alike."""
     gc.collect()
     was = gc.isenabled()
     gc.disable()
     try:
-        best = float("inf")
+        best = [float("inf")] * len(fns)
         for _ in range(reps):
-            t = time.perf_counter()
-            for _ in range(n):
-                fn()
-            best = min(best, (time.perf_counter() - t) / n)
+            for i, fn in enumerate(fns):
+                t = time.perf_counter()
+                for _ in range(n):
+                    fn()
+                best[i] = min(best[i], (time.perf_counter() - t) / n)
         return best
     finally:
         if was:
@@ -146,8 +155,8 @@ def map_unmap_4k_vs_pgtable(driver: str, options: Mapping[str, Any] | None = Non
                             fmt: PtFormat | None = None, n: int = 300,
                             reps: int = 7) -> dict[str, float]:
     rig = Rig(driver, options)
-    ioctl_s = best_of(rig.map_unmap_4k(), n, reps)
-    floor_s = best_of(pgtable_map_unmap_4k(fmt), n * 4, reps)
+    op, floor = rig.map_unmap_4k(), pgtable_map_unmap_4k(fmt)
+    ioctl_s, floor_s = best_of_each([op, floor], n, reps)
     rig.m.shutdown()
     return {"map_unmap_4k_vs_pgtable": ioctl_s / floor_s, "map_unmap_4k_us": ioctl_s * 1e6,
             "pgtable_map_unmap_4k_us": floor_s * 1e6}
@@ -156,12 +165,12 @@ def map_unmap_4k_vs_pgtable(driver: str, options: Mapping[str, Any] | None = Non
 def inval_cached_ratio(driver: str, options: Mapping[str, Any] | None = None,
                        dev_options: Mapping[str, Any] | None = None, pages: int = 65536,
                        leaf: int = SZ_2M, n: int = 100, reps: int = 7) -> dict[str, float]:
-    rig = Rig(driver, options, dev_options)
-    op = rig.map_unmap_4k()
-    empty_s = best_of(op, n, reps)
-    rig.warm(pages, leaf)
-    cached_s = best_of(op, n, reps)
-    rig.m.shutdown()
+    """Two Machines alike but for the warmed one, measured in turns."""
+    empty, cached = Rig(driver, options, dev_options), Rig(driver, options, dev_options)
+    cached.warm(pages, leaf)
+    empty_s, cached_s = best_of_each([empty.map_unmap_4k(), cached.map_unmap_4k()], n, reps)
+    empty.m.shutdown()
+    cached.m.shutdown()
     return {"inval_cached_ratio": cached_s / empty_s, "map_unmap_4k_empty_us": empty_s * 1e6,
             "map_unmap_4k_cached_us": cached_s * 1e6}
 

@@ -67,10 +67,6 @@ class TlbEntry:
     def intersects(self, start: int, end: int) -> bool:
         return self.va < end and start < self.va + self.size
 
-    def same_translation(self, other: TlbEntry) -> bool:
-        return (self.pa == other.pa and self.perms == other.perms
-                and self.user == other.user)
-
     def __repr__(self) -> str:
         return (f"<TlbEntry va {self.va:#x} size {self.size:#x} pa {self.pa:#x} "
                 f"perms {self.perms}{' user' if self.user else ''}>")
@@ -213,9 +209,13 @@ class Tlb:
         sp = self.tags.get(tag)
         cached = None
         if sp is not None:
-            same_leaf = sp.leaves.get(entry.size, {}).get(entry.va)
+            bucket = sp.leaves.get(entry.size)
+            same_leaf = bucket.get(entry.va) if bucket is not None else None
             if same_leaf:
-                cached = next((e for e in same_leaf if e.same_translation(entry)), None)
+                for e in same_leaf:
+                    if e.pa == entry.pa and e.perms == entry.perms and e.user == entry.user:
+                        cached = e
+                        break
             old = sp.pages.get(page)
             if old is not None and old is not cached:
                 del sp.pages[page]
@@ -223,18 +223,27 @@ class Tlb:
                 if not old.pages:
                     self._remove(old)
         if cached is None:
-            if len(self._order) >= self.capacity:
-                self._remove(next(iter(self._order)))
+            order = self._order
+            if len(order) >= self.capacity:
+                self._remove(next(iter(order)))
             sp = self.tags.get(tag)
             if sp is None:
                 sp = self._new_space(tag)
-            sp.leaves.setdefault(entry.size, {}).setdefault(entry.va, []).append(entry)
+            bucket = sp.leaves.get(entry.size)
+            if bucket is None:
+                bucket = sp.leaves[entry.size] = {}
+            same_leaf = bucket.get(entry.va)
+            if same_leaf is None:
+                bucket[entry.va] = [entry]
+            else:
+                same_leaf.append(entry)
             entry.tag = tag
-            self._order[entry] = None
+            order[entry] = None
             cached = entry
         assert sp is not None
-        if sp.pages.get(page) is not cached:
-            sp.pages[page] = cached
+        pages = sp.pages
+        if pages.get(page) is not cached:
+            pages[page] = cached
             cached.pages.append(page)
         return cached
 

@@ -337,9 +337,13 @@ class Translator:
         update = cd.ha or cd.hd
         xlate: Callable[[int], int] | None = None
         writer: Callable[[int, int], None] | None = self.mem.write_u64 if update else None
-        if s2 is not None:
-            # Nested: every table address is an IPA, and an A/D update of a descriptor
-            # is a write through stage 2 (table PA page -> its IPA page).
+        if s2 is not None and not update:
+            # Nested: every table address is an IPA.
+            def xlate(a: int) -> int:
+                return self.s2_xlate(s2, a, EVTQ_1_CLASS_TT, iova)
+        elif s2 is not None:
+            # ... and an A/D update of a descriptor is a write through stage 2 (the
+            # table's PA page -> its IPA page).
             ipa_of: dict[int, int] = {}
             mem_write = self.mem.write_u64
 
@@ -352,8 +356,7 @@ class Translator:
                 self.s2_desc_write(s2, ipa_of[pa >> 12] | (pa & (PAGE - 1)), iova)
                 mem_write(pa, val)
 
-            if update:
-                writer = write_through_s2
+            writer = write_through_s2
         r = walk(cd.fmt, self.read_u64, cd.ttb0, iova, access=waccess,
                  privileged=bool(access & ACCESS_PRIV), set_accessed=cd.ha,
                  set_dirty=cd.hd, write_u64=writer, table_xlate=xlate)
