@@ -64,9 +64,6 @@ class TlbEntry:
         self.pages: list[int] = []
         self.fast: set[FastKey] | None = None
 
-    def intersects(self, start: int, end: int) -> bool:
-        return self.va < end and start < self.va + self.size
-
     def __repr__(self) -> str:
         return (f"<TlbEntry va {self.va:#x} size {self.size:#x} pa {self.pa:#x} "
                 f"perms {self.perms}{' user' if self.user else ''}>")
@@ -311,9 +308,8 @@ class Tlb:
             if sp is None:
                 continue
             for e in sp.in_range(start, end):
-                if e.tag is not None and e in self._order:
-                    self._remove(e)
-                    dropped += 1
+                self._remove(e)
+                dropped += 1
         return dropped
 
     def clear(self) -> int:
