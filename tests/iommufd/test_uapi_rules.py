@@ -1211,6 +1211,11 @@ def test_invalidate_entry_num_is_written_back_on_every_path(t: Iommufd) -> None:
     assert _inv(t, nested, uptr, sel, PAGE_SIZE + 1, 1) == (errno.EINVAL, 0)
     assert _inv(t, nested, uptr, sel, 8, (1 << 19) + 1) == (errno.EINVAL, 0)
     assert _inv(t, nested, 0, sel, 0, 0) == (0, 0)  # a type probe
+    # 7.3 hw_pagetable.c bounds data_uptr/entry_len only when entry_num != 0
+    assert _inv(t, nested, 0, sel, PAGE_SIZE + 1, 0) == (0, 0)
+    assert _inv(t, nested, uptr, sel, 0xFFFF_FFFF, 0) == (0, 0)
+    assert _inv(t, viommu, 0, st.IOMMU_VIOMMU_INVALIDATE_DATA_SELFTEST, PAGE_SIZE + 1,
+                0) == (0, 0)
     assert _inv(t, nested, 0, st.IOMMU_HWPT_INVALIDATE_DATA_SELFTEST_INVALID, 0, 0) == (
         errno.EINVAL, 0)  # the probe checks the type
     assert _inv(t, nested, uptr, sel, 4, 3) == (errno.EINVAL, 0)  # entry shorter than min
