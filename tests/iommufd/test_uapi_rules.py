@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from iommu_core.errors import IommuError
+from iommu_core.hookspec import hookimpl
 from iommu_sim import DmaFault, Machine
 from iommufd import uapi
 from iommufd import uapi_selftest as st
@@ -1323,6 +1325,61 @@ def test_vdevice_alloc_rules(dm: Machine) -> None:
     with expect_errno(errno.EEXIST):  # virt_id already used in this vIOMMU
         t.vdevice_alloc(viommu, idev2, 1)
     assert t.vdevice_alloc(viommu, idev2, 2) == vdev + 1  # the failures took no id
+
+
+class _VdeviceInitProbe:
+    """Runs in front of the SMMUv3 driver's ``vdevice_init``: records what a lookup sees
+    while the driver decides, can issue a second VDEVICE_ALLOC meanwhile (another thread
+    of the VMM), and can make the driver refuse."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[object, object]] = []
+        self.meanwhile: Any = None
+        self.refuse = False
+
+    @hookimpl(tryfirst=True)
+    def viommu_vdevice_init(self, vdev: Any) -> None:
+        self.seen.append((vdev.viommu.find_dev(vdev.virt_id),
+                          vdev.viommu.get_vdev_id(vdev.dev)))
+        if self.meanwhile is not None:
+            self.meanwhile()
+        if self.refuse:
+            raise IommuError(errno.ENOSPC, "driver refuses the vDEVICE")
+
+
+def test_vdevice_slot_is_reserved_until_vdevice_init_accepts() -> None:
+    # 7.3 viommu.c: xa_insert(vdevs, virt_id, NULL) before vdevice_init, xa_release on
+    # failure, xa_store after: a lookup meanwhile finds nothing, a second alloc of the
+    # same virt_id is EEXIST, a refused vDEVICE leaves the virt_id free.
+    from tests.arm_smmu_v3.vmm import Vmm, guest_vste
+
+    vmm = Vmm((SMMU_DEV, SMMU_DEV2))
+    try:
+        probe = _VdeviceInitProbe()
+        vmm.m.plugins.register(probe, driver="arm_smmu_v3")
+        parent = vmm.hwpt_alloc(vmm.ioas, uapi.IOMMU_HWPT_ALLOC_NEST_PARENT)
+        viommu = vmm.viommu_alloc(parent)
+        dev2 = vmm.dev_ids[SMMU_DEV2]
+        inner: list[int] = []
+
+        def second_alloc() -> None:
+            inner.append(errno_of(vmm.vdevice_alloc, viommu, 0x42, dev2))
+
+        probe.meanwhile, probe.refuse = second_alloc, True
+        assert errno_of(vmm.vdevice_alloc, viommu, 0x42) == errno.ENOSPC
+        assert probe.seen == [(None, None)]  # the reserved slot reads as NULL
+        assert inner == [errno.EEXIST]  # ...but is taken
+        probe.meanwhile, probe.refuse = None, False
+        probe.seen.clear()
+        vdev = vmm.vdevice_alloc(viommu, 0x42)  # the refused one released the virt_id
+        assert vdev and probe.seen == [(None, None)]
+        assert errno_of(vmm.vdevice_alloc, viommu, 0x42, dev2) == errno.EEXIST
+        # Published: the driver now finds the device by its virt_id (a vSTE naming it).
+        nested = vmm.nested(viommu, guest_vste())
+        vmm.attach(nested)
+    finally:
+        vmm.close()
+    assert vmm.m.kernel_pages_in_use == 0
 
 
 def test_vdevice_virt_id_above_ulong_max() -> None:
