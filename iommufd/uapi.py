@@ -882,27 +882,6 @@ class iommu_hw_queue_alloc(UapiStruct):
     ]
 
 
-class iommu_ioas_noiommu_get_pa(UapiStruct):
-    """Proposed ``IOMMU_IOAS_NOIOMMU_GET_PA`` argument (unmerged; layout unverified against
-    a C header: seen only in a 2026 transcription and a VFIO noiommu selftest)."""
-
-    size: int
-    flags: int
-    ioas_id: int
-    iova: int
-    length: int
-    out_phys: int
-    _fields_ = [
-        ("size", _u32),
-        ("flags", _u32),
-        ("ioas_id", _u32),
-        ("__reserved", _u32),
-        ("iova", _u64),
-        ("length", _u64),
-        ("out_phys", _u64),
-    ]
-
-
 # ---------------------------------------------------------------------------------------
 # Request numbers and the command table (drivers/iommu/iommufd/main.c IOCTL_OP())
 # ---------------------------------------------------------------------------------------

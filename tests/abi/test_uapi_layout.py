@@ -39,8 +39,9 @@ LAYOUT: dict[str, tuple[int, dict[str, tuple[int, int]]]] = {
     "iommu_ioas_map": (40, {
         "size": (0, 4), "flags": (4, 4), "ioas_id": (8, 4), U: (12, 4), "user_va": (16, 8),
         "length": (24, 8), "iova": (32, 8)}),
+    # Linux 7.3 include/uapi/linux/iommufd.h
     "iommu_ioas_noiommu_get_pa": (40, {
-        "size": (0, 4), "flags": (4, 4), "ioas_id": (8, 4), "__reserved": (12, 4),
+        "size": (0, 4), "flags": (4, 4), "ioas_id": (8, 4), U: (12, 4),
         "iova": (16, 8), "length": (24, 8), "out_phys": (32, 8)}),
     "iommu_ioas_map_file": (40, {
         "size": (0, 4), "flags": (4, 4), "ioas_id": (8, 4), "fd": (12, 4), "start": (16, 8),
@@ -86,10 +87,6 @@ LAYOUT: dict[str, tuple[int, dict[str, tuple[int, int]]]] = {
     "iommu_hw_queue_alloc": (40, {
         "size": (0, 4), "flags": (4, 4), "viommu_id": (8, 4), "type": (12, 4), "index": (16, 4),
         "out_hw_queue_id": (20, 4), "nesting_parent_iova": (24, 8), "length": (32, 8)}),
-    # uapi.md §11 (proposed command; layout from the 2026 transcription)
-    "iommu_ioas_noiommu_get_pa": (40, {
-        "size": (0, 4), "flags": (4, 4), "ioas_id": (8, 4), U: (12, 4), "iova": (16, 8),
-        "length": (24, 8), "out_phys": (32, 8)}),
     # uapi.md §3.2
     "iommu_hwpt_pgfault": (40, {
         "flags": (0, 4), "dev_id": (4, 4), "pasid": (8, 4), "grpid": (12, 4), "perm": (16, 4),
