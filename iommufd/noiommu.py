@@ -16,8 +16,8 @@ import errno
 from iommu_core.errors import IommuError
 from iommu_core.trace import traced
 from iommufd import uapi
-from iommufd.ioas import iommufd_get_ioas
 from iommufd.io_pagetable import IoPagetable
+from iommufd.ioas import iommufd_get_ioas
 from iommufd.private import ULONG_MAX, Ucmd
 
 

@@ -146,6 +146,7 @@ REFERENCE_TABLE = {  # name: (request, sizeof, min_size) from uapi.md §1.1
     "IOMMU_VIOMMU_ALLOC": (0x3B90, 40, 24), "IOMMU_VDEVICE_ALLOC": (0x3B91, 24, 24),
     "IOMMU_IOAS_CHANGE_PROCESS": (0x3B92, 8, 8), "IOMMU_VEVENTQ_ALLOC": (0x3B93, 32, 28),
     "IOMMU_HW_QUEUE_ALLOC": (0x3B94, 40, 40),
+    "IOMMU_IOAS_NOIOMMU_GET_PA": (0x3B95, 40, 40),  # Linux 7.3
 }
 
 
