@@ -4,6 +4,9 @@ type1 container API (``include/uapi/linux/vfio.h``).
 Source: ``include/uapi/linux/vfio.h`` at torvalds/linux@02256acf1e81 (has
 ``token_uuid_ptr`` / ``VFIO_DEVICE_BIND_FLAG_TOKEN`` and PASID attach/detach; there
 ``VFIO_TYPE1_NESTING_IOMMU`` is renamed ``__VFIO_RESERVED_TYPE1_NESTING_IOMMU``, value 6).
+The device ioctls of a bound fd (GET_INFO, GET_REGION_INFO, GET_IRQ_INFO, RESET,
+FEATURE), vfio-pci's region and IRQ indexes and the device features are from Linux 7.3's
+``include/uapi/linux/vfio.h``.
 Container layouts and numbers were also compiled against the distribution's v6.1
 ``<linux/vfio.h>`` with gcc on x86_64. The kernel's minimum sizes (``minsz``) come from
 ``drivers/iommu/iommufd/vfio_compat.c``, ``drivers/vfio/vfio_iommu_type1.c`` and
