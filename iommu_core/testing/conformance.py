@@ -43,6 +43,9 @@ from iommu_core.testing.report import record_claims
 pytestmark = pytest.mark.iommu_feature("core")
 
 RW = IOMMU_READ | IOMMU_WRITE | IOMMU_CACHE
+#: Implementing any of these makes a driver "describe" itself (the teaching hooks).
+DESCRIBE_HOOKS = ("describe_structures", "describe_hw_info", "describe_device",
+                  "describe_domain")
 IOVA = 0x100_0000  # inside every driver's aperture (the mock's starts here)
 
 
@@ -60,6 +63,7 @@ def driver_features(env: DriverEnv, dev: Device) -> dict[str, bool]:
         "pri": dev.pri and ops.implements("page_response"),
         "identity": ops.identity_domain is not None
         or ops.implements("domain_alloc_identity"),
+        "describe": any(ops.implements(h) for h in DESCRIBE_HOOKS),
     }
 
 
