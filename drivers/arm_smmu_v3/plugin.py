@@ -14,6 +14,7 @@ from typing import Any
 from drivers.arm_smmu_v3 import domain as d
 from drivers.arm_smmu_v3 import iommufd as nest
 from drivers.arm_smmu_v3.cmdq import arm_smmu_make_cmd_pri_resp, arm_smmu_make_cmd_resume
+from drivers.arm_smmu_v3.describe import SmmuDescribe
 from drivers.arm_smmu_v3.device import ArmSmmuDevice
 from drivers.arm_smmu_v3.hw.config import SmmuHwConfig
 from drivers.arm_smmu_v3.hw.model import SmmuV3Hardware
@@ -58,7 +59,7 @@ def _smmu_of(dev: Device) -> ArmSmmuDevice:
     return smmu
 
 
-class ArmSmmuV3Plugin:
+class ArmSmmuV3Plugin(SmmuDescribe):
     """The SMMUv3 driver. One instance serves every Machine: all state lives in the
     objects the hooks are called with (the IommuOps, the unit, devices, domains)."""
 

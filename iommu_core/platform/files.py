@@ -36,6 +36,14 @@ class File:
     def write(self, data: bytes) -> int:
         raise IommuError(errno.EINVAL, f"{self.name} is not writable")
 
+    def pread(self, n: int, offset: int) -> bytes:
+        """``pread(2)`` at ``offset``; a file without it (no FMODE_PREAD) is ESPIPE."""
+        raise IommuError(errno.ESPIPE, f"{self.name} has no pread")
+
+    def pwrite(self, data: bytes, offset: int) -> int:
+        """``pwrite(2)`` at ``offset``; a file without it (no FMODE_PWRITE) is ESPIPE."""
+        raise IommuError(errno.ESPIPE, f"{self.name} has no pwrite")
+
     def mmap(self, length: int, offset: int, shared: bool, prot_exec: bool
              ) -> tuple[int, Callable[[], None]]:
         """Map device memory: returns its physical base and a callback run when the
