@@ -19,7 +19,7 @@ from iommu_core.errors import IommuError
 from iommu_core.iommu import IommuCore
 from iommu_core.platform.bus import Device, make_pci_device
 from iommu_core.platform.dma import DmaFault, device_dma_read, device_dma_write
-from iommu_core.platform.files import FileTable
+from iommu_core.platform.files import File, FileTable
 from iommu_core.platform.memory import PAGE_SIZE
 from iommu_core.platform.mm import TASK_SIZE
 from iommu_core.platform.platform import Platform
@@ -67,6 +67,7 @@ def _oserror(e: IommuError) -> OSError:
 _U32 = (1 << 32) - 1
 _U64 = (1 << 64) - 1
 _SSIZE_MAX = (1 << 63) - 1
+_S64_MAX = (1 << 63) - 1  # LLONG_MAX: the largest loff_t
 MAX_RW_COUNT = 0x7FFF_F000  # INT_MAX & PAGE_MASK
 
 
@@ -327,30 +328,39 @@ class Machine:
         except IommuError as e:
             raise _oserror(e) from None
 
+    # pread(2)/pwrite(2): ksys_pread64 checks the position, then the fd, then whether the
+    # file has the op (ESPIPE), then vfs_read/vfs_write check the count.
+    def _pos_file(self, fd: int, offset: Any, op: str) -> tuple[File, int]:
+        pos = _int(offset, "offset")
+        if pos < 0 or pos > _S64_MAX:  # loff_t: a larger u64 is a negative offset
+            raise OSError(errno.EINVAL, f"negative offset {offset:#x}")
+        f = self._enter().files.get(fd)
+        if getattr(type(f), op) is getattr(File, op):
+            getattr(f, op)(b"" if op == "pwrite" else 0, pos)  # the VFS answer: ESPIPE
+        return f, pos
+
+    @staticmethod
+    def _rw_verify_area(pos: int, n: int) -> None:
+        if pos + n > _S64_MAX:
+            raise OSError(errno.EINVAL, f"offset {pos:#x} + count {n:#x} overflows loff_t")
+
     def pread(self, fd: int, n: int, offset: int) -> bytes:
-        """``pread64(2)``: ``n`` bytes at ``offset`` (EINVAL for a negative offset;
-        ESPIPE on a file that has no positions)."""
-        task = self._enter()
+        """``pread(2)``: ``n`` bytes at ``offset`` of the file; its position is unchanged."""
         try:
-            f = task.files.get(fd)
-            n = min(_count(n), MAX_RW_COUNT)
-            offset = _int(offset, "offset")
-            if offset < 0 or offset > _SSIZE_MAX:
-                raise OSError(errno.EINVAL, f"bad offset {offset}")
-            return bytes(f.pread(n, offset))
+            f, pos = self._pos_file(fd, offset, "pread")
+            n = _count(n)
+            self._rw_verify_area(pos, n)
+            return bytes(f.pread(min(n, MAX_RW_COUNT), pos))
         except IommuError as e:
             raise _oserror(e) from None
 
     def pwrite(self, fd: int, data: bytes | bytearray, offset: int) -> int:
-        """``pwrite64(2)``: write ``data`` at ``offset``; the bytes written."""
-        task = self._enter()
+        """``pwrite(2)``: write ``data`` at ``offset`` of the file; returns bytes written."""
         try:
-            f = task.files.get(fd)
-            buf = bytes(_buffer(data)[:MAX_RW_COUNT])
-            offset = _int(offset, "offset")
-            if offset < 0 or offset > _SSIZE_MAX:
-                raise OSError(errno.EINVAL, f"bad offset {offset}")
-            return int(f.pwrite(buf, offset))
+            f, pos = self._pos_file(fd, offset, "pwrite")
+            buf = _buffer(data)
+            self._rw_verify_area(pos, len(buf))
+            return int(f.pwrite(bytes(buf[:MAX_RW_COUNT]), pos))
         except IommuError as e:
             raise _oserror(e) from None
 

@@ -333,10 +333,12 @@ def iommufd_hwpt_invalidate(ucmd: Ucmd) -> int:
     try:
         if int(getattr(cmd, "__reserved")):
             raise IommuError(errno.EOPNOTSUPP, "__reserved must be 0")
-        if cmd.entry_num and (not cmd.data_uptr or not cmd.entry_len):
-            raise IommuError(errno.EINVAL, "entries without data_uptr or entry_len")
-        if cmd.entry_len > PAGE_SIZE or cmd.entry_num > IOMMU_HWPT_INVALIDATE_ENTRY_NUM_MAX:
-            raise IommuError(errno.EINVAL, "entry_len or entry_num too large")
+        # Only a non-empty array is bounded: entry_num 0 ignores data_uptr/entry_len.
+        if cmd.entry_num and (not cmd.data_uptr or not cmd.entry_len
+                              or cmd.entry_len > PAGE_SIZE
+                              or cmd.entry_num > IOMMU_HWPT_INVALIDATE_ENTRY_NUM_MAX):
+            raise IommuError(errno.EINVAL, "entries without data_uptr, or entry_len "
+                             f"{cmd.entry_len} / entry_num {cmd.entry_num} out of bounds")
         array = UserDataArray(ictx.current.uaccess, cmd.data_type, cmd.data_uptr,
                               cmd.entry_len, cmd.entry_num)
         obj = ictx.get_any(cmd.hwpt_id)

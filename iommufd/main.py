@@ -42,6 +42,7 @@ from iommufd.ioas import (
     iommufd_ioas_map_file,
     iommufd_ioas_unmap,
 )
+from iommufd.noiommu import iommufd_ioas_noiommu_get_pa
 from iommufd.option import iommufd_option
 from iommufd.private import IommufdCtx, IommufdSubsys, Ucmd
 from iommufd.selftest import iommufd_test
@@ -93,6 +94,7 @@ _HANDLERS: dict[str, Handler] = {
     "IOMMU_IOAS_CHANGE_PROCESS": iommufd_ioas_change_process,
     "IOMMU_VEVENTQ_ALLOC": iommufd_veventq_alloc,
     "IOMMU_HW_QUEUE_ALLOC": iommufd_hw_queue_alloc_ioctl,
+    "IOMMU_IOAS_NOIOMMU_GET_PA": iommufd_ioas_noiommu_get_pa,
     "IOMMU_TEST_CMD": iommufd_test,
 }
 

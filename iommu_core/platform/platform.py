@@ -56,7 +56,8 @@ class Platform:
         if hw.name in self.iommus:
             raise IommuError(errno.EEXIST, f"IOMMU {hw.name!r} already exists")
         self.iommus[hw.name] = hw
-        return IommuResources(name=hw.name, mmio=dict(hw.mmio), irqs=dict(hw.irqs))
+        return IommuResources(name=hw.name, mmio=dict(hw.mmio), irqs=dict(hw.irqs),
+                              firmware=dict(hw.firmware))
 
     def add_device(self, dev: Device) -> None:
         if dev.name in self.devices:

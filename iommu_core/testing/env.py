@@ -140,11 +140,12 @@ class DriverEnv:
         return viommu
 
     def vdevice_alloc(self, viommu: KitViommu, dev: Device, virt_id: int) -> KitVdevice:
-        """IOMMU_VDEVICE_ALLOC: record the vDEVICE, then the driver's ``vdevice_init``."""
+        """IOMMU_VDEVICE_ALLOC: reserve the virt_id (it reads as unknown), run the
+        driver's ``vdevice_init``, then publish the vDEVICE."""
         if virt_id in viommu.vdevs:
             raise IommuError(errno.EEXIST, f"virt_id {virt_id:#x} is already used")
         vdev = KitVdevice(viommu, dev, virt_id)
-        viommu.vdevs[virt_id] = vdev
+        viommu.vdevs[virt_id] = None
         try:
             if viommu.ops is not None and viommu.ops.has("viommu_vdevice_init"):
                 viommu.ops.vdevice_init(vdev)
@@ -152,6 +153,7 @@ class DriverEnv:
         except IommuError:
             del viommu.vdevs[virt_id]
             raise
+        viommu.vdevs[virt_id] = vdev
         self._vdevs.append(vdev)
         return vdev
 

@@ -12,6 +12,7 @@ open of the file raises it).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -233,10 +234,8 @@ class ExportTable:
                         f.release()
             ex.regions.clear()
             os.close(ex.own_fd)
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(os.path.join(self.dir, ex.name))
-            except OSError:
-                pass
 
     def close(self) -> None:
         for ex in list(self.by_key.values()):

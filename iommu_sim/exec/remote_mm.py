@@ -13,7 +13,9 @@ up or pins gets a frame number that stays the same while the process maps it:
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import functools
 import mmap
 import os
 from collections.abc import Callable, Iterator
@@ -129,10 +131,8 @@ class HostWindow:
         returns to the pool); the frame numbers are free again."""
         self.alloc.mem.detach_window(self.base, self.npages)
         if self._map is not None:
-            try:
+            with contextlib.suppress(BufferError):  # a view is out there: it goes with it
                 self._map.close()
-            except BufferError:
-                pass  # a view is still out there; the mapping goes with it
             self._map = None
         os.close(self.fd)
         self.alloc.free_range(self.base, self.npages)
@@ -189,10 +189,8 @@ class RemotePage:
 
     def __setitem__(self, s: slice, data: bytes | bytearray | memoryview) -> None:
         start = s.start or 0
-        try:
+        with contextlib.suppress(OSError):  # the process is gone: the DMA lands nowhere
             vm_write(self.pid, self.va + start, data)
-        except OSError:
-            pass  # the process is gone; the DMA lands nowhere it can be seen
 
     def __len__(self) -> int:
         return PAGE_SIZE
@@ -285,13 +283,10 @@ class RemoteMm(MmStruct):
 
         for e, s, hi in pieces:
             if e.shared and (e.inode or e.path):
-                span = f"{e.start:x}-{e.end:x}"
-                pid = self.pid
+                path = f"/proc/{self.pid}/map_files/{e.start:x}-{e.end:x}"
                 flags = os.O_RDWR if "w" in e.perms else os.O_RDONLY
                 try:
-                    w = self.windows.window(
-                        lambda span=span, flags=flags: os.open(  # type: ignore[misc]
-                            f"/proc/{pid}/map_files/{span}", flags))
+                    w = self.windows.window(functools.partial(os.open, path, flags))
                 except OSError:
                     raise efault(s) from None
                 first = (e.offset + s - e.start) >> PAGE_SHIFT
