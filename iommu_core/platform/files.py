@@ -107,6 +107,11 @@ class File:
     def poll(self) -> int:
         return 0
 
+    def eventfd_signal(self, n: int = 1) -> None:
+        """Add ``n`` to an eventfd's counter (a device interrupt); anything else is not
+        an eventfd (``eventfd_ctx_fdget``: EINVAL)."""
+        raise IommuError(errno.EINVAL, f"{self.name} is not an eventfd")
+
     def pin_folios(self, start: int, end: int) -> list[tuple[int, int]]:
         """``memfd_pin_folios``: pin the page-cache pages holding bytes ``[start, end]``,
         allocating missing ones; runs of (pfn, count). Only shmem and hugetlbfs files

@@ -54,7 +54,46 @@ class Exported:
         self.own_fd = -1
         #: Regions mapped through this file: offset -> (host mapping, region).
         self.regions: dict[int, tuple[mmap.mmap, PfnRegion]] = {}
+        #: Register blocks mapped through this file, by offset.
+        self.shadows: dict[int, RegisterShadow] = {}
         self.released = False
+
+
+class RegisterShadow:
+    """Device registers (an ``Mmio``) mapped into the program: a shared page the program
+    loads from and stores to. At every sync point the supervisor replays the words the
+    program changed as register writes, in address order, then shows the registers' values
+    again. So a store takes effect at the program's next watched system call or within a
+    tick, and a load sees the registers as of the last sync (reads have no side effects)."""
+
+    def __init__(self, mmio: Any, base: int, host: mmap.mmap) -> None:
+        self.mmio = mmio
+        self.base = base
+        self.host = host
+        self.view = memoryview(host)
+        self.last = self._registers()
+        self.view[:] = self.last
+
+    def _registers(self) -> bytes:
+        n = len(self.view)
+        snap = getattr(self.mmio, "snapshot", None)
+        if snap is not None:
+            data = bytes(snap(self.base, n))
+            if len(data) == n:
+                return data
+        return b"".join(self.mmio.read32(self.base + o).to_bytes(4, "little")
+                        for o in range(0, n, 4))
+
+    def sync(self) -> None:
+        cur = bytes(self.view)
+        if cur != self.last:
+            for o in range(0, len(cur), 4):
+                if cur[o : o + 4] != self.last[o : o + 4]:
+                    self.mmio.write32(self.base + o, int.from_bytes(cur[o : o + 4], "little"))
+        regs = self._registers()
+        if regs != cur:
+            self.view[:] = regs
+        self.last = regs
 
 
 class ExportTable:
@@ -126,6 +165,28 @@ class ExportTable:
             self.mem.rebind_frame((region.pa >> PAGE_SHIFT) + i,
                                   mv[i * PAGE_SIZE : (i + 1) * PAGE_SIZE])
         ex.regions[offset] = (host, region)
+
+    def back_registers(self, ex: Exported, offset: int, length: int, region: PfnRegion
+                       ) -> None:
+        """Make the file's pages [offset, offset+length) show the region's registers."""
+        length = (length + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+        if os.fstat(ex.own_fd).st_size < offset + length:
+            os.ftruncate(ex.own_fd, offset + length)
+        if offset in ex.shadows:
+            return
+        host = mmap.mmap(ex.own_fd, length, mmap.MAP_SHARED,
+                         mmap.PROT_READ | mmap.PROT_WRITE, offset=offset)
+        ex.shadows[offset] = RegisterShadow(region.mmio, region.mmio_offset, host)
+        ex.regions[offset] = (host, region)
+
+    def sync_registers(self) -> bool:
+        """Replay the program's register stores; True if any register block is mapped."""
+        any_shadow = False
+        for ex in list(self.by_key.values()):
+            for sh in ex.shadows.values():
+                any_shadow = True
+                sh.sync()
+        return any_shadow
 
     # -- readiness --------------------------------------------------------------------------
     def sync_tokens(self) -> None:
@@ -224,7 +285,12 @@ class ExportTable:
             os.close(ex.write_fd)
         else:
             self._by_name.pop(ex.name, None)
+            for sh in ex.shadows.values():
+                sh.view.release()
+            ex.shadows.clear()
             for host, _region in ex.regions.values():
+                if _region.mmio is not None:
+                    continue
                 pa = _region.pa
                 n = len(host) >> PAGE_SHIFT
                 for i in range(n):  # the frames are the simulation's own again
@@ -271,6 +337,11 @@ class HostFile(File):
         pfn, n = w.pfns(first, (end >> PAGE_SHIFT) - first + 1)
         self.windows.alloc.pin(pfn, n)
         return [(pfn, n)]
+
+    def eventfd_signal(self, n: int = 1) -> None:
+        """Add ``n`` to the program's eventfd (a device interrupt delivered to it)."""
+        with contextlib.suppress(OSError):
+            os.write(self.fd, n.to_bytes(8, "little"))
 
     def release(self) -> None:
         os.close(self.fd)

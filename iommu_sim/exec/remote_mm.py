@@ -200,9 +200,15 @@ class RemoteMm(MmStruct):
     """The address space of process ``pid``."""
 
     def __init__(self, mem: PhysicalMemory, alloc: PageAllocator, pid: int,
-                 windows: HostWindows, is_device_file: Callable[[MapsEntry], bool]) -> None:
+                 windows: HostWindows, is_device_file: Callable[[MapsEntry], bool],
+                 epoch: Callable[[], int] = lambda: 0) -> None:
         super().__init__(mem, alloc)
         self.pid = pid
+        #: The supervisor's count of system calls served: the process is stopped in one,
+        #: so its mappings cannot change while the count stays the same.
+        self.epoch = epoch
+        self._maps: tuple[int, list[MapsEntry]] | None = None
+        self._windows: dict[tuple[int, int], HostWindow] = {}
         self.windows = windows
         #: Mappings of the Machine's own files (VM_PFNMAP regions): never pinnable.
         self.is_device_file = is_device_file
@@ -226,9 +232,17 @@ class RemoteMm(MmStruct):
         except OSError:
             raise efault(va) from None
 
+    def maps(self) -> list[MapsEntry]:
+        """``/proc/<pid>/maps``, read once per system call."""
+        now = self.epoch()
+        if self._maps is None or self._maps[0] != now:
+            self._maps = (now, read_maps(self.pid))
+            self._windows.clear()
+        return self._maps[1]
+
     def check_range(self, va: int, n: int) -> None:
         end = va + n
-        for e in read_maps(self.pid):
+        for e in self.maps():
             if e.end <= va:
                 continue
             if e.start > va:
@@ -242,7 +256,7 @@ class RemoteMm(MmStruct):
     # -- page lookup ----------------------------------------------------------------------
     def _pieces(self, va: int, n: int) -> Iterator[tuple[MapsEntry, int, int]]:
         end = va + n
-        for e in read_maps(self.pid):
+        for e in self.maps():
             if e.end <= va:
                 continue
             if e.start > va:
@@ -283,12 +297,15 @@ class RemoteMm(MmStruct):
 
         for e, s, hi in pieces:
             if e.shared and (e.inode or e.path):
-                path = f"/proc/{self.pid}/map_files/{e.start:x}-{e.end:x}"
-                flags = os.O_RDWR if "w" in e.perms else os.O_RDONLY
-                try:
-                    w = self.windows.window(functools.partial(os.open, path, flags))
-                except OSError:
-                    raise efault(s) from None
+                w = self._windows.get((e.start, e.end))
+                if w is None or w.key not in self.windows.by_key:
+                    path = f"/proc/{self.pid}/map_files/{e.start:x}-{e.end:x}"
+                    flags = os.O_RDWR if "w" in e.perms else os.O_RDONLY
+                    try:
+                        w = self.windows.window(functools.partial(os.open, path, flags))
+                    except OSError:
+                        raise efault(s) from None
+                    self._windows[(e.start, e.end)] = w
                 first = (e.offset + s - e.start) >> PAGE_SHIFT
                 pfn, n = w.pfns(first, (hi - s) >> PAGE_SHIFT)
                 add(pfn, n)
@@ -308,7 +325,7 @@ class RemoteMm(MmStruct):
         return pfn
 
     def is_compound(self, va: int) -> bool:
-        for e in read_maps(self.pid):
+        for e in self.maps():
             if e.start <= va < e.end:
                 return e.hugetlb
         return False

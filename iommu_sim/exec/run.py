@@ -128,13 +128,14 @@ def _code(st: int) -> int:
 def _serve(sup: Supervisor, listener: Listener, pid: int) -> int:
     """Serve notifications until every watched process is gone; the main one's status."""
     status: int | None = None
+    ticking = False
     while True:
         p = select.poll()
         p.register(listener.fd, select.POLLIN)
         for fd in sup.watch_fds():
             p.register(fd, select.POLLIN | select.POLLERR)
         try:
-            events = p.poll(1000 if status is None else 100)
+            events = p.poll(2 if ticking else (1000 if status is None else 100))
         except InterruptedError:
             continue
         hup = False
@@ -149,6 +150,7 @@ def _serve(sup: Supervisor, listener: Listener, pid: int) -> int:
                 hup = True
         if not any(fd == listener.fd for fd, _ev in events):
             sup.reap()
+        ticking = sup.tick()
         if status is None:
             try:
                 got, st = os.waitpid(pid, os.WNOHANG)

@@ -192,6 +192,8 @@ class Supervisor:
         self.procs: dict[int, Proc] = {}
         self.tid_tgid: dict[int, int] = {}
         self.nid = 0
+        #: System calls served so far (a process's mappings hold still within one).
+        self.epoch = 0
         self._borrowed: list[File] = []
         self.handlers: dict[int, Callable[[ExecTask, SeccompNotif], Any]] = {
             NR["open"]: self.sys_open, NR["openat"]: self.sys_openat,
@@ -214,7 +216,7 @@ class Supervisor:
     # -- tasks ------------------------------------------------------------------------------
     def new_mm(self, tgid: int) -> RemoteMm:
         return RemoteMm(self.platform.mem, self.platform.alloc, tgid, self.windows,
-                        self._is_device_file)
+                        self._is_device_file, lambda: self.epoch)
 
     def _is_device_file(self, e: MapsEntry) -> bool:
         return any(ex.key[1] == e.inode for ex in self.exports.by_key.values()
@@ -322,7 +324,9 @@ class Supervisor:
     def handle(self, n: SeccompNotif) -> None:
         nid = n.id
         self.nid = nid
+        self.epoch += 1
         self.reap()
+        self.exports.sync_registers()
         task = self.task_of(n.pid)
         handler = self.handlers.get(n.data.nr)
         if task is None or handler is None:
@@ -353,7 +357,15 @@ class Supervisor:
             self.listener.send(nid, error=res.errno)
         else:
             self.listener.send(nid, val=int(res))
+        self.tick()
+
+    def tick(self) -> bool:
+        """Between system calls: registers the program stored to take effect, fds whose
+        files became readable become readable. True while registers are mapped (the loop
+        then keeps ticking)."""
+        mapped = self.exports.sync_registers()
         self.exports.sync_tokens()
+        return mapped
 
     def reap(self) -> None:
         """Process what happened since the last call: files released, processes gone."""
@@ -564,11 +576,14 @@ class Supervisor:
             return CONTINUE
         shared = flags & MAP_SHARED_VALIDATE in (MAP_SHARED, MAP_SHARED_VALIDATE)
         region = ex.file.mmap(length, off, shared, bool(prot & PROT_EXEC))
-        if not isinstance(region, PfnRegion) or region.mmio is not None or ex.kind != "tmpfs":
+        if not isinstance(region, PfnRegion) or ex.kind != "tmpfs":
             if isinstance(region, PfnRegion) and region.close is not None:
                 region.close()
             return IommuError(errno.ENODEV, "this mapping cannot be shown to a program")
-        self.exports.back_region(ex, off, length, region)
+        if region.mmio is not None:
+            self.exports.back_registers(ex, off, length, region)
+        else:
+            self.exports.back_region(ex, off, length, region)
         proc.pending.append((ex.key, off, (length + 4095) & ~4095, region))
         return CONTINUE
 
