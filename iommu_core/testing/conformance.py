@@ -60,6 +60,8 @@ def driver_features(env: DriverEnv, dev: Device) -> dict[str, bool]:
         "nesting": ops.implements("domain_alloc_nested")
         or ops.implements("viommu_alloc_domain_nested"),
         "viommu": ops.implements("get_viommu_size") and ops.implements("viommu_init"),
+        "hw_queue": ops.implements("viommu_get_hw_queue_size")
+        and ops.implements("viommu_hw_queue_init_phys"),
         "pri": dev.pri and ops.implements("page_response"),
         "identity": ops.identity_domain is not None
         or ops.implements("domain_alloc_identity"),
@@ -83,7 +85,9 @@ def require(env: DriverEnv, dev: Device, feature: str) -> None:
 @pytest.fixture
 def env(iommu_driver: str, iommu_extra_plugins: list[object],
         request: pytest.FixtureRequest) -> Iterator[DriverEnv]:
-    e = DriverEnv(iommu_driver, extra_plugins=iommu_extra_plugins)
+    marker = request.node.get_closest_marker("iommu_feature")
+    suite = str(marker.args[0]) if marker is not None and marker.args else "core"
+    e = DriverEnv(iommu_driver, extra_plugins=iommu_extra_plugins, suite=suite)
     yield e
     if e.features is not None:
         record_claims(request.config, iommu_driver, e.features)

@@ -13,6 +13,8 @@ import struct
 from typing import Any, NoReturn
 
 from drivers.arm_smmu_v3.hw.cmdq import CommandEngine
+from drivers.arm_smmu_v3.hw.cmdqv import CmdqvConfig, Tegra241CmdqvHw
+from drivers.arm_smmu_v3.hw.cmdqv_regs import CmdqvRegs
 from drivers.arm_smmu_v3.hw.config import SmmuHwConfig
 from drivers.arm_smmu_v3.hw.decode import SmmuEvent
 from drivers.arm_smmu_v3.hw.queues import HwQueue, event_record, pri_record
@@ -76,7 +78,8 @@ class SmmuV3Hardware(IommuHardware):
 
     granule = 4096
 
-    def __init__(self, name: str, cfg: SmmuHwConfig, platform: Platform) -> None:
+    def __init__(self, name: str, cfg: SmmuHwConfig, platform: Platform,
+                 cmdqv: CmdqvConfig | None = None) -> None:
         self.name = name
         self.cfg = cfg
         self.platform = platform
@@ -120,6 +123,14 @@ class SmmuV3Hardware(IommuHardware):
                                          for n in ("evtq", "priq", "gerror")}
         self.cmd = CommandEngine(self)
         self.xlate = Translator(self)
+        #: The Tegra241 CMDQV beside this SMMU (Machine option ``tegra241_cmdqv``): its
+        #: own register window and interrupt, the SMMU's command engine.
+        self.cmdqv: Tegra241CmdqvHw | None = None
+        if cmdqv is not None:
+            irq = IrqLine(f"{name}-cmdqv")
+            self.irqs["cmdqv"] = irq
+            self.cmdqv = Tegra241CmdqvHw(self, cmdqv, irq)
+            self.mmio["cmdqv"] = CmdqvRegs(self.cmdqv)
 
     # ==================================================================================
     # Registers
