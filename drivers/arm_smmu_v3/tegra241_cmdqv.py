@@ -252,8 +252,11 @@ class Tegra241Cmdqv(ArmSmmuImplOps):
                      | self.readl(TEGRA241_CMDQV_VINTF_ERR_MAP))
         vcmdq_map = ":".join(f"{self.readl(TEGRA241_CMDQV_CMDQ_ERR_MAP(m)):08x}"
                              for m in (3, 2, 1, 0))
-        self.log(f"unexpected error reported. vintf_map: {vintf_map:016x}, "
-                 f"vcmdq_map {vcmdq_map}")
+        msg = f"unexpected error reported. vintf_map: {vintf_map:016x}, vcmdq_map {vcmdq_map}"
+        self.log(msg)
+        tracer = self.smmu.tracer
+        if tracer.enabled:
+            tracer.event("driver", "tegra241_cmdqv_isr", msg)
         if vintf_map & 1:
             vintf_map &= ~1
             vintf0 = self.vintfs[0]
@@ -276,6 +279,10 @@ class Tegra241Cmdqv(ArmSmmuImplOps):
         data = iommu_vevent_tegra241_cmdqv()
         for i, err in enumerate(self._lvcmdq_err_map(vintf)):
             data.lvcmdq_err_map[i] = err
+        tracer = self.smmu.tracer
+        if tracer.enabled:
+            tracer.event("driver", f"VINTF{vintf.idx} vEVENT", " ".join(
+                f"{x:#018x}" for x in data.lvcmdq_err_map))
         # No vEVENTQ of this type: the event is dropped (iommufd says EOPNOTSUPP).
         try:
             vintf.core.report_event(IOMMU_VEVENTQ_TYPE_TEGRA241_CMDQV, struct_bytes(data))

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 
-from drivers.arm_smmu_v3 import regs
+from drivers.arm_smmu_v3 import regs, tegra241_cmdqv_regs
 from drivers.arm_smmu_v3.describe.guest import GUEST_BUILDERS
 from drivers.arm_smmu_v3.describe.hw_info import SmmuHwInfo
 from drivers.arm_smmu_v3.describe.structures import STRUCTURES
@@ -65,7 +65,7 @@ class SmmuDescribe:
 
     @hookimpl
     def describe_constants(self) -> Mapping[str, int]:
-        return module_constants(regs)
+        return module_constants(regs, tegra241_cmdqv_regs)
 
     @hookimpl
     def describe_scenarios(self) -> list[ScenarioRef]:
