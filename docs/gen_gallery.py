@@ -1,5 +1,5 @@
-"""Regenerate the recorded CLI output the docs include (``docs/gallery/``) and the ioctl
-table of the uAPI reference (``docs/uapi_ioctls.inc``).
+"""Regenerate the recorded CLI output and the pictures the docs include (``docs/gallery/``)
+and the ioctl table of the uAPI reference (``docs/uapi_ioctls.inc``).
 
 Run from the repository root after changing the CLI, a driver or the tour::
 
@@ -7,9 +7,11 @@ Run from the repository root after changing the CLI, a driver or the tour::
     python docs/gen_gallery.py --check    # exit 1 if any file is out of date (the recorded
                                           # output differs from what the code prints now)
 
-The outputs are committed as plain text: the docs build runs no simulation. ``--check``
-is how a change that must not alter the output proves it: the gallery records ``decode``,
-``info``, every step of every built-in tour, ``trace`` and ``graph``.
+The outputs are committed (text, SVG, HTML): the docs build runs no simulation.
+``--check`` is how a change that must not alter the output proves it: it compares every
+file byte for byte: ``decode`` (text and bit-field diagrams), ``info``, every step of every
+built-in tour, each vendor's walk pictures, ``trace`` (text and page), ``graph`` (DOT,
+Mermaid, SVG), the tour page of one chapter and the architecture's layer figure.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import ctypes
 import io
 import os
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -69,6 +72,45 @@ def cli(*argv: str) -> str:
                    if not ln.startswith("tour done in"))
 
 
+def cli_file(*argv: str, flag: str) -> str:
+    """The file ``iommu-sim ARGV FLAG FILE`` writes (``--svg``, ``--html``, ``-o``)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "out"
+        cli(*argv, flag, str(out))
+        return out.read_text(encoding="utf-8")
+
+
+#: The vendors of the tour, as the gallery names them.
+VENDORS = {"smmu": "arm_smmu_v3", "vtd": "intel_vtd", "amd": "amd_vi"}
+
+
+def walk_pictures() -> dict[str, Callable[[], str]]:
+    """Each vendor's walk of the first DMA of its paging and nested chapters, with the
+    entries that led to it."""
+    out: dict[str, Callable[[], str]] = {}
+
+    def make(driver: str, chapter: str) -> str:
+        from iommu_sim.draw.walk import walk_svg
+        from iommu_sim.tour import tour_records
+
+        _, records, _ = tour_records(driver, [chapter])
+        r = next(r for r in records if r.chapter == chapter and r.walk)
+        return walk_svg(r.walk, r.walk_entries, tlb_hit=bool(r.tlb_hit),
+                        title=f"{driver}, {chapter}: {r.title or r.call}").to_string()
+
+    for short, driver in VENDORS.items():
+        for chapter in ("paging", "nested"):
+            out[f"walk_{short}_{chapter}.svg"] = (
+                lambda d=driver, c=chapter: make(d, c))
+    return out
+
+
+def layers_picture() -> str:
+    from iommu_sim.draw.layers import layers_svg
+
+    return layers_svg().to_string()
+
+
 def ioctl_table() -> str:
     from iommufd import uapi, uapi_selftest, uapi_vfio
 
@@ -96,24 +138,32 @@ def gallery() -> dict[str, Callable[[], str]]:
         for step in ("paging", "nested", "stale", "pasid", "fault"):
             out[f"tour_{vendor}_{step}.txt"] = (
                 lambda v=vendor, s=step: cli("tour", "--vendor", v, "--step", s, "--no-color"))
-    out["decode_ste.txt"] = lambda: cli(
-        "decode", "ste", "0x100f", "0x0000100002080002", "0x044d359000000001", "0x100102000",
-        "--no-color")
-    out["decode_ste_bad.txt"] = lambda: cli(
-        "decode", "ste", "0x100b", "0x20000000", "--no-color")
-    out["decode_pasid_entry.txt"] = lambda: cli(
-        "decode", "pasid-entry", "0x1001820c9", "0x1800002", "0x60000", "--no-color")
-    out["decode_dte.txt"] = lambda: cli(
-        "decode", "dte", "0x64c0000100183803", "0x100000005", "--no-color")
-    out["decode_cmd.txt"] = lambda: cli(
-        "decode", "cmd", "0x3000000000012", "0x7f0000000001", "--vendor", "smmu", "--no-color")
+    decodes = {
+        "ste": ("ste", "0x100f", "0x0000100002080002", "0x044d359000000001", "0x100102000"),
+        "ste_bad": ("ste", "0x100b", "0x20000000"),
+        "pasid_entry": ("pasid-entry", "0x1001820c9", "0x1800002", "0x60000"),
+        "dte": ("dte", "0x64c0000100183803", "0x100000005"),
+        "cmd": ("cmd", "0x3000000000012", "0x7f0000000001", "--vendor", "smmu"),
+        "pte": ("pte", "0x0040000100006f43", "--format", "arm_lpae_s1"),
+    }
+    for name, argv in decodes.items():
+        out[f"decode_{name}.txt"] = lambda a=argv: cli("decode", *a, "--no-color")
+        out[f"decode_{name}.svg"] = lambda a=argv: cli_file("decode", *a, "--no-color",
+                                                            flag="--svg")
     out["decode_list.txt"] = lambda: cli("decode", "--list")
     out["info.txt"] = lambda: cli("info")
     out["vmm_script.py"] = lambda: TRACE_SCRIPT
     out["trace.txt"] = lambda: cli("trace", str(script), "--no-color")
+    out["trace.html"] = lambda: cli_file("trace", str(script), flag="--html")
     out["graph.dot"] = lambda: cli("graph", "--scenario", "tour_arm_smmu_v3", "--format", "dot")
     out["graph.mmd"] = lambda: cli("graph", "--scenario", "tour_arm_smmu_v3", "--format",
                                    "mermaid")
+    out["graph.svg"] = lambda: cli("graph", "--scenario", "tour_arm_smmu_v3", "--format",
+                                   "svg")
+    out.update(walk_pictures())
+    out["tour_smmu_nested.html"] = lambda: cli_file("tour", "--vendor", "smmu", "--step",
+                                                    "nested", flag="--html")
+    out["layers.svg"] = layers_picture
     return out
 
 
