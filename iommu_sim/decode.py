@@ -21,8 +21,7 @@ from typing import Any
 from iommu_core.describe import Decoded, DecodedField, DescribeOps, Structure, fmt_value
 from iommu_sim.catalogue import UnknownVendor, catalogue
 
-__all__ = ["DecodeError", "Decoded", "decode", "describe_pte", "from_dict", "kinds", "render",
-           "to_dict"]
+__all__ = ["DecodeError", "decode", "describe_pte", "from_dict", "kinds", "render", "to_dict"]
 
 
 class DecodeError(ValueError):

@@ -22,11 +22,13 @@ from iommu_sim.catalogue import describe_ops
 from iommu_sim.introspect import device_config, domain_view
 from iommu_sim.machine import Machine
 
-__all__ = ["Graph", "build_graph", "to_dot", "to_mermaid", "to_svg"]
+__all__ = ["Edge", "Graph", "Node", "build_graph", "to_dot", "to_mermaid", "to_svg"]
 
 
 @attrs.define
 class Node:
+    """An object or a piece of topology. ``label``: its lines, separated by newlines."""
+
     id: str
     label: str
     kind: str  # iommu, device, group, domain, ioas, hwpt_paging, ...
@@ -35,6 +37,8 @@ class Node:
 
 @attrs.define
 class Edge:
+    """A reference from ``src`` to ``dst`` (``label``: what it is, "attached", "ioas"...)."""
+
     src: str
     dst: str
     label: str = ""
@@ -42,6 +46,8 @@ class Edge:
 
 @attrs.define
 class Graph:
+    """Nodes by id (in the order added), edges, and the clusters' titles."""
+
     nodes: dict[str, Node] = attrs.field(factory=dict)
     edges: list[Edge] = attrs.field(factory=list)
     clusters: dict[str, str] = attrs.field(factory=dict)  # id -> title

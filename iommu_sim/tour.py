@@ -46,7 +46,8 @@ from iommu_sim.render import fmt_value, paint, render_tree, tree_layers, wrap
 from iommu_sim.scenario import Runner, Scenario, Step, StepResult, chapter_ids, load
 from iommu_sim.uapi_index import find_ioctl
 
-__all__ = ["CHAPTERS", "TourError", "run_tour", "tour_records", "tour_vendors"]
+__all__ = ["CHAPTERS", "TourError", "TourStep", "run_tour", "summary_rows", "tour_records",
+           "tour_vendors"]
 
 #: The chapters the built-in tours share, in order (a driver's tour may have others).
 CHAPTERS = ("paging", "nested", "stale", "pasid", "fault")
@@ -112,6 +113,9 @@ def resolve_chapters(names: Iterable[str] | None, tours: Mapping[str, Sequence[s
 # ---------------------------------------------------------------------------------------
 @attrs.define
 class TourStep:
+    """One step of a tour as it ran: the call, its call tree, the entries it changed (new,
+    previous), and for a DMA the walk and the entries that led to it."""
+
     index: int
     chapter: str
     title: str

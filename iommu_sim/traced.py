@@ -28,7 +28,7 @@ from iommu_sim.machine import Machine
 __all__ = ["TracedMachine", "first_bytes"]
 
 #: How many bytes of a DMA the trace shows.
-SHOWN_BYTES = 16
+SHOWN_BYTES = 8
 
 
 def first_bytes(data: bytes | bytearray | memoryview, n: int = SHOWN_BYTES) -> str:

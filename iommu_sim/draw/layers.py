@@ -3,7 +3,7 @@ in the colours the call tree gives them, with the boundaries between them (what 
 each one) and the tools beside the stack.
 
 The layers and boundaries are the design's (``DESIGN.md``); the driver boxes are the
-in-tree drivers (:data:`iommu_sim.builtin.IN_TREE`) plus the slot a third-party package
+in-tree drivers (``iommu_sim.builtin.IN_TREE``) plus the slot a third-party package
 fills through the ``iommu_sim.drivers`` entry point.
 """
 

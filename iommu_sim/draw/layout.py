@@ -23,7 +23,7 @@ from itertools import pairwise
 
 import attrs
 
-__all__ = ["LayoutEdge", "LayoutNode", "Placed", "Routed", "layered"]
+__all__ = ["Layout", "LayoutEdge", "LayoutNode", "Placed", "Routed", "layered"]
 
 RANK_GAP = 70.0
 NODE_GAP = 16.0
@@ -34,6 +34,8 @@ SWEEPS = 6
 
 @attrs.frozen
 class LayoutNode:
+    """A box to place: its size and cluster."""
+
     id: str
     width: float
     height: float
@@ -44,6 +46,8 @@ class LayoutNode:
 
 @attrs.frozen
 class LayoutEdge:
+    """A directed edge between two nodes."""
+
     src: str
     dst: str
 
@@ -73,6 +77,8 @@ class Routed:
 
 @attrs.frozen
 class Layout:
+    """The result: every box placed, every edge routed, the clusters' boxes."""
+
     nodes: dict[str, Placed]
     edges: tuple[Routed, ...]
     #: cluster -> (x, y, width, height) of its band's box.
