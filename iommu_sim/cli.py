@@ -291,7 +291,8 @@ def _step_title(runner: Any, step: Any) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from iommu_sim.render import wrap
+    import textwrap
+
     from iommu_sim.scenario import (
         Runner,
         ScenarioError,
@@ -306,7 +307,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         width = max((len(n) for n in shipped), default=0) + 2
         for name, path in shipped.items():
             text = " ".join(load(path).description.split())
-            print(name.ljust(width) + wrap(text, " " * width, width=92).lstrip())
+            print(textwrap.fill(text, 92, initial_indent=name.ljust(width),
+                                subsequent_indent=" " * width, break_on_hyphens=False,
+                                break_long_words=False))
         return EXIT_OK
     if not args.files:
         raise UsageError("give scenario files (or --list)")

@@ -133,18 +133,21 @@ def _line(node: TraceNode) -> str:
     return text
 
 
-def tree_html(nodes: Sequence[TraceNode], fold: bool = True, top: bool = True) -> str:
+def tree_html(nodes: Sequence[TraceNode], fold: bool = True, top: bool = True,
+              fold_here: bool | None = None) -> str:
     """A call tree as nested lists: every node with children opens and closes; runs of
     identical calls are folded as in the terminal (the folded ones a click away)."""
     out: list[str] = []
     pos = 0  # fold_runs keeps the order and accounts for every node once
-    for item in (fold_runs(nodes) if fold else list(nodes)):
+    here = fold if fold_here is None else fold_here
+    for item in (fold_runs(nodes) if here else list(nodes)):
         if isinstance(item, tuple):
             count, what = item
             hidden = nodes[pos:pos + count]
             pos += count
+            inner = tree_html(hidden, fold, top=False, fold_here=False)
             out.append(f'<li><details><summary class="fold">… {count} more {esc(what)}'
-                       f"</summary>{tree_html(hidden, fold, top=False)}</details></li>")
+                       f"</summary>{inner}</details></li>")
             continue
         pos += 1
         if item.children:
