@@ -207,40 +207,41 @@ _REMOTE_P = ctypes.byref(_REMOTE)
 _SCRATCH = ctypes.create_string_buffer(4096)
 
 
-def vm_read(pid: int, addr: int, n: int) -> bytes:
-    """``process_vm_readv``: all ``n`` bytes at ``addr`` in ``pid``, or OSError (EFAULT
-    for a hole, ESRCH for a process that is gone)."""
-    global _SCRATCH
-    if n == 0:
-        return b""
-    if n > len(_SCRATCH):
-        _SCRATCH = ctypes.create_string_buffer(max(n, 2 * len(_SCRATCH)))
+def _vm_rw(nr: int, pid: int, addr: int, n: int) -> None:
+    """One process_vm_readv/writev of ``n`` bytes between the scratch buffer and ``addr``."""
     _LOCAL.base = ctypes.addressof(_SCRATCH)
     _LOCAL.len = n
     _REMOTE.base = addr
     _REMOTE.len = n
-    got = _syscall(_L(SYS_process_vm_readv), _L(pid), _LOCAL_P, _ONE, _REMOTE_P, _ONE, _ZERO)
+    got = _syscall(_L(nr), _L(pid), _LOCAL_P, _ONE, _REMOTE_P, _ONE, _ZERO)
     if got != n:
-        raise _err("process_vm_readv") if got < 0 else OSError(errno.EFAULT, "short read")
+        raise _err("process_vm_rw") if got < 0 else OSError(errno.EFAULT, "short transfer")
+
+
+def _scratch(n: int) -> None:
+    global _SCRATCH
+    if n > len(_SCRATCH):
+        _SCRATCH = ctypes.create_string_buffer(max(n, 2 * len(_SCRATCH)))
+
+
+def vm_read(pid: int, addr: int, n: int) -> bytes:
+    """``process_vm_readv``: all ``n`` bytes at ``addr`` in ``pid``, or OSError (EFAULT
+    for a hole, ESRCH for a process that is gone)."""
+    if n == 0:
+        return b""
+    _scratch(n)
+    _vm_rw(SYS_process_vm_readv, pid, addr, n)
     return ctypes.string_at(_SCRATCH, n)
 
 
 def vm_write(pid: int, addr: int, data: bytes | bytearray | memoryview) -> None:
     """``process_vm_writev`` (respects page protection: a read-only page is EFAULT)."""
-    global _SCRATCH
     n = len(data)
     if n == 0:
         return
-    if n > len(_SCRATCH):
-        _SCRATCH = ctypes.create_string_buffer(max(n, 2 * len(_SCRATCH)))
+    _scratch(n)
     ctypes.memmove(_SCRATCH, bytes(data), n)
-    _LOCAL.base = ctypes.addressof(_SCRATCH)
-    _LOCAL.len = n
-    _REMOTE.base = addr
-    _REMOTE.len = n
-    got = _syscall(_L(SYS_process_vm_writev), _L(pid), _LOCAL_P, _ONE, _REMOTE_P, _ONE, _ZERO)
-    if got != n:
-        raise _err("process_vm_writev") if got < 0 else OSError(errno.EFAULT, "short write")
+    _vm_rw(SYS_process_vm_writev, pid, addr, n)
 
 
 def read_iovecs(pid: int, addr: int, count: int) -> list[tuple[int, int]]:
