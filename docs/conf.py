@@ -15,7 +15,6 @@ extensions = ["sphinx.ext.autodoc", "sphinx.ext.viewcode"]
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
 autodoc_default_options = {"members": True, "undoc-members": False}
-suppress_warnings = ["autodoc.import_object"]
 html_theme = "alabaster"
 
 exclude_patterns = ["_build"]

@@ -118,7 +118,8 @@ def ioctl_table() -> str:
 
     rows = [("ioctl", "nr", "request", "struct", "sizeof", "min size (last member)")]
     for table in (uapi.IOMMUFD_IOCTLS, (uapi_selftest.IOMMU_TEST_IOCTL,),
-                  uapi_vfio.VFIO_CDEV_IOCTLS, uapi_vfio.VFIO_CONTAINER_IOCTLS):
+                  uapi_vfio.VFIO_CDEV_IOCTLS, uapi_vfio.VFIO_DEVICE_IOCTLS,
+                  uapi_vfio.VFIO_CONTAINER_IOCTLS):
         for d in table:
             rows.append((f"``{d.name}``", f"{d.nr:#04x}", f"``{d.request:#06x}``",
                          f":class:`~{d.struct.__module__}.{d.struct.__name__}`",

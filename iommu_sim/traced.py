@@ -102,6 +102,13 @@ class TracedMachine(Machine):
             raise
         self._after(here, k, "written", dma=(dev, iova, pasid), detail=f"data {shown}")
 
+    def fork(self) -> Machine:
+        """``fork(2)``: the child task's calls are recorded too (Machine.fork makes a plain
+        Machine sharing this one's state; it becomes a TracedMachine like its parent)."""
+        child = super().fork()
+        child.__class__ = type(self)
+        return child
+
     # -- recording -------------------------------------------------------------------------
     def _devices(self) -> list[str]:
         return list(self.platform.devices)

@@ -271,7 +271,7 @@ class Cd(Structure):
 # Commands
 # =========================================================================================
 def _cmd_fields(name: str) -> tuple[BitField, ...]:
-    """The operands of command ``name`` (arm_smmu_cmdq_build_cmd)."""
+    """The operands of command ``name`` (the arm_smmu_make_cmd_* builders)."""
     if name.startswith("CFGI") or name == "PREFETCH_CFG":
         last = (_f("RANGE", 1, r.CMDQ_CFGI_1_RANGE, "range (31 = all)",
                    kernel="CMDQ_CFGI_1_RANGE") if name == "CFGI_ALL" else
