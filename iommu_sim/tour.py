@@ -146,6 +146,7 @@ class TourStep:
             "structures": [dict(entry_to_dict(new, old.decoded if old else None),
                                 new=old is None) for new, old in self.structures],
             "walk": [walk_to_dict(st) for st in self.walk],
+            "walk_entries": [entry_to_dict(e) for e in self.walk_entries],
             "tlb_hit": self.tlb_hit,
         }
 

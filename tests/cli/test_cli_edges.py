@@ -43,25 +43,18 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 def test_bad_config_is_one_line(command: str, tmp_path: Path,
                                 capsys: pytest.CaptureFixture[str]) -> None:
     extra = [str(SCRIPT)] if command == "trace" else []
-    missing = tmp_path / "nope.toml"
-    line = one_line_error(capsys, [command, *extra, "--config", str(missing)], command)
-    assert "No such file" in line
-    bad = tmp_path / "bad.toml"
-    bad.write_text("iommus = [\n")
-    assert "not valid TOML" in one_line_error(
-        capsys, [command, *extra, "--config", str(bad)], command)
-    badj = tmp_path / "bad.json"
-    badj.write_text("{")
-    assert "not valid JSON" in one_line_error(
-        capsys, [command, *extra, "--config", str(badj)], command)
-    unknown = tmp_path / "unknown.toml"
-    unknown.write_text('iommu = [{ name = "smmu0", driver = "arm_smmu_v3" }]\n')
-    assert "unknown config keys ['iommu']" in one_line_error(
-        capsys, [command, *extra, "--config", str(unknown)], command)
-    notable = tmp_path / "list.json"
-    notable.write_text("[1, 2]")
-    assert "expected a table" in one_line_error(
-        capsys, [command, *extra, "--config", str(notable)], command)
+    cases = {"nope.toml": (None, "No such file"),
+             "bad.toml": ("iommus = [\n", "not valid TOML"),
+             "bad.json": ("{", "not valid JSON"),
+             "unknown.toml": ('iommu = [{ name = "smmu0", driver = "arm_smmu_v3" }]\n',
+                              "unknown config keys ['iommu']"),
+             "list.json": ("[1, 2]", "expected a table")}
+    for name, (text, message) in cases.items():
+        cfg = tmp_path / name
+        if text is not None:
+            cfg.write_text(text)
+        line = one_line_error(capsys, [command, *extra, "--config", str(cfg)], command)
+        assert message in line, (name, line)
 
 
 def test_graph_script_that_raises_is_one_line(tmp_path: Path,
