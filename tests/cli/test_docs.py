@@ -133,3 +133,59 @@ def test_reference_pages_are_in_the_visible_toctree() -> None:
 def test_docs_are_nitpicky() -> None:
     conf = (DOCS / "conf.py").read_text()
     assert re.search(r"^nitpicky = True$", conf, re.M)
+
+
+def test_api_errno_table_is_true() -> None:
+    """Each errno the API page's table promises for a call is what the call returns."""
+    import errno
+
+    from iommu_sim import Machine
+
+    text = (DOCS / "api.rst").read_text()
+    table = text.split("What each call can fail with", 1)[1].split("A DMA the IOMMU", 1)[0]
+    rows: dict[str, str] = {}
+    for row in re.split(r"\n   \* - ", table)[1:]:
+        calls, _, errs = row.partition("\n     - ")
+        for call in re.findall(r"``(\w+)``", calls):
+            rows[call] = rows.get(call, "") + errs
+
+    m = Machine.default()
+    fd = m.open("/dev/iommu")
+    va = m.mmap(0x2000)
+    mfd = m.memfd_create("t")
+    child = m.fork()
+    child.exit()
+    cases = [
+        ("open", lambda: m.open("/dev/nope"), "ENOENT"), ("open", lambda: m.open(5), "EFAULT"),
+        ("close", lambda: m.close(99), "EBADF"), ("read", lambda: m.read(99, 1), "EBADF"),
+        ("ioctl", lambda: m.ioctl(fd, 0x1234), "ENOTTY"),
+        ("ioctl", lambda: m.ioctl(fd, 0x3b80, object()), "EFAULT"),
+        ("read", lambda: m.read(fd, -1), "EINVAL"), ("write", lambda: m.write(fd, object()),
+                                                      "EFAULT"),
+        ("mmap", lambda: m.mmap(0), "EINVAL"), ("mmap", lambda: m.mmap(1 << 60), "ENOMEM"),
+        ("mmap", lambda: m.mmap(0x1000, addr=va), "EEXIST"),
+        ("mmap", lambda: m.mmap(0x1000, fd), "ENXIO"),
+        ("munmap", lambda: m.munmap(va + 1, 0x1000), "EINVAL"),
+        ("mem_read", lambda: m.mem_read(0x1000, 4), "EFAULT"),
+        ("mem_read", lambda: m.mem_read(va, -1), "EINVAL"),
+        ("dma_read", lambda: m.dma_read("x", 0, 1), "ENODEV"),
+        ("dma_read", lambda: m.dma_read("0000:00:01.0", 0, 1, -1), "EINVAL"),
+        ("vfio_cdev", lambda: m.vfio_cdev("x"), "ENODEV"),
+        ("device", lambda: m.device("x"), "ENODEV"),
+        ("memfd_create", lambda: m.memfd_create(5), "EFAULT"),  # type: ignore[arg-type]
+        ("ftruncate", lambda: m.ftruncate(fd, 10), "EINVAL"),
+        ("pread", lambda: m.pread(mfd, 1, -1), "EINVAL"),
+        ("pread", lambda: m.pread(fd, 1, 0), "ESPIPE"),
+        ("from_config", lambda: Machine.from_config({"x": 1}), "EINVAL"),
+    ]
+    try:
+        for call, fn, want in cases:
+            with pytest.raises(OSError) as e:
+                fn()
+            assert errno.errorcode[e.value.errno or 0] == want, (call, e.value)
+            assert f"``{want}``" in rows[call], (call, want)
+        with pytest.raises(OSError) as e:
+            child.open("/dev/iommu")
+        assert e.value.errno == errno.ESRCH and "ESRCH" in table
+    finally:
+        m.shutdown()
