@@ -247,7 +247,7 @@ class Machine:
             task = copy_process(self.platform.tasks, parent)
         except IommuError as e:
             raise _oserror(e) from None
-        child = object.__new__(Machine)
+        child = object.__new__(type(self))
         child.__dict__.update(self.__dict__)
         child.task = task
         return child

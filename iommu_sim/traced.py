@@ -105,9 +105,7 @@ class TracedMachine(Machine):
     def fork(self) -> Machine:
         """``fork(2)``: the child task's calls are recorded too (Machine.fork makes a plain
         Machine sharing this one's state; it becomes a TracedMachine like its parent)."""
-        child = super().fork()
-        child.__class__ = type(self)
-        return child
+        return super().fork()
 
     # -- recording -------------------------------------------------------------------------
     def _devices(self) -> list[str]:
