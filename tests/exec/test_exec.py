@@ -16,7 +16,7 @@ from iommu_core.platform.dma import DmaFault, device_dma_read
 from iommu_sim import Machine
 from iommu_sim.exec import HostUnsupported, exec_program
 
-PROGRAMS = ["paging", "fork", "fault_poll", "crash", "memfd"]
+PROGRAMS = ["paging", "private", "fork", "fault_poll", "crash", "memfd", "stress"]
 
 
 def run(cprog: Callable[[str], Path], name: str, **kw: object) -> tuple[Machine, int]:
