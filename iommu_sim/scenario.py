@@ -572,10 +572,15 @@ class Runner:
                               self.int_value(step, s.get("offset", 0)))
             return m.mmap(self.int_value(step, step.arg))
         if a == "mem_write":
-            m.mem_write(self.int_value(step, step.arg), self.data(step, s))
+            addr, data = self.int_value(step, step.arg), self.data(step, s)
+            # A span of its own: a store to a mapped register page reaches the hardware.
+            with self._user_span("mem_write", f"{addr:#x} {data.hex(' ')}"):
+                m.mem_write(addr, data)
             return None
         if a == "mem_read":
-            got = m.mem_read(self.int_value(step, step.arg), self.int_value(step, s.get("len", 1)))
+            addr, n = self.int_value(step, step.arg), self.int_value(step, s.get("len", 1))
+            with self._user_span("mem_read", f"{addr:#x} len {n}"):
+                got = m.mem_read(addr, n)
             self.check_bytes(step, got)
             return got
         handler: Callable[[Step], Any] = getattr(self, "_" + a)

@@ -427,7 +427,12 @@ class Tegra241CmdqvHw:
         vintf = self.owner(vq)
         if vintf is not None and self.vintf_int_mask >> vintf.idx & 1:
             return  # masked: the maps say it, no interrupt
-        self.irq.assert_irq()
+        if self.tracer.enabled:  # what the interrupt's handler does shows under it
+            with self.tracer.span("hw", f"{self.smmu.name} CMDQV interrupt",
+                                  f"VCMDQ{vq.idx} CERROR {cerror}"):
+                self.irq.assert_irq()
+        else:
+            self.irq.assert_irq()
 
     # -- registers as bytes (a mapped page shown to a program) --------------------------------
     def cons_reg(self, vq: Vcmdq) -> int:
