@@ -25,7 +25,6 @@ from drivers.arm_smmu_v3.master import (
     arm_smmu_release_device,
     master_of,
 )
-from drivers.arm_smmu_v3.tegra241_cmdqv import Tegra241Vintf, vintf_of
 from drivers.arm_smmu_v3.regs import (
     CMDQ_RESUME_0_RESP_ABORT,
     CMDQ_RESUME_0_RESP_RETRY,
@@ -33,6 +32,7 @@ from drivers.arm_smmu_v3.regs import (
     PRI_RESP_FAIL,
     PRI_RESP_SUCC,
 )
+from drivers.arm_smmu_v3.tegra241_cmdqv import Tegra241Vintf, vintf_of
 from iommu_core.device import MSI_IOVA_BASE, MSI_IOVA_LENGTH, IommuDevice, ResvRegion, ResvType
 from iommu_core.domain import IOMMU_DOMAIN_BLOCKED, IOMMU_DOMAIN_IDENTITY, IommuDomain
 from iommu_core.errors import IommuError

@@ -21,19 +21,19 @@ interrupt line; the model is :mod:`drivers.arm_smmu_v3.hw.cmdqv`.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 from typing import TYPE_CHECKING
 
 from drivers.arm_smmu_v3.cmdq import ArmSmmuCmdq, Cmd, arm_smmu_make_cmd_sync
 from drivers.arm_smmu_v3.device import IdAllocator
-from drivers.arm_smmu_v3.iommufd import ArmVsmmu
 from drivers.arm_smmu_v3.impl import ArmSmmuImplOps
+from drivers.arm_smmu_v3.iommufd import ArmVsmmu
 from drivers.arm_smmu_v3.master import master_of
 from drivers.arm_smmu_v3.regs import (
     ARM_SMMU_IDR1,
     ARM_SMMU_OPT_TEGRA241_CMDQV,
     CMDQ_0_OP,
-    CMDQ_ENT_DWORDS,
     CMDQ_MAX_SZ_SHIFT,
     CMDQ_OP_ATC_INV,
     CMDQ_OP_TLBI_NH_ASID,
@@ -74,9 +74,6 @@ from drivers.arm_smmu_v3.tegra241_cmdqv_regs import (
     TEGRA241_VINTF_SID_MATCH,
     TEGRA241_VINTF_SID_REPLACE,
     TEGRA241_VINTF_STATUS,
-    TEGRA241_VINTFi_LVCMDQ_PAGE0,
-    TEGRA241_VINTFi_LVCMDQ_PAGE1,
-    TEGRA241_VINTFi_PAGE0,
     VCMDQ_ADDR,
     VCMDQ_EN,
     VCMDQ_LOG2SIZE,
@@ -85,6 +82,9 @@ from drivers.arm_smmu_v3.tegra241_cmdqv_regs import (
     VINTF_SID_MATCH_ENABLE,
     VINTF_SID_MATCH_VIRT_SID,
     VINTF_VMID,
+    TEGRA241_VINTFi_LVCMDQ_PAGE0,
+    TEGRA241_VINTFi_LVCMDQ_PAGE1,
+    TEGRA241_VINTFi_PAGE0,
 )
 from iommu_core.errors import IommuError
 from iommufd.uapi import (
@@ -119,7 +119,6 @@ TEGRA_VIOMMU_OPS = ("viommu_destroy", "viommu_alloc_domain_nested", "viommu_cach
                     "viommu_get_hw_queue_size", "viommu_hw_queue_init_phys",
                     "viommu_hw_queue_destroy")
 CMDQ_ENT_SZ_SHIFT = 4
-_U32 = 0xFFFF_FFFF
 
 
 def _ilog2(n: int) -> int:
@@ -210,7 +209,7 @@ class Tegra241Cmdqv(ArmSmmuImplOps):
         self.vintf_ids = IdAllocator(0, self.num_vintfs - 1)
         self.vintfs: list[Tegra241Vintf | None] = [None] * self.num_vintfs
 
-    # -- registers ------------------------------------------------------------------------
+    # -- registers --------------------------------------------------------------------------
     def readl(self, off: int) -> int:
         return self.mmio.read32(off)
 
@@ -244,7 +243,7 @@ class Tegra241Cmdqv(ArmSmmuImplOps):
                                            vcmdq.page0 + TEGRA241_VCMDQ_STATUS, regval,
                                            vcmdq.header())
 
-    # -- the CMDQV interrupt -------------------------------------------------------------------
+    # -- the CMDQV interrupt ----------------------------------------------------------------
     def isr(self) -> None:
         """``tegra241_cmdqv_isr``: VINTF0's errors are skipped here; a user VINTF's error
         map goes to its vIOMMU as a vEVENT (the guest skips its own)."""
@@ -284,10 +283,8 @@ class Tegra241Cmdqv(ArmSmmuImplOps):
             tracer.event("driver", f"VINTF{vintf.idx} vEVENT", " ".join(
                 f"{x:#018x}" for x in data.lvcmdq_err_map))
         # No vEVENTQ of this type: the event is dropped (iommufd says EOPNOTSUPP).
-        try:
+        with contextlib.suppress(IommuError):
             vintf.core.report_event(IOMMU_VEVENTQ_TYPE_TEGRA241_CMDQV, struct_bytes(data))
-        except IommuError:
-            pass
 
     def vintf0_handle_error(self, vintf: Tegra241Vintf) -> None:
         for i, m in enumerate(self._lvcmdq_err_map(vintf)):
@@ -304,7 +301,7 @@ class Tegra241Cmdqv(ArmSmmuImplOps):
                 vcmdq.cmdq.skip_err()
                 self.writel(vcmdq.page0 + TEGRA241_VCMDQ_GERRORN, gerror)
 
-    # -- in-kernel queues ------------------------------------------------------------------------
+    # -- in-kernel queues -------------------------------------------------------------------
     def get_secondary_cmdq(self, cmd: Cmd) -> ArmSmmuCmdq | None:
         """``tegra241_cmdqv_get_cmdq``: VINTF0's LVCMDQ of this CPU (the simulated
         kernel runs on CPU 0), when it is up and takes ``cmd``."""
@@ -364,10 +361,8 @@ class Tegra241Cmdqv(ArmSmmuImplOps):
             if vcmdq is not None:
                 self.vcmdq_hw_deinit(vcmdq)
                 self.vcmdq_unmap_lvcmdq(vcmdq)
-        try:
+        with contextlib.suppress(IommuError):  # logged; the kernel goes on too
             self.vintf_write_config(vintf, 0)
-        except IommuError:
-            pass
         for sidx in range(self.num_sids_per_vintf):
             self.writel(vintf.base + TEGRA241_VINTF_SID_MATCH(sidx), 0)
             self.writel(vintf.base + TEGRA241_VINTF_SID_REPLACE(sidx), 0)
@@ -389,7 +384,7 @@ class Tegra241Cmdqv(ArmSmmuImplOps):
                     self.vintf_hw_deinit(vintf)
                     raise
 
-    # -- arm_smmu_impl_ops ------------------------------------------------------------------------
+    # -- arm_smmu_impl_ops ------------------------------------------------------------------
     def init_structures(self) -> None:
         """``tegra241_cmdqv_init_structures``: VINTF0 with all its LVCMDQs, for the
         kernel."""
@@ -486,7 +481,7 @@ class Tegra241Cmdqv(ArmSmmuImplOps):
         viommu.priv = vintf
         viommu.ops = ops.viommu_ops(TEGRA_VIOMMU_OPS)
 
-    # -- VINTF and LVCMDQ resources ---------------------------------------------------------------
+    # -- VINTF and LVCMDQ resources ---------------------------------------------------------
     def init_vintf(self, max_idx: int, vintf: Tegra241Vintf) -> None:
         idx = self.vintf_ids.alloc(max_idx)
         vintf.idx = idx
@@ -527,7 +522,7 @@ class Tegra241Cmdqv(ArmSmmuImplOps):
         vintf.lvcmdqs[lidx] = vcmdq
         return vcmdq
 
-    # -- user VINTFs: vDEVICEs ------------------------------------------------------------------------
+    # -- user VINTFs: vDEVICEs --------------------------------------------------------------
     def vintf_init_vsid(self, vdev: IommufdVdevice) -> None:
         """``tegra241_vintf_init_vsid``: a free SID pair maps the vSID to the device's
         StreamID."""
@@ -556,7 +551,7 @@ class Tegra241Cmdqv(ArmSmmuImplOps):
         vintf.sids.free(vsid.idx)
         vdev.priv = None
 
-    # -- user VINTFs: HW queues ---------------------------------------------------------------------
+    # -- user VINTFs: HW queues -------------------------------------------------------------
     def vintf_get_vcmdq_size(self, queue_type: int) -> int:
         return 1 if queue_type == IOMMU_HW_QUEUE_TYPE_TEGRA241_CMDQV else 0
 

@@ -7,6 +7,7 @@ checked against the core contract before anything else exists.
 from __future__ import annotations
 
 import errno
+import itertools
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -196,7 +197,7 @@ class DriverEnv:
             raise IommuError(errno.EINVAL, "zero length")
         first = gpa & ~(PAGE_SIZE - 1)
         spa = [guest.spa(p) for p in range(first, gpa + length, PAGE_SIZE)]
-        if any(b != a + PAGE_SIZE for a, b in zip(spa, spa[1:], strict=False)):
+        if any(b != a + PAGE_SIZE for a, b in itertools.pairwise(spa)):
             raise IommuError(errno.EFAULT, "queue pages are not contiguous")
         hwq = KitHwQueue(viommu, queue_type, index, gpa, length)
         vops.hw_queue_init_phys(hwq, index, spa[0] + (gpa - first))

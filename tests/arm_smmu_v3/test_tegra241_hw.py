@@ -50,13 +50,13 @@ from drivers.arm_smmu_v3.tegra241_cmdqv_regs import (
     TEGRA241_VINTF_SID_MATCH,
     TEGRA241_VINTF_SID_REPLACE,
     TEGRA241_VINTF_STATUS,
-    TEGRA241_VINTFi_LVCMDQ_PAGE0,
-    TEGRA241_VINTFi_LVCMDQ_PAGE1,
-    TEGRA241_VINTFi_PAGE0,
     VINTF_EN,
     VINTF_HYP_OWN,
     VINTF_SID_MATCH_ENABLE,
     VINTF_VMID,
+    TEGRA241_VINTFi_LVCMDQ_PAGE0,
+    TEGRA241_VINTFi_LVCMDQ_PAGE1,
+    TEGRA241_VINTFi_PAGE0,
 )
 from iommu_core.platform.dma import Mmio
 from iommu_core.platform.platform import Platform

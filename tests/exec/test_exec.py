@@ -89,7 +89,7 @@ def test_tegra_vcmdq_program(cprog: Callable[[str], Path],
     reads: list[bytes] = []
 
     def device_side() -> None:
-        while (op := os.read(req_r, 1)) == b"r":
+        while os.read(req_r, 1) == b"r":
             try:
                 data = device_dma_read(hw, m.platform.mem, device, 0x7F00_0000_0000, 4)
             except DmaFault:

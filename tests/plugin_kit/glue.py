@@ -34,6 +34,7 @@ from drivers.arm_smmu_v3.tegra241_cmdqv_regs import (
     VCMDQ_CONS_ERR,
     VCMDQ_EN,
 )
+from iommu_core.errors import IommuError
 from iommu_core.hookspec import hookimpl
 from iommu_core.iopf import (
     IOMMU_FAULT_PAGE_REQUEST_LAST_PAGE,
@@ -42,7 +43,6 @@ from iommu_core.iopf import (
 )
 from iommu_core.pgtable import IoPageTable, formats
 from iommu_core.platform.bus import Device
-from iommu_core.errors import IommuError
 from iommu_core.testing import (
     DriverEnv,
     GuestHwQueue,

@@ -26,13 +26,6 @@ from iommu_core.testing.conformance import (  # noqa: F401 - collected by pytest
     test_viommu_nested_translation,
     test_viommu_unknown_type,
 )
-from iommu_core.testing.hw_queue import (  # noqa: F401 - collected by pytest
-    test_hw_queue_bad_arguments,
-    test_hw_queue_destroyed_queue_is_not_read,
-    test_hw_queue_guest_invalidation,
-    test_hw_queue_index_rules,
-    test_hw_queue_unknown_type,
-)
 from iommu_core.testing.describe import (  # noqa: F401 - collected by pytest
     test_constants_are_integers,
     test_device_view_matches_the_dma,
@@ -40,6 +33,13 @@ from iommu_core.testing.describe import (  # noqa: F401 - collected by pytest
     test_golden_rules_agree_with_the_model,
     test_hw_info_is_described,
     test_structure_layouts,
+)
+from iommu_core.testing.hw_queue import (  # noqa: F401 - collected by pytest
+    test_hw_queue_bad_arguments,
+    test_hw_queue_destroyed_queue_is_not_read,
+    test_hw_queue_guest_invalidation,
+    test_hw_queue_index_rules,
+    test_hw_queue_unknown_type,
 )
 from tests.plugin_kit.glue import GLUE
 

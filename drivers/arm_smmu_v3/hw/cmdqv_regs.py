@@ -155,10 +155,10 @@ class CmdqvRegs(Mmio):
             if reg == TEGRA241_VINTF_STATUS:
                 return VINTF_ENABLED if vintf.enabled else 0
             s = (reg - TEGRA241_VINTF_SID_MATCH_BASE) // 4
-            if TEGRA241_VINTF_SID_MATCH_BASE <= reg and s < c.cfg.num_sids:
+            if reg >= TEGRA241_VINTF_SID_MATCH_BASE and s < c.cfg.num_sids:
                 return vintf.sid_match[s]
             s = (reg - TEGRA241_VINTF_SID_REPLACE_BASE) // 4
-            if TEGRA241_VINTF_SID_REPLACE_BASE <= reg and s < c.cfg.num_sids:
+            if reg >= TEGRA241_VINTF_SID_REPLACE_BASE and s < c.cfg.num_sids:
                 return vintf.sid_replace[s]
             rel = reg - TEGRA241_VINTF_LVCMDQ_ERR_MAP_BASE
             if 0 <= rel < 16:
@@ -212,11 +212,11 @@ class CmdqvRegs(Mmio):
                 c.write_vintf_config(v, value)
                 return
             s = (reg - TEGRA241_VINTF_SID_MATCH_BASE) // 4
-            if TEGRA241_VINTF_SID_MATCH_BASE <= reg and s < c.cfg.num_sids:
+            if reg >= TEGRA241_VINTF_SID_MATCH_BASE and s < c.cfg.num_sids:
                 vintf.sid_match[s] = value
                 return
             s = (reg - TEGRA241_VINTF_SID_REPLACE_BASE) // 4
-            if TEGRA241_VINTF_SID_REPLACE_BASE <= reg and s < c.cfg.num_sids:
+            if reg >= TEGRA241_VINTF_SID_REPLACE_BASE and s < c.cfg.num_sids:
                 vintf.sid_replace[s] = value
 
     # -- a page as bytes (a register page mapped into a program) ------------------------------
