@@ -225,6 +225,9 @@ def test_hw_queue_destroyed_queue_is_not_read(env: DriverEnv) -> None:
     nested.stage1.map(giova, guest.data_gpa(0), PAGE_SIZE, RW)
     assert _read(env, dev, giova) == b"OLD!"
     _remap(nested, giova, guest.data_gpa(1))
+    if _read(env, dev, giova) != b"OLD!":
+        pytest.skip(f"{env.driver}: the model keeps no stale translation, so a queue's "
+                    "invalidation cannot be seen")
     env.hw_queue_destroy(q.hwq)
     setup.guest.invalidate(q, giova, PAGE_SIZE)
     assert _read(env, dev, giova) == b"OLD!", (
