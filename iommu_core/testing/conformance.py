@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -362,9 +363,10 @@ def test_identity_domain(env: DriverEnv) -> None:
 # ---------------------------------------------------------------------------------------
 # Nesting and vIOMMU (test data from the kit hook conformance_nested_setup)
 # ---------------------------------------------------------------------------------------
-def _nesting(env: DriverEnv, feature: str
-             ) -> tuple[Device, IommuDomain, GuestRam, NestedSetup]:
-    """An owned device, a NEST_PARENT domain with guest RAM, and the driver's test data."""
+def guest_setup(env: DriverEnv, feature: str, hook: str
+                ) -> tuple[Device, IommuDomain, GuestRam, Any]:
+    """An owned device, a NEST_PARENT domain with guest RAM, and the driver's answer to
+    the kit hook ``hook`` for them (the test skips without one)."""
     dev = _owned_device(env)
     require(env, dev, feature)
     try:
@@ -373,13 +375,19 @@ def _nesting(env: DriverEnv, feature: str
         pytest.fail(f"rule: a driver that claims {feature} allocates NEST_PARENT paging "
                     f"domains; got {e}")
     guest = GuestRam(env, parent)
-    if not env.ops.implements("conformance_nested_setup"):
+    if not env.ops.implements(hook):
         pytest.skip(f"{env.driver} claims {feature} but gives the kit no test data "
-                    "(kit hook conformance_nested_setup)")
-    setup: NestedSetup | None = env.ops.call("conformance_nested_setup", env=env, dev=dev,
-                                             guest=guest)
-    if setup is None:
-        pytest.skip(f"{env.driver}: conformance_nested_setup has no data for {dev.name}")
+                    f"(kit hook {hook})")
+    data = env.ops.call(hook, env=env, dev=dev, guest=guest)
+    if data is None:
+        pytest.skip(f"{env.driver}: {hook} has no data for {dev.name}")
+    return dev, parent, guest, data
+
+
+def _nesting(env: DriverEnv, feature: str
+             ) -> tuple[Device, IommuDomain, GuestRam, NestedSetup]:
+    dev, parent, guest, setup = guest_setup(env, feature, "conformance_nested_setup")
+    assert isinstance(setup, NestedSetup)
     return dev, parent, guest, setup
 
 

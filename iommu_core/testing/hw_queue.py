@@ -30,16 +30,15 @@ import errno
 
 import pytest
 
-from iommu_core.domain import IOMMU_HWPT_ALLOC_NEST_PARENT, IommuDomain
+from iommu_core.domain import IommuDomain
 from iommu_core.errors import IommuError
 from iommu_core.platform.bus import Device
 from iommu_core.platform.dma import DmaFault
 from iommu_core.platform.memory import PAGE_SIZE
 from iommu_core.testing.conformance import (  # noqa: F401 - env: the kit's fixture
     RW,
-    _owned_device,
     env,
-    require,
+    guest_setup,
 )
 from iommu_core.testing.env import DriverEnv, expect_errno
 from iommu_core.testing.nesting import GuestRam, KitViommu, NestedSetup
@@ -50,17 +49,8 @@ HW_QUEUE = pytest.mark.iommu_feature("hw_queue")
 
 
 def _setup(env: DriverEnv) -> tuple[Device, IommuDomain, GuestRam, HwQueueSetup]:
-    dev = _owned_device(env)
-    require(env, dev, "hw_queue")
-    parent = env.paging_domain(dev, IOMMU_HWPT_ALLOC_NEST_PARENT)
-    guest = GuestRam(env, parent)
-    if not env.ops.implements("conformance_hw_queue_setup"):
-        pytest.skip(f"{env.driver} claims hw_queue but gives the kit no test data "
-                    "(kit hook conformance_hw_queue_setup)")
-    setup: HwQueueSetup | None = env.ops.call("conformance_hw_queue_setup", env=env, dev=dev,
-                                              guest=guest)
-    if setup is None:
-        pytest.skip(f"{env.driver}: conformance_hw_queue_setup has no data for {dev.name}")
+    dev, parent, guest, setup = guest_setup(env, "hw_queue", "conformance_hw_queue_setup")
+    assert isinstance(setup, HwQueueSetup)
     return dev, parent, guest, setup
 
 

@@ -31,11 +31,11 @@ while the VCMDQ is disabled.
 from __future__ import annotations
 
 import errno
-import struct
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from drivers.arm_smmu_v3.hw.queues import consume_commands
 from drivers.arm_smmu_v3.regs import (
     CMDQ_0_OP,
     CMDQ_ATC_0_SID,
@@ -85,16 +85,6 @@ GUEST_OPS = frozenset({CMDQ_OP_TLBI_NH_ASID, CMDQ_OP_TLBI_NH_VA, CMDQ_OP_ATC_INV
                        CMDQ_OP_CMD_SYNC})
 _SYNC_CS_RESERVED = 3
 _U32 = 0xFFFF_FFFF
-_UNPACK: dict[int, struct.Struct] = {}
-
-
-def _unpacker(ncmds: int) -> struct.Struct:
-    u = _UNPACK.get(ncmds)
-    if u is None:
-        u = _UNPACK[ncmds] = struct.Struct(f"<{2 * ncmds}Q")
-    return u
-
-
 def _count_option(name: str, value: object, lo: int, hi: int) -> int:
     if (isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi
             or value & (value - 1)):
@@ -353,29 +343,11 @@ class Tegra241CmdqvHw:
         if (vq.busy or vq.in_error or not vq.enabled or vintf is None or not vintf.enabled
                 or not self.enabled):
             return
-        size = 1 << self._log2size(vq)
-        wrap_mask = (size << 1) - 1
-        base = vq.base & VCMDQ_ADDR
-        read = self.mem.read
-        error = 0
         vq.busy = True
         try:
-            while not error:
-                cons, prod = vq.cons, vq.prod
-                if (cons ^ prod) & wrap_mask == 0:
-                    break
-                idx = cons & (size - 1)
-                pidx = prod & (size - 1)
-                n = pidx - idx if pidx > idx else size - idx
-                words = _unpacker(n).unpack(read(base + (idx << 4), n << 4))
-                done = 0
-                for i in range(0, 2 * n, 2):
-                    error = self.execute(vq, vintf, words[i], words[i + 1],
-                                         base + ((idx + done) << 4))
-                    if error:
-                        break
-                    done += 1
-                vq.cons = (cons & ~wrap_mask & _U32) | ((cons + done) & wrap_mask)
+            error = consume_commands(
+                vq, vq.base & VCMDQ_ADDR, self._log2size(vq), self.mem.read,
+                lambda q0, q1, slot: self.execute(vq, vintf, q0, q1, slot))
         finally:
             vq.busy = False
         if error:
