@@ -627,11 +627,6 @@ class Tegra241Cmdqv(ArmSmmuImplOps):
         self.remove_vintf(vintf.idx)
         viommu.priv = None
 
-    def describe(self) -> dict[str, int]:
-        return {"vintfs": self.num_vintfs, "vcmdqs": self.num_vcmdqs,
-                "lvcmdqs_per_vintf": self.num_lvcmdqs_per_vintf,
-                "sids_per_vintf": self.num_sids_per_vintf}
-
 
 def vintf_of(viommu: IommufdViommu) -> Tegra241Vintf:
     v = viommu.priv

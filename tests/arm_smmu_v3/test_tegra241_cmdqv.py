@@ -304,6 +304,7 @@ def test_guest_invalidates_through_its_vcmdq(vmm: CmdqvVmm) -> None:
     assert g.read() == b"NEW!"
     assert spy.calls == 0, "no IOMMU_HWPT_INVALIDATE, no driver call"
     assert hw.smmu.cmd.counts["TLBI_NH_VA"] == before.get("TLBI_NH_VA", 0) + 1
+    assert hw.smmu.stats()["cmdqv"]["in_error"] == []
     assert spy.calls == 0
 
 

@@ -388,6 +388,7 @@ class SmmuV3Hardware(IommuHardware):
             "tlb_misses": self.tlb.misses, "cached_stes": len(self.ccache.ste),
             "commands": dict(self.cmd.counts), "events_recorded": self.events_recorded,
             "events_dropped": self.events_dropped, "atc_entries": self.atc.count(),
+            **({"cmdqv": self.cmdqv.stats()} if self.cmdqv is not None else {}),
         }
 
 
