@@ -1,0 +1,42 @@
+"""Timing for benches: the best of a few repetitions, with the cyclic GC paused while
+each one runs (as ``timeit`` does), so ratios measured in one process are comparable."""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Callable
+
+
+def best_per_call(fn: Callable[[], object], number: int = 1, reps: int = 7) -> float:
+    """Seconds per call of ``fn``: ``number`` calls per repetition, best of ``reps``."""
+    best = float("inf")
+    for _ in range(reps):
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            t0 = time.perf_counter()
+            for _ in range(number):
+                fn()
+            best = min(best, time.perf_counter() - t0)
+        finally:
+            if enabled:
+                gc.enable()
+    return best / number
+
+
+def best_of_runs(run: Callable[[int], int], reps: int = 7) -> float:
+    """Seconds per item: ``run(rep)`` does one repetition over fresh items and returns
+    how many it did (cold-cache measurements cannot repeat the same items)."""
+    best = float("inf")
+    for rep in range(reps):
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            t0 = time.perf_counter()
+            n = run(rep)
+            best = min(best, (time.perf_counter() - t0) / max(1, n))
+        finally:
+            if enabled:
+                gc.enable()
+    return best
