@@ -570,18 +570,22 @@ def qi_desc_wait(status_addr: int, data: int, drain: bool = False) -> QiDesc:
     return QiDesc(qw0, status_addr)
 
 
+def qi_desc_fence() -> QiDesc:
+    """An invalidation wait with the fence flag and no status write (PRQ drain)."""
+    return QiDesc(put(63, 32, QI_DONE) | QI_IWD_FENCE | QI_IWD_TYPE)
+
+
 def qi_desc_iec(index: int, im: int, selective: bool) -> QiDesc:
     return QiDesc(put(47, 32, index) | put(31, 27, im) | put(4, 4, int(selective))
                   | QI_IEC_TYPE)
 
 
 def qi_desc_page_response(rid: int, pasid: int, pasid_present: bool, code: int,
-                          prg_index: int, lpig: bool) -> QiDesc:
-    """Page group response (``QI_PGRP_*``)."""
+                          prg_index: int) -> QiDesc:
+    """Page group response (``QI_PGRP_*``); Linux sets no LPIG/private data in qw1."""
     qw0 = (put(51, 32, pasid) | put(31, 16, rid) | put(15, 12, code)
            | put(4, 4, int(pasid_present)) | QI_PGRP_RESP_TYPE)
-    qw1 = put(11, 3, prg_index) | put(2, 2, int(lpig))
-    return QiDesc(qw0, qw1)
+    return QiDesc(qw0, put(11, 3, prg_index))
 
 
 # ---------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Callable
 from typing import Any, NoReturn
 
@@ -171,6 +172,10 @@ class VtdHardware(IommuHardware):
         # the device side of PRI: next group index and the responses received
         self._prg_next: dict[int, int] = {}
         self.page_responses: list[dict[str, int | bool]] = []
+        #: Every descriptor consumed, oldest first (bounded; the words as read): the tour
+        #: and tests read it.
+        self.desc_log: collections.deque[tuple[int, ...]] = collections.deque(
+            maxlen=4096)
         self.stats = {"walks": 0, "descriptors": 0, "faults": 0, "page_requests": 0}
         self._fs_fmt = {lv: formats.x86_64(lv, oas=52, sign_extend=True) for lv in (4, 5)}
         self._ss_fmt = {lv: formats.vtd_ss(lv, oas=52) for lv in (3, 4, 5)}
@@ -386,6 +391,7 @@ class VtdHardware(IommuHardware):
             addr = self.iq_base + head
             n = 4 if self.iq_dw else 2
             words = self.mem.read_qwords(addr, n) + (0,) * (4 - n)
+            self.desc_log.append(words)
             desc = h.QiDesc(*words)
             if not self._process_desc(desc):
                 self._iq_error(2)
@@ -450,7 +456,7 @@ class VtdHardware(IommuHardware):
             self.page_responses.append({
                 "rid": h.field(q0, 31, 16), "pasid_present": bool(q0 >> 4 & 1),
                 "pasid": h.field(q0, 51, 32), "code": h.field(q0, 15, 12),
-                "prg_index": h.field(q1, 11, 3), "lpig": bool(q1 >> 2 & 1)})
+                "prg_index": h.field(q1, 11, 3)})
             return True
         return False
 
