@@ -1029,10 +1029,8 @@ def amd_iommu_read_and_clear_dirty(dom: ProtectionDomain, iova: int, size: int, 
                                    dirty: Any) -> None:
     if dom.iop is None:
         raise IommuError(errno.EOPNOTSUPP, "no page table")
-    # EINVAL only when tracking is off and a bitmap was passed (``dirty->bitmap``):
-    # iommufd's clear-before-enable pass has none and must succeed.
-    if not dom.dirty_tracking and dirty.has_bitmap:
-        raise IommuError(errno.EINVAL, "dirty tracking is off")
+    # 7.3's generic read_and_clear_dirty reads D bits whether or not tracking is on
+    # (with DTE.HAD clear the unit sets none).
     record: Callable[[int, int], None] = dirty.record
     dom.iop.read_and_clear_dirty(iova, size, flags, record)
 

@@ -951,10 +951,8 @@ def intel_iommu_set_dirty_tracking(domain: DmarDomain, enable: bool) -> None:
 
 def intel_iommu_read_and_clear_dirty(domain: DmarDomain, iova: int, size: int, flags: int,
                                      dirty: Any) -> None:
-    # A12: EINVAL when tracking is off and a bitmap was passed; iommufd's snapshot clear
-    # before enabling passes none.
-    if not domain.dirty_tracking and dirty.has_bitmap:
-        raise IommuError(errno.EINVAL, "dirty tracking is not enabled")
+    # 7.3's generic read_and_clear_dirty reads D bits whether or not tracking is on
+    # (with SSADE off the unit sets none).
     cleared: list[tuple[int, int]] = []
 
     def record(leaf_iova: int, length: int) -> None:
