@@ -39,7 +39,7 @@ from drivers.amd_vi.iommu import (
     amd_iommu_update_dte,
     detach_bookkeeping,
     dev_iommu_priv_get,
-    pdev_enable_caps,
+    pdev_enable_cap_ats,
     read_dte,
 )
 from iommu_core.domain import IOMMU_DOMAIN_NESTED, IommuDomain
@@ -163,7 +163,7 @@ def nested_attach_device(ndom: NestedDomain, dev: Device) -> None:
         raise IommuError(errno.EINVAL, "nested attach with PASID enabled")
     if dev_data.nested is ndom:
         return
-    pdev_enable_caps(dev_data, False)
+    pdev_enable_cap_ats(dev_data)  # as for the v1 host table (7.3 keeps the old state)
     new = set_dte_nested(iommu, ndom, dev_data)
     amd_iommu_update_dte(iommu, dev_data, new)
     # Off the old attachment only now: the DTE switched without a blocking window.
