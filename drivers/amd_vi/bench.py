@@ -62,6 +62,20 @@ class MachineLike(Protocol):
 MakeMachine = Callable[[dict[str, Any]], MachineLike]
 
 
+def scattered_memory(m: MachineLike, npages: int) -> list[tuple[int, int]]:
+    """User memory in 512 KiB mappings (below the 2 MiB that transparent huge pages
+    need) whose pages are touched last to first, so no two neighbours are physically
+    contiguous and every IOPTE mapping them is a 4 KiB leaf: [(va, pages)]."""
+    chunks = []
+    for first in range(0, npages, 128):
+        n = min(128, npages - first)
+        va = m.mmap(n * PAGE)
+        for i in range(n - 1, -1, -1):
+            m.mem_write(va + i * PAGE, b"\1")
+        chunks.append((va, n))
+    return chunks
+
+
 def machine_config(**options: Any) -> dict[str, Any]:
     return {"iommus": [{"name": "amdvi0", "driver": "amd_vi", **options}],
             "devices": [{"name": DEV, "iommu": "amdvi0"}]}
@@ -94,6 +108,12 @@ class Vm:
         if unmap:
             self.um.iova, self.um.length = iova, length
             self.m.ioctl(self.fd, u.IOMMU_IOAS_UNMAP, self.um)
+
+    def map_scattered(self, chunks: list[tuple[int, int]]) -> None:
+        iova = 0
+        for va, n in chunks:
+            self.map_unmap(va, n * PAGE, iova, False)
+            iova += n * PAGE
 
     def alloc(self, pt_id: int, flags: int = 0, data: bytes = b"",
               data_type: int = u.IOMMU_HWPT_DATA_NONE) -> int:
@@ -170,7 +190,7 @@ def inval_cached_ratio(make_machine: MakeMachine, cached: int = 65536, number: i
     try:
         vm = Vm(m)
         vm.attach(vm.ioas)
-        vm.map_unmap(m.mmap(cached * PAGE), cached * PAGE, 0, False)
+        vm.map_scattered(scattered_memory(m, cached))
         small = m.mmap(PAGE)
         _map_unmap_4k(vm, small, number)  # the IOAS's first-use costs out of the way
         empty = _map_unmap_4k(vm, small, number)
@@ -216,7 +236,7 @@ def paging_miss(make_machine: MakeMachine, per_rep: int = 512) -> float:
         vm = Vm(m)
         vm.attach(vm.ioas)
         npages = 8 * per_rep
-        vm.map_unmap(m.mmap(npages * PAGE), npages * PAGE, 0, False)
+        vm.map_scattered(scattered_memory(m, npages))
         return _cold_reads(m, 0, per_rep)
     finally:
         m.shutdown()

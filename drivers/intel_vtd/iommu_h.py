@@ -9,6 +9,8 @@ same bit positions with :func:`field`. Golden tests check both against the speci
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import attrs
 
 U64_MAX = (1 << 64) - 1
@@ -480,9 +482,9 @@ QI_RESP_INVALID = 0x1
 QI_RESP_FAILURE = 0xF
 
 
-@attrs.frozen
-class QiDesc:
-    """One invalidation-queue descriptor (128 bits; 256 with scalable mode)."""
+class QiDesc(NamedTuple):
+    """One invalidation-queue descriptor (128 bits; 256 with scalable mode): a plain
+    tuple of its four 64-bit words, cheap enough to build one per flush."""
 
     qw0: int
     qw1: int = 0
