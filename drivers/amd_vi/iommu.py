@@ -293,8 +293,8 @@ class ProtectionDomain(IommuDomain):
 # Command buffer (iommu_queue_command, completion wait)
 # =======================================================================================
 def _cmd(d0: int = 0, d1: int = 0, d2: int = 0, d3: int = 0, *, op: int) -> IommuCmd:
-    return IommuCmd((d0 & 0xFFFF_FFFF, (d1 & 0x0FFF_FFFF) | (op << 28), d2 & 0xFFFF_FFFF,
-                     d3 & 0xFFFF_FFFF))
+    return IommuCmd.of_words((d0 & 0xFFFF_FFFF, (d1 & 0x0FFF_FFFF) | (op << 28),
+                              d2 & 0xFFFF_FFFF, d3 & 0xFFFF_FFFF))
 
 
 def build_completion_wait(sem_paddr: int, data: int) -> IommuCmd:

@@ -17,6 +17,7 @@ The model never calls the driver: it writes records to memory and asserts interr
 from __future__ import annotations
 
 import collections
+import struct
 from typing import Any, NoReturn
 
 import attrs
@@ -34,6 +35,7 @@ from drivers.amd_vi.amd_iommu_types import (
     CMD_INV_IOMMU_PAGES_SIZE_MASK,
     CMD_INV_IOTLB_PAGES,
     CMD_INV_IRT,
+    CMD_NAMES,
     CONTROL_CMDBUF_EN,
     CONTROL_COMWAIT_EN,
     CONTROL_EVT_INT_EN,
@@ -121,6 +123,8 @@ _TLB_R = 1
 _TLB_W = 2
 _TLB_DIRTY_OK = 4  # a write may hit: the dirty bits it needs are already set
 _ALL = (1 << 64) - 1
+
+_CMD_WORDS = struct.Struct("<4I")
 
 #: Per-access requirement on a TLB entry's flag bits.
 _NEED = {ACCESS_READ: _TLB_R, ACCESS_WRITE: _TLB_W | _TLB_DIRTY_OK}
@@ -229,13 +233,21 @@ class AmdIommuHw(IommuHardware):
         #: IOTLB: tag -> {iova page number -> output page | flags}. Host translations are
         #: tagged by DomainID; guest (GV=1) ones by DomainID | (PASID + 1) << 16.
         self._iotlb: dict[int, dict[int, int]] = {}
+        #: Page-directory caches, keyed by (input prefix, level): host (v1) entries by
+        #: DomainID, guest (v2) entries by the guest tag; a nested guest entry holds the
+        #: host's translation of the next guest table. A guest tag's GCR3 entry too.
+        self._host_pde: dict[int, dict[int, tuple[int, int]]] = {}
+        self._guest_pde: dict[int, dict[int, tuple[int, int]]] = {}
+        self._gcr3: dict[int, int] = {}
+        #: DomainID -> the guest tags cached under it (any of the three caches)
+        self._guest_tags: dict[int, set[int]] = {}
         self._ppr_tag: dict[int, int] = collections.defaultdict(int)
         #: What devices received (PRI responses; ATC invalidations), oldest first.
         self.ppr_responses: collections.deque[CompletedPpr] = collections.deque(maxlen=4096)
         self.iotlb_invalidations: collections.deque[IotlbInvalidation] = collections.deque(
             maxlen=4096)
-        #: Every command consumed, oldest first (bounded): the tour and tests read it.
-        self.cmd_log: collections.deque[IommuCmd] = collections.deque(maxlen=4096)
+        #: The words of every command consumed, oldest first (bounded).
+        self._cmd_words: collections.deque[tuple[int, ...]] = collections.deque(maxlen=4096)
         self.stats: collections.Counter[str] = collections.Counter()
         self._in_cmd = False
 
@@ -367,8 +379,8 @@ class AmdIommuHw(IommuHardware):
                 tail = self.regs.get(MMIO_CMD_TAIL_OFFSET, 0) % size
                 if head == tail:
                     return
-                cmd = IommuCmd.from_bytes(self.mem.read(base + head, 16))
-                if not self._exec_cmd(cmd):
+                words = _CMD_WORDS.unpack(self.mem.read(base + head, 16))
+                if not self._exec_cmd(words):
                     # Illegal command: logged; processing stops with head on it.
                     self._log_event(EventLogEntry.make(EVENT_TYPE_ILL_CMD, 0, 0, 0,
                                                        base + head))
@@ -377,12 +389,17 @@ class AmdIommuHw(IommuHardware):
         finally:
             self._in_cmd = False
 
-    def _exec_cmd(self, cmd: IommuCmd) -> bool:
-        op = cmd.opcode
-        d = cmd.data
-        self.cmd_log.append(cmd)
-        self.stats[cmd.name] += 1
+    @property
+    def cmd_log(self) -> list[IommuCmd]:
+        """Every command consumed, oldest first (the last 4096): the tour and tests."""
+        return [IommuCmd.of_words(w) for w in self._cmd_words]
+
+    def _exec_cmd(self, d: tuple[int, ...]) -> bool:
+        op = d[1] >> 28
+        self._cmd_words.append(d)
+        self.stats[CMD_NAMES.get(op) or f"opcode {op:#x}"] += 1
         if self.tracer.enabled:
+            cmd = IommuCmd.of_words(d)
             self.tracer.event("hw", cmd.name, f"{self.name} {self._cmd_detail(cmd)}")
         if op == CMD_COMPL_WAIT:
             # In-order model: every earlier command has completed by now.
@@ -400,14 +417,24 @@ class AmdIommuHw(IommuHardware):
         if op == CMD_INV_IOMMU_PAGES:
             first, last = self.inv_range(d[2], d[3])
             domid = d[1] & 0xFFFF
+            pde = bool(d[2] & CMD_INV_IOMMU_PAGES_PDE_MASK)
             if d[2] & CMD_INV_IOMMU_PAGES_GN_MASK:
-                self._inv_tag(domid | (((d[0] & 0xFFFFF) + 1) << 16), first, last)
+                tag = domid | (((d[0] & 0xFFFFF) + 1) << 16)
+                self._inv_tag(tag, first, last)
+                if pde:  # the guest's page directories and its GCR3 entry
+                    self._gcr3.pop(tag, None)
+                    _drop_pde_range(self._guest_pde.get(tag), first >> 12, last >> 12)
             else:
                 self._inv_tag(domid, first, last)
-                # Nested (combined) entries of this DomainID depend on the host table at
-                # addresses the hardware cannot map back from a GPA range: drop them all.
-                for tag in [t for t in self._iotlb if t & 0xFFFF == domid and t >> 16]:
-                    del self._iotlb[tag]
+                if pde:
+                    _drop_pde_range(self._host_pde.get(domid), first >> 12, last >> 12)
+                # Guest entries of this DomainID (combined translations, nested
+                # directories holding host output) depend on the host table at
+                # addresses the hardware cannot map back from a GPA range: all go.
+                for tag in self._guest_tags.pop(domid, ()):
+                    self._iotlb.pop(tag, None)
+                    self._guest_pde.pop(tag, None)
+                    self._gcr3.pop(tag, None)
             return True
         if op == CMD_INV_IOTLB_PAGES:
             first, last = self.inv_range(d[2], d[3])
@@ -472,6 +499,10 @@ class AmdIommuHw(IommuHardware):
     def _flush_all(self) -> None:
         self._dte_cache.clear()
         self._iotlb.clear()
+        self._host_pde.clear()
+        self._guest_pde.clear()
+        self._gcr3.clear()
+        self._guest_tags.clear()
 
     def _inv_tag(self, tag: int, first: int, last: int) -> None:
         tlb = self._iotlb.get(tag)
@@ -603,15 +634,21 @@ class AmdIommuHw(IommuHardware):
 
     def _walk_v1(self, dte: DevTableEntry, addr: int, access: int, perm: int,
                  stage: str = "host") -> tuple[int, int, bool]:
-        """Host (v1) walk: (output 4K page, effective _TLB_R/_TLB_W, dirty bits set)."""
+        """Host (v1) walk, from the lowest table the DomainID's page-directory cache
+        holds: (output 4K page, effective _TLB_R/_TLB_W, dirty bits set)."""
         fmt = formats.amd_v1(dte.mode)
         wr = bool(access & ACCESS_WRITE)
         had = dte.had
         set_dirty = had == 3
+        vpn = addr >> 12
+        pdes = self._host_pde.get(dte.domid)
+        start = _pde_start(pdes, vpn, fmt.levels - 1)
+        tables: list[tuple[int, int, int]] = []
         res = walk(fmt, self.mem.read_u64, dte.host_pt_root, addr,
                    access=Access.WRITE if wr else Access.READ, privileged=True,
                    set_accessed=bool(had & 1), set_dirty=set_dirty,
-                   write_u64=self.mem.write_u64 if had else None)
+                   write_u64=self.mem.write_u64 if had else None, start=start,
+                   on_table=lambda lv, nxt, acc: tables.append((lv, nxt, acc)))
         if self.tracer.enabled:
             self.tracer.event("hw", "walk_v1", f"{self.name} {stage} {addr:#x} "
                               f"mode {dte.mode}: {self._walk_str(res)}")
@@ -620,6 +657,11 @@ class AmdIommuHw(IommuHardware):
             raise _XlateFault(EVENT_TYPE_IO_FAULT, f"{stage} v1 walk: {res.reason} at level "
                               f"{res.level}", flags=EVENT_FLAG_PR if present else 0,
                               stage=stage, level=res.level, address=addr, ppr_ok=True)
+        if tables:
+            if pdes is None:
+                pdes = self._host_pde[dte.domid] = {}
+            for lv, nxt, acc in tables:
+                pdes[_pde_key(vpn, lv - 1)] = (nxt, acc)
         eff = perm & ((_TLB_R if res.readable else 0) | (_TLB_W if res.writable else 0))
         need = _TLB_W if wr else _TLB_R
         if eff & need != need:
@@ -642,22 +684,38 @@ class AmdIommuHw(IommuHardware):
         if pasid >> (9 * (glx + 1)):
             raise _XlateFault(EVENT_TYPE_IO_FAULT, f"PASID {pasid} beyond GLX {glx}",
                               flags=gn, stage="gcr3")
-        table = dte.gcr3_root
-        trp_gpa = nested and self._ctl(CONTROL_GCR3TRPMODE)
-        for level in range(glx, -1, -1):
-            addr = table + ((pasid >> (9 * level)) & 0x1FF) * 8
-            if trp_gpa:
-                addr = host(addr, ACCESS_READ, "gcr3-table")
-            entry = self.mem.read_u64(addr)
-            if not entry & GCR3_VALID:
-                raise _XlateFault(EVENT_TYPE_IO_FAULT, f"GCR3 entry for PASID {pasid} not "
-                                  f"valid (level {level})", flags=gn, stage="gcr3",
-                                  level=level, ppr_ok=True)
-            table = entry & GCR3_ADDR_MASK
-        cr3 = table
+        tag = d.domid | ((pasid + 1) << 16)
+        cr3 = self._gcr3.get(tag)
+        if cr3 is None:
+            table = dte.gcr3_root
+            trp_gpa = nested and self._ctl(CONTROL_GCR3TRPMODE)
+            for level in range(glx, -1, -1):
+                addr = table + ((pasid >> (9 * level)) & 0x1FF) * 8
+                if trp_gpa:
+                    addr = host(addr, ACCESS_READ, "gcr3-table")
+                entry = self.mem.read_u64(addr)
+                if not entry & GCR3_VALID:
+                    raise _XlateFault(EVENT_TYPE_IO_FAULT, f"GCR3 entry for PASID {pasid} "
+                                      f"not valid (level {level})", flags=gn, stage="gcr3",
+                                      level=level, ppr_ok=True)
+                table = entry & GCR3_ADDR_MASK
+            cr3 = self._gcr3[tag] = table
+            self._guest_tags.setdefault(d.domid, set()).add(tag)
         levels = 5 if dte.gpt_level else 4
         fmt = formats.x86_64(levels, sign_extend=True)
-        xlate = (lambda a: host(a, ACCESS_READ, "guest-table")) if nested else None
+        vpn = iova >> 12
+        pdes = self._guest_pde.get(tag)
+        start = _pde_start(pdes, vpn, levels - 1)
+        # Nested: guest table addresses are GPAs; the directory cache keeps the host's
+        # translation, so the walk notes each table page's (GPA -> host page).
+        spa_of: dict[int, int] = {}
+
+        def table_host(gpa: int) -> int:
+            pa = host(gpa, ACCESS_READ, "guest-table")
+            spa_of[gpa >> 12] = pa >> 12
+            return pa
+
+        tables: list[tuple[int, int, int]] = []
         res = walk(fmt, self.mem.read_u64, cr3, iova,
                    access=Access.WRITE if wr else Access.READ,
                    privileged=bool(access & ACCESS_PRIV),
@@ -665,11 +723,23 @@ class AmdIommuHw(IommuHardware):
                    # whose mapping of the table page may be read-only.
                    set_accessed=not nested, set_dirty=not nested,
                    write_u64=None if nested else self.mem.write_u64,
-                   table_xlate=xlate)
+                   table_xlate=table_host if nested else None, start=start,
+                   on_table=lambda lv, nxt, acc: tables.append((lv, nxt, acc)))
         if self.tracer.enabled:
             self.tracer.event("hw", "walk_v2", f"{self.name} pasid {pasid} {iova:#x} "
                               f"{levels}-level{' nested' if nested else ''}: "
                               f"{self._walk_str(res)}")
+        if tables and not isinstance(res, WalkFault):
+            if pdes is None:
+                pdes = self._guest_pde[tag] = {}
+                self._guest_tags.setdefault(d.domid, set()).add(tag)
+            for lv, nxt, acc in tables:
+                if nested:
+                    page = spa_of.get(nxt >> 12)
+                    if page is None:
+                        continue
+                    nxt = page << 12 | (nxt & _PAGE_MASK)
+                pdes[_pde_key(vpn, lv - 1)] = (nxt, acc)
         if isinstance(res, WalkFault):
             flags = gn | (EVENT_FLAG_PR if res.reason == "permission" else 0)
             if not access & ACCESS_PRIV:
@@ -703,6 +773,8 @@ class AmdIommuHw(IommuHardware):
         tlb = self._iotlb.get(tag)
         if tlb is None:
             tlb = self._iotlb[tag] = {}
+            if tag >> 16:
+                self._guest_tags.setdefault(tag & 0xFFFF, set()).add(tag)
         tlb[iova >> 12] = pa | perm | (_TLB_DIRTY_OK if dirty_ok else 0)
 
     # ===================================================================================
@@ -744,3 +816,37 @@ class AmdIommuHw(IommuHardware):
         self._log_event(ev)
         detail["flags"] = flags
         raise DmaFault(dev.name, iova, pasid, access, EVENT_NAMES[f.ev_type], detail)
+
+
+# =======================================================================================
+# Page-directory caches
+# =======================================================================================
+def _pde_key(vpn: int, level: int) -> int:
+    """The key of the level-``level`` table holding ``vpn`` (9 index bits a level)."""
+    return (vpn >> (9 * (level + 1))) << 3 | level
+
+
+def _pde_start(pdes: dict[int, tuple[int, int]] | None, vpn: int, top: int
+               ) -> tuple[int, int, int] | None:
+    """Where a walk may resume: the lowest cached table on the way to ``vpn``."""
+    if pdes:
+        for level in range(top):
+            hit = pdes.get(_pde_key(vpn, level))
+            if hit is not None:
+                return level, hit[0], hit[1]
+    return None
+
+
+def _drop_pde_range(pdes: dict[int, tuple[int, int]] | None, first: int, last: int) -> None:
+    """Cached directory entries whose table maps part of vpns [first, last]."""
+    if not pdes:
+        return
+    for level in range(6):
+        s = 9 * (level + 1)
+        lo, hi = first >> s, last >> s
+        if hi - lo < len(pdes):
+            for prefix in range(lo, hi + 1):
+                pdes.pop(prefix << 3 | level, None)
+        else:
+            for k in [k for k in pdes if k & 7 == level and lo <= k >> 3 <= hi]:
+                del pdes[k]
