@@ -9,10 +9,9 @@ never behaviour. Bit positions: vtd_amd.md PART B.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterable
 from typing import Any
-
-import struct
 
 import attrs
 

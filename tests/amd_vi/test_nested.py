@@ -136,6 +136,7 @@ def test_guest_pte_change_stale_until_prototype_invalidation(env: DriverEnv) -> 
     n.ram.write(data, b"OLD!")
     n.ram.write(other, b"NEW!")
     assert env.dma_read(dev, GVA, 4) == b"OLD!"
+    pt.map(GVA + PAGE_SIZE, data, PAGE_SIZE, RW)  # keeps the leaf table: a leaf change
     pt.unmap(GVA, PAGE_SIZE)
     pt.map(GVA, other, PAGE_SIZE, RW)
     assert env.dma_read(dev, GVA, 4) == b"OLD!", "no invalidation yet: the IOTLB is stale"

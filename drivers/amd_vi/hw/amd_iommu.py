@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import collections
 import struct
-from typing import Any, NoReturn
+from collections.abc import Sequence
+from typing import Any, NoReturn, overload
 
 import attrs
 
@@ -163,6 +164,26 @@ class _CachedDte:
     nopasid_guest: bool
     domid: int
     perm: int  # DTE IR/IW as _TLB_R/_TLB_W
+
+
+class CommandLog(Sequence[IommuCmd]):
+    """A live, read-only view of the commands the unit consumed (kept as raw words)."""
+
+    def __init__(self, words: collections.deque[tuple[int, ...]]) -> None:
+        self._words = words
+
+    def __len__(self) -> int:
+        return len(self._words)
+
+    @overload
+    def __getitem__(self, i: int) -> IommuCmd: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[IommuCmd]: ...
+
+    def __getitem__(self, i: int | slice) -> IommuCmd | list[IommuCmd]:
+        if isinstance(i, slice):
+            return [IommuCmd.of_words(w) for w in list(self._words)[i]]
+        return IommuCmd.of_words(self._words[i])
 
 
 class _XlateFault(Exception):
@@ -390,9 +411,9 @@ class AmdIommuHw(IommuHardware):
             self._in_cmd = False
 
     @property
-    def cmd_log(self) -> list[IommuCmd]:
+    def cmd_log(self) -> CommandLog:
         """Every command consumed, oldest first (the last 4096): the tour and tests."""
-        return [IommuCmd.of_words(w) for w in self._cmd_words]
+        return CommandLog(self._cmd_words)
 
     def _exec_cmd(self, d: tuple[int, ...]) -> bool:
         op = d[1] >> 28
