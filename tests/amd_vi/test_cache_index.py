@@ -13,6 +13,7 @@ import contextlib
 import copy
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -302,3 +303,30 @@ def test_host_pde_follows_the_pde_bit(env: DriverEnv) -> None:
     iommu_queue_command(iommu, build_inv_iommu_pages(VA1, VA1 + 4095, domid, 0, PDE))  # type: ignore[arg-type]
     assert not hw._host_pde[domid]
     iommu_completion_wait(iommu)  # type: ignore[arg-type]
+
+
+def test_freed_hdomid_leaves_nothing_cached(env: DriverEnv) -> None:
+    """A nested device goes back to blocked and its nested domain is freed: the hDomID
+    returns to the ID allocator only after INVALIDATE_IOMMU_PAGES (all, PDE) for it, so
+    the next domain given that DomainID cannot walk through the old parent's tables."""
+    dev = env.add_device(pasid_bits=0)
+    env.claim(dev)
+    n = Nesting(env, dev, npages=8)
+    pt = n.guest_pt()
+    pt.map(GVA, n.ram.alloc_page(), PAGE_SIZE, RW)
+    ndom = n.alloc_nested(gdte_for(n.gcr3_table({0: pt.root}), 0x44))
+    env.core.iommu_group_replace_domain(dev.iommu_group, ndom)
+    env.dma_read(dev, GVA, 4)  # caches host directory entries tagged with the hDomID
+    hdom = ndom.hdom_id
+    hw = env.hw
+    assert isinstance(hw, AmdIommuHw) and hdom in hw._host_pde
+    env.core.iommu_group_replace_domain(dev.iommu_group, dev.iommu_group.blocking_domain)
+    env.core.iommu_domain_free(ndom)
+    n.nested.remove(ndom)
+    assert not hw._host_pde.get(hdom)
+    fresh = env.paging_domain(dev)
+    assert fresh.id == hdom  # type: ignore[attr-defined]  # the ID came back
+    env.core.iommu_group_replace_domain(dev.iommu_group, fresh)
+    with pytest.raises(DmaFault):
+        env.dma_read(dev, 0, 4)  # mapped in the old parent only
+    n.teardown()
