@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 
 def best_per_call(fn: Callable[[], object], number: int = 1, reps: int = 7) -> float:
@@ -23,6 +23,17 @@ def best_per_call(fn: Callable[[], object], number: int = 1, reps: int = 7) -> f
             if enabled:
                 gc.enable()
     return best / number
+
+
+def best_interleaved(fns: Sequence[Callable[[], object]], number: int = 1, reps: int = 7
+                     ) -> list[float]:
+    """Seconds per call of each of ``fns``, their repetitions interleaved (A B A B ...)
+    so that a change of machine load between them does not show as a ratio."""
+    best = [float("inf")] * len(fns)
+    for _ in range(reps):
+        for i, fn in enumerate(fns):
+            best[i] = min(best[i], best_per_call(fn, number, 1))
+    return best
 
 
 def best_of_runs(run: Callable[[int], int], reps: int = 7) -> float:
