@@ -164,6 +164,13 @@ class _CachedDte:
     nopasid_guest: bool
     domid: int
     perm: int  # DTE IR/IW as _TLB_R/_TLB_W
+    # decoded once: the fields every walk needs
+    mode: int = 0
+    had: int = 0
+    host_root: int = 0
+    glx: int = 0
+    gcr3_root: int = 0
+    guest_levels: int = 4
 
 
 class CommandLog(Sequence[IommuCmd]):
@@ -567,7 +574,9 @@ class AmdIommuHw(IommuHardware):
             elif dte.mode:
                 tag = dte.domid
         cached = _CachedDte(dte=dte, nopasid_tag=tag, nopasid_guest=guest,
-                            domid=dte.domid, perm=perm)
+                            domid=dte.domid, perm=perm, mode=dte.mode, had=dte.had,
+                            host_root=dte.host_pt_root, glx=dte.glx,
+                            gcr3_root=dte.gcr3_root, guest_levels=5 if dte.gpt_level else 4)
         self._dte_cache[devid] = cached
         if self.tracer.enabled:
             self.tracer.event("hw", "dte_fetch", f"{self.name} devid {devid:#x} {dte!r}")
@@ -649,30 +658,32 @@ class AmdIommuHw(IommuHardware):
                 raise _XlateFault(EVENT_TYPE_IO_FAULT, "DTE IR/IW deny the access",
                                   flags=EVENT_FLAG_PR, stage="dte")
             return iova
-        pa, perm, dirty_ok = self._walk_v1(dte, iova, access, d.perm)
+        pa, perm, dirty_ok = self._walk_v1(d, iova, access)
         self._fill(d.domid, iova, pa, perm, dirty_ok)
         return pa | (iova & _PAGE_MASK)
 
-    def _walk_v1(self, dte: DevTableEntry, addr: int, access: int, perm: int,
-                 stage: str = "host") -> tuple[int, int, bool]:
+    def _walk_v1(self, d: _CachedDte, addr: int, access: int, stage: str = "host"
+                 ) -> tuple[int, int, bool]:
         """Host (v1) walk, from the lowest table the DomainID's page-directory cache
         holds: (output 4K page, effective _TLB_R/_TLB_W, dirty bits set)."""
-        fmt = formats.amd_v1(dte.mode)
+        perm = d.perm
+        fmt = formats.amd_v1(d.mode)
         wr = bool(access & ACCESS_WRITE)
-        had = dte.had
+        had = d.had
         set_dirty = had == 3
         vpn = addr >> 12
-        pdes = self._host_pde.get(dte.domid)
+        pdes = self._host_pde.get(d.domid)
         start = _pde_start(pdes, vpn, fmt.levels - 1)
         tables: list[tuple[int, int, int]] = []
-        res = walk(fmt, self.mem.read_u64, dte.host_pt_root, addr,
+        res = walk(fmt, self.mem.read_u64, d.host_root, addr,
                    access=Access.WRITE if wr else Access.READ, privileged=True,
                    set_accessed=bool(had & 1), set_dirty=set_dirty,
                    write_u64=self.mem.write_u64 if had else None, start=start,
-                   on_table=lambda lv, nxt, acc: tables.append((lv, nxt, acc)))
+                   on_table=None if start and not start[0] else
+                   lambda lv, nxt, acc: tables.append((lv, nxt, acc)))
         if self.tracer.enabled:
             self.tracer.event("hw", "walk_v1", f"{self.name} {stage} {addr:#x} "
-                              f"mode {dte.mode}: {self._walk_str(res)}")
+                              f"mode {d.mode}: {self._walk_str(res)}")
         if isinstance(res, WalkFault):
             present = res.reason == "permission"
             raise _XlateFault(EVENT_TYPE_IO_FAULT, f"{stage} v1 walk: {res.reason} at level "
@@ -680,7 +691,7 @@ class AmdIommuHw(IommuHardware):
                               stage=stage, level=res.level, address=addr, ppr_ok=True)
         if tables:
             if pdes is None:
-                pdes = self._host_pde[dte.domid] = {}
+                pdes = self._host_pde[d.domid] = {}
             for lv, nxt, acc in tables:
                 pdes[_pde_key(vpn, lv - 1)] = (nxt, acc)
         eff = perm & ((_TLB_R if res.readable else 0) | (_TLB_W if res.writable else 0))
@@ -692,23 +703,22 @@ class AmdIommuHw(IommuHardware):
 
     def _translate_guest(self, d: _CachedDte, pasid: int, iova: int, access: int, wr: bool,
                          pasid_valid: bool) -> int:
-        dte = d.dte
-        nested = dte.mode != 0
+        nested = d.mode != 0
         gn = EVENT_FLAG_GN if pasid_valid else 0
 
         def host(gpa: int, acc: int, what: str) -> int:
-            pa, _perm, _ = self._walk_v1(dte, gpa, acc, d.perm, what)
+            pa, _perm, _ = self._walk_v1(d, gpa, acc, what)
             return pa | (gpa & _PAGE_MASK)
 
         # GCR3 table: GLX+1 levels of 512 entries, indexed by PASID bits 9*level.
-        glx = dte.glx
+        glx = d.glx
         if pasid >> (9 * (glx + 1)):
             raise _XlateFault(EVENT_TYPE_IO_FAULT, f"PASID {pasid} beyond GLX {glx}",
                               flags=gn, stage="gcr3")
         tag = d.domid | ((pasid + 1) << 16)
         cr3 = self._gcr3.get(tag)
         if cr3 is None:
-            table = dte.gcr3_root
+            table = d.gcr3_root
             trp_gpa = nested and self._ctl(CONTROL_GCR3TRPMODE)
             for level in range(glx, -1, -1):
                 addr = table + ((pasid >> (9 * level)) & 0x1FF) * 8
@@ -722,7 +732,7 @@ class AmdIommuHw(IommuHardware):
                 table = entry & GCR3_ADDR_MASK
             cr3 = self._gcr3[tag] = table
             self._guest_tags.setdefault(d.domid, set()).add(tag)
-        levels = 5 if dte.gpt_level else 4
+        levels = d.guest_levels
         fmt = formats.x86_64(levels, sign_extend=True)
         vpn = iova >> 12
         pdes = self._guest_pde.get(tag)
@@ -745,7 +755,8 @@ class AmdIommuHw(IommuHardware):
                    set_accessed=not nested, set_dirty=not nested,
                    write_u64=None if nested else self.mem.write_u64,
                    table_xlate=table_host if nested else None, start=start,
-                   on_table=lambda lv, nxt, acc: tables.append((lv, nxt, acc)))
+                   on_table=None if start and not start[0] else
+                   lambda lv, nxt, acc: tables.append((lv, nxt, acc)))
         if self.tracer.enabled:
             self.tracer.event("hw", "walk_v2", f"{self.name} pasid {pasid} {iova:#x} "
                               f"{levels}-level{' nested' if nested else ''}: "
@@ -773,7 +784,7 @@ class AmdIommuHw(IommuHardware):
                               flags=gn | EVENT_FLAG_PR, stage="guest", ppr_ok=True)
         gperm = (_TLB_R if res.readable else 0) | (_TLB_W if res.writable else 0)
         if nested:
-            pa, hperm, dirty_ok = self._walk_v1(dte, res.oa, access, d.perm, "host")
+            pa, hperm, dirty_ok = self._walk_v1(d, res.oa, access, "host")
             perm = gperm & hperm
         else:
             need = _TLB_W if wr else _TLB_R

@@ -812,7 +812,8 @@ class VtdHardware(IommuHardware):
                  set_accessed=ssade, set_dirty=ssade,
                  write_u64=self.mem.write_u64 if ssade else None,
                  start=None if hit is None else (hit[0], hit[1][0], hit[1][1]),
-                 on_table=lambda lv, nxt, acc: tables.append((lv, nxt, acc)))
+                 on_table=None if hit is not None and not hit[0] else
+                 lambda lv, nxt, acc: tables.append((lv, nxt, acc)))
         if self.tracer.enabled:
             self.tracer.event("hw", "walk", f"{self.name} SS {addr:#x} -> {_walk_str(r)}")
         if isinstance(r, WalkFault):
@@ -896,7 +897,8 @@ class VtdHardware(IommuHardware):
         r = walk(fmt, read_u64, pe.fsptptr, iova, access=Access.READ, privileged=True,
                  set_accessed=True, write_u64=write_fs, table_xlate=xlate if nested else None,
                  start=None if hit is None else (hit[0], hit[1][0], hit[1][1]),
-                 on_table=lambda lv, nxt, acc: tables.append((lv, nxt, acc)))
+                 on_table=None if hit is not None and not hit[0] else
+                 lambda lv, nxt, acc: tables.append((lv, nxt, acc)))
         if self.tracer.enabled:
             self.tracer.event("hw", "walk", f"{self.name} FS{levels} {iova:#x} -> "
                               f"{_walk_str(r)}")
