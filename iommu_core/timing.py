@@ -25,29 +25,33 @@ def best_per_call(fn: Callable[[], object], number: int = 1, reps: int = 7) -> f
     return best / number
 
 
-def best_interleaved(fns: Sequence[Callable[[], object]], number: int = 1, reps: int = 7
-                     ) -> list[float]:
-    """Seconds per call of each of ``fns``, their repetitions interleaved (A B A B ...)
-    so that a change of machine load between them does not show as a ratio."""
+def best_interleaved(fns: Sequence[Callable[[], object]], number: int | Sequence[int] = 1,
+                     reps: int = 7) -> list[float]:
+    """Seconds per call of each of ``fns`` (``number`` calls a repetition, or one number
+    each), their repetitions interleaved (A B A B ...) so that a change of machine load
+    between them does not show as a ratio."""
+    numbers = [number] * len(fns) if isinstance(number, int) else list(number)
     best = [float("inf")] * len(fns)
     for _ in range(reps):
         for i, fn in enumerate(fns):
-            best[i] = min(best[i], best_per_call(fn, number, 1))
+            best[i] = min(best[i], best_per_call(fn, numbers[i], 1))
     return best
 
 
-def best_of_runs(run: Callable[[int], int], reps: int = 7) -> float:
-    """Seconds per item: ``run(rep)`` does one repetition over fresh items and returns
-    how many it did (cold-cache measurements cannot repeat the same items)."""
-    best = float("inf")
+def best_of_runs(runs: Sequence[Callable[[int], int]], reps: int = 7) -> list[float]:
+    """Seconds per item of each of ``runs``: ``run(rep)`` does one repetition over fresh
+    items and returns how many it did (cold-cache measurements cannot repeat the same
+    items); the runs' repetitions are interleaved, as in :func:`best_interleaved`."""
+    best = [float("inf")] * len(runs)
     for rep in range(reps):
-        enabled = gc.isenabled()
-        gc.disable()
-        try:
-            t0 = time.perf_counter()
-            n = run(rep)
-            best = min(best, (time.perf_counter() - t0) / max(1, n))
-        finally:
-            if enabled:
-                gc.enable()
+        for i, run in enumerate(runs):
+            enabled = gc.isenabled()
+            gc.disable()
+            try:
+                t0 = time.perf_counter()
+                n = run(rep)
+                best[i] = min(best[i], (time.perf_counter() - t0) / max(1, n))
+            finally:
+                if enabled:
+                    gc.enable()
     return best

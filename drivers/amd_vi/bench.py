@@ -170,11 +170,7 @@ def _map_unmap_op(vm: Vm, va: int) -> Callable[[], None]:
     return lambda: vm.map_unmap(va, PAGE, SMALL_IOVA, True)
 
 
-def _map_unmap_4k(vm: Vm, va: int, number: int) -> float:
-    return best_per_call(_map_unmap_op(vm, va), number)
-
-
-def pgtable_map_unmap_4k(number: int = 2000) -> float:
+def pgtable_map_unmap_4k_op() -> Callable[[], None]:
     """The floor: the v1 format's own map_pages + unmap_pages of 4 KiB."""
     mem = PhysicalMemory()
     pt = IoPageTable(formats.amd_v1(4), PhysTableMemory(mem, PageAllocator(mem)))
@@ -183,7 +179,7 @@ def pgtable_map_unmap_4k(number: int = 2000) -> float:
     def op() -> None:
         pt.map_pages(SMALL_IOVA, 0x2000_0000, PAGE, 1, RW)
         pt.unmap_pages(SMALL_IOVA, PAGE, 1, IotlbGather())
-    return best_per_call(op, number)
+    return op
 
 
 def inval_cached_ratio(make_machine: MakeMachine, cached: int = 65536, number: int = 50
@@ -215,76 +211,75 @@ def inval_cached_ratio(make_machine: MakeMachine, cached: int = 65536, number: i
 
 def map_unmap_4k_vs_pgtable(make_machine: MakeMachine, number: int = 200
                             ) -> dict[str, float]:
+    """The two measured in alternation."""
     m = make_machine(machine_config())
     try:
         vm = Vm(m)
         vm.attach(vm.ioas)
-        small = m.mmap(PAGE)
-        _map_unmap_4k(vm, small, number)
-        ioctl = _map_unmap_4k(vm, small, number)
-        floor = pgtable_map_unmap_4k()
+        op = _map_unmap_op(vm, m.mmap(PAGE))
+        best_per_call(op, number, 1)
+        ioctl, floor = best_interleaved([op, pgtable_map_unmap_4k_op()], [number, 10 * number])
         return {"map_unmap_4k_vs_pgtable": ioctl / floor, "map_unmap_4k_us": ioctl * 1e6,
                 "pgtable_map_unmap_4k_us": floor * 1e6}
     finally:
         m.shutdown()
 
 
-def _cold_reads(m: MachineLike, base: int, per_rep: int) -> float:
-    """Seconds per DMA over pages never read before (each one an IOTLB miss)."""
+def _cold_reads(m: MachineLike, base: int, per_rep: int) -> Callable[[int], int]:
+    """Repetition ``rep`` DMA-reads pages never read before (each one an IOTLB miss);
+    repetition -1, run here, warms the tables."""
     def run(rep: int) -> int:
-        first = base + (rep + 1) * per_rep * PAGE  # rep -1 warmed the tables
+        first = base + (rep + 1) * per_rep * PAGE
         for i in range(per_rep):
             m.dma_read(DEV, first + i * PAGE, 64)
         return per_rep
     run(-1)
-    return best_of_runs(run)
+    return run
 
 
-def paging_miss(make_machine: MakeMachine, per_rep: int = 512) -> float:
-    m = make_machine(machine_config())
-    try:
-        vm = Vm(m)
-        vm.attach(vm.ioas)
-        npages = 8 * per_rep
-        vm.map_scattered(scattered_memory(m, npages))
-        return _cold_reads(m, 0, per_rep)
-    finally:
-        m.shutdown()
+def paging_misses(m: MachineLike, per_rep: int = 512) -> Callable[[int], int]:
+    """A plain v1 paging domain over 4 KiB IOPTEs."""
+    vm = Vm(m)
+    vm.attach(vm.ioas)
+    vm.map_scattered(scattered_memory(m, 8 * per_rep))
+    return _cold_reads(m, 0, per_rep)
 
 
-def nested_miss(make_machine: MakeMachine, per_rep: int = 512) -> float:
+def nested_misses(m: MachineLike, per_rep: int = 512) -> Callable[[int], int]:
     """The guest maps GVA page i to its RAM page i with a 4-level v2 table at PASID 0 of
     a one-level GCR3 table; the VMM maps guest RAM at IOVA = GPA in a v1 nest parent."""
-    m = make_machine(machine_config())
-    try:
-        vm = Vm(m)
-        data_pages = 8 * per_rep
-        total = data_pages + 64
-        ram_va = m.mmap(total * PAGE)
-        vm.map_unmap(ram_va, total * PAGE, 0, False)
-        parent = vm.alloc(vm.ioas, u.IOMMU_HWPT_ALLOC_NEST_PARENT)
-        viommu = vm.viommu(parent)
-        ram = GuestRam(m, ram_va, data_pages * PAGE)
-        s1 = IoPageTable(formats.x86_64(4).with_pgsizes(PAGE), ram)
-        s1.map(GVA, 0, data_pages * PAGE, RW)
-        gcr3 = ram.alloc_table(PAGE)
-        ram.write_u64(gcr3, s1.root | GCR3_VALID)
-        d0, d1 = dte_gcr3_fields(gcr3)
-        gdte = (DTE_FLAG_V | DTE_FLAG_GV | DTE_FLAG_GIOV | d0, d1 | GDOMID, 0, 0)
-        nested = vm.alloc(viommu, 0, b"".join(w.to_bytes(8, "little") for w in gdte),
-                          u.IOMMU_HWPT_DATA_AMD_GUEST)
-        vm.attach(nested)
-        return _cold_reads(m, GVA, per_rep)
-    finally:
-        m.shutdown()
+    vm = Vm(m)
+    data_pages = 8 * per_rep
+    total = data_pages + 64
+    ram_va = m.mmap(total * PAGE)
+    vm.map_unmap(ram_va, total * PAGE, 0, False)
+    parent = vm.alloc(vm.ioas, u.IOMMU_HWPT_ALLOC_NEST_PARENT)
+    viommu = vm.viommu(parent)
+    ram = GuestRam(m, ram_va, data_pages * PAGE)
+    s1 = IoPageTable(formats.x86_64(4).with_pgsizes(PAGE), ram)
+    s1.map(GVA, 0, data_pages * PAGE, RW)
+    gcr3 = ram.alloc_table(PAGE)
+    ram.write_u64(gcr3, s1.root | GCR3_VALID)
+    d0, d1 = dte_gcr3_fields(gcr3)
+    gdte = (DTE_FLAG_V | DTE_FLAG_GV | DTE_FLAG_GIOV | d0, d1 | GDOMID, 0, 0)
+    nested = vm.alloc(viommu, 0, b"".join(w.to_bytes(8, "little") for w in gdte),
+                      u.IOMMU_HWPT_DATA_AMD_GUEST)
+    vm.attach(nested)
+    return _cold_reads(m, GVA, per_rep)
 
 
 def nested_miss_vs_paging_miss(make_machine: MakeMachine, per_rep: int = 512
                                ) -> dict[str, float]:
-    p = paging_miss(make_machine, per_rep)
-    n = nested_miss(make_machine, per_rep)
-    return {"nested_miss_vs_paging_miss": n / p, "paging_miss_us": p * 1e6,
-            "nested_miss_us": n * 1e6}
+    """Both setups on their own Machines, their repetitions in alternation."""
+    machines = [make_machine(machine_config()) for _ in range(2)]
+    try:
+        p, n = best_of_runs([paging_misses(machines[0], per_rep),
+                             nested_misses(machines[1], per_rep)])
+        return {"nested_miss_vs_paging_miss": n / p, "paging_miss_us": p * 1e6,
+                "nested_miss_us": n * 1e6}
+    finally:
+        for m in machines:
+            m.shutdown()
 
 
 def run(make_machine: MakeMachine, quick: bool = False) -> dict[str, float]:

@@ -159,11 +159,7 @@ def _map_unmap_op(vmm: Vmm, va: int) -> Callable[[], None]:
     return op
 
 
-def _map_unmap_4k(vmm: Vmm, va: int, number: int) -> float:
-    return best_per_call(_map_unmap_op(vmm, va), number)
-
-
-def pgtable_map_unmap_4k(number: int = 2000) -> float:
+def pgtable_map_unmap_4k_op() -> Callable[[], None]:
     """The floor: the first-stage format's own map_pages + unmap_pages of 4 KiB."""
     mem = PhysicalMemory()
     pt = IoPageTable(formats.x86_64(4, oas=52), PhysTableMemory(mem, PageAllocator(mem)))
@@ -172,7 +168,7 @@ def pgtable_map_unmap_4k(number: int = 2000) -> float:
     def op() -> None:
         pt.map_pages(SMALL_IOVA, 0x2000_0000, PAGE, 1, RW)
         pt.unmap_pages(SMALL_IOVA, PAGE, 1, IotlbGather())
-    return best_per_call(op, number)
+    return op
 
 
 def inval_cached_ratio(make_machine: MakeMachine, cached: int = 65536, number: int = 50
@@ -204,76 +200,75 @@ def inval_cached_ratio(make_machine: MakeMachine, cached: int = 65536, number: i
 
 def map_unmap_4k_vs_pgtable(make_machine: MakeMachine, number: int = 200
                             ) -> dict[str, float]:
+    """The two measured in alternation."""
     m = make_machine(machine_config())
     try:
         vmm = Vmm(m)
         vmm.attach(vmm.ioas)
-        small = m.mmap(PAGE)
-        _map_unmap_4k(vmm, small, number)
-        ioctl = _map_unmap_4k(vmm, small, number)
-        floor = pgtable_map_unmap_4k()
+        op = _map_unmap_op(vmm, m.mmap(PAGE))
+        best_per_call(op, number, 1)
+        ioctl, floor = best_interleaved([op, pgtable_map_unmap_4k_op()], [number, 10 * number])
         return {"map_unmap_4k_vs_pgtable": ioctl / floor, "map_unmap_4k_us": ioctl * 1e6,
                 "pgtable_map_unmap_4k_us": floor * 1e6}
     finally:
         m.shutdown()
 
 
-def _misses(m: MachineLike, base: int, per_rep: int) -> float:
-    """Seconds per DMA over pages never read before (each one an IOTLB miss)."""
+def _cold_reads(m: MachineLike, base: int, per_rep: int) -> Callable[[int], int]:
+    """Repetition ``rep`` DMA-reads pages never read before (each one an IOTLB miss);
+    repetition -1, run here, warms the tables."""
     def run(rep: int) -> int:
-        first = base + (rep + 1) * per_rep * PAGE  # rep -1 warmed the tables
+        first = base + (rep + 1) * per_rep * PAGE
         for i in range(per_rep):
             m.dma_read(DEV, first + i * PAGE, 64)
         return per_rep
     run(-1)
-    return best_of_runs(run)
+    return run
 
 
-def paging_miss(make_machine: MakeMachine, per_rep: int = 512) -> float:
-    m = make_machine(machine_config())
-    try:
-        vmm = Vmm(m)
-        vmm.attach(vmm.ioas)
-        npages = 8 * per_rep
-        vmm.map_scattered(scattered_memory(m, npages), 0)
-        return _misses(m, 0, per_rep)
-    finally:
-        m.shutdown()
+def paging_misses(m: MachineLike, per_rep: int = 512) -> Callable[[int], int]:
+    """A plain (first-stage) paging domain over 4 KiB IOPTEs."""
+    vmm = Vmm(m)
+    vmm.attach(vmm.ioas)
+    vmm.map_scattered(scattered_memory(m, 8 * per_rep), 0)
+    return _cold_reads(m, 0, per_rep)
 
 
 GVA = 1 << 32
 
 
-def nested_miss(make_machine: MakeMachine, per_rep: int = 512) -> float:
+def nested_misses(m: MachineLike, per_rep: int = 512) -> Callable[[int], int]:
     """The guest maps GVA page i to its RAM page i with a 4-level first stage; the VMM
     maps guest RAM at IOVA = GPA in a nest parent; the device is attached to the nested
     domain at its RID."""
-    m = make_machine(machine_config())
-    try:
-        vmm = Vmm(m)
-        data_pages = 8 * per_rep
-        tables = 64
-        ram = m.mmap((data_pages + tables) * PAGE)
-        vmm.map(ram, (data_pages + tables) * PAGE, 0)
-        parent = vmm.hwpt_alloc(vmm.ioas, u.IOMMU_HWPT_ALLOC_NEST_PARENT)
-        # 4 KiB leaves only (an aligned run would otherwise take 2 MiB pages)
-        s1 = IoPageTable(formats.x86_64(4, oas=52).with_pgsizes(PAGE),
-                         GuestTables(m, ram, data_pages * PAGE))
-        s1.map(GVA, 0, data_pages * PAGE, RW)
-        data = u.iommu_hwpt_vtd_s1(pgtbl_addr=s1.root, addr_width=48)
-        nested = vmm.hwpt_alloc(parent, 0, bytes(data), u.IOMMU_HWPT_DATA_VTD_S1)
-        vmm.attach(nested)
-        return _misses(m, GVA, per_rep)
-    finally:
-        m.shutdown()
+    vmm = Vmm(m)
+    data_pages = 8 * per_rep
+    tables = 64
+    ram = m.mmap((data_pages + tables) * PAGE)
+    vmm.map(ram, (data_pages + tables) * PAGE, 0)
+    parent = vmm.hwpt_alloc(vmm.ioas, u.IOMMU_HWPT_ALLOC_NEST_PARENT)
+    # 4 KiB leaves only (an aligned run would otherwise take 2 MiB pages)
+    s1 = IoPageTable(formats.x86_64(4, oas=52).with_pgsizes(PAGE),
+                     GuestTables(m, ram, data_pages * PAGE))
+    s1.map(GVA, 0, data_pages * PAGE, RW)
+    data = u.iommu_hwpt_vtd_s1(pgtbl_addr=s1.root, addr_width=48)
+    nested = vmm.hwpt_alloc(parent, 0, bytes(data), u.IOMMU_HWPT_DATA_VTD_S1)
+    vmm.attach(nested)
+    return _cold_reads(m, GVA, per_rep)
 
 
 def nested_miss_vs_paging_miss(make_machine: MakeMachine, per_rep: int = 512
                                ) -> dict[str, float]:
-    p = paging_miss(make_machine, per_rep)
-    n = nested_miss(make_machine, per_rep)
-    return {"nested_miss_vs_paging_miss": n / p, "paging_miss_us": p * 1e6,
-            "nested_miss_us": n * 1e6}
+    """Both setups on their own Machines, their repetitions in alternation."""
+    machines = [make_machine(machine_config()) for _ in range(2)]
+    try:
+        p, n = best_of_runs([paging_misses(machines[0], per_rep),
+                             nested_misses(machines[1], per_rep)])
+        return {"nested_miss_vs_paging_miss": n / p, "paging_miss_us": p * 1e6,
+                "nested_miss_us": n * 1e6}
+    finally:
+        for m in machines:
+            m.shutdown()
 
 
 def run(make_machine: MakeMachine, quick: bool = False) -> dict[str, float]:

@@ -103,6 +103,7 @@ from drivers.amd_vi.amd_iommu_types import (
 )
 from drivers.amd_vi.hw.config import AmdViFeatures
 from iommu_core.pgtable import formats
+from iommu_core.pgtable.formats.base import PtFormat
 from iommu_core.pgtable.walk import Access, WalkFault, WalkResult, walk
 from iommu_core.platform.bus import Device
 from iommu_core.platform.dma import (
@@ -126,6 +127,7 @@ _TLB_DIRTY_OK = 4  # a write may hit: the dirty bits it needs are already set
 _ALL = (1 << 64) - 1
 
 _CMD_WORDS = struct.Struct("<4I")
+_GUEST_4LEVEL = formats.x86_64(4, sign_extend=True)
 
 #: Per-access requirement on a TLB entry's flag bits.
 _NEED = {ACCESS_READ: _TLB_R, ACCESS_WRITE: _TLB_W | _TLB_DIRTY_OK}
@@ -171,6 +173,8 @@ class _CachedDte:
     glx: int = 0
     gcr3_root: int = 0
     guest_levels: int = 4
+    host_fmt: PtFormat | None = None
+    guest_fmt: PtFormat = _GUEST_4LEVEL
 
 
 class CommandLog(Sequence[IommuCmd]):
@@ -576,7 +580,10 @@ class AmdIommuHw(IommuHardware):
         cached = _CachedDte(dte=dte, nopasid_tag=tag, nopasid_guest=guest,
                             domid=dte.domid, perm=perm, mode=dte.mode, had=dte.had,
                             host_root=dte.host_pt_root, glx=dte.glx,
-                            gcr3_root=dte.gcr3_root, guest_levels=5 if dte.gpt_level else 4)
+                            gcr3_root=dte.gcr3_root, guest_levels=5 if dte.gpt_level else 4,
+                            host_fmt=formats.amd_v1(dte.mode) if 0 < dte.mode < 7 else None,
+                            guest_fmt=formats.x86_64(5 if dte.gpt_level else 4,
+                                                     sign_extend=True))
         self._dte_cache[devid] = cached
         if self.tracer.enabled:
             self.tracer.event("hw", "dte_fetch", f"{self.name} devid {devid:#x} {dte!r}")
@@ -667,7 +674,8 @@ class AmdIommuHw(IommuHardware):
         """Host (v1) walk, from the lowest table the DomainID's page-directory cache
         holds: (output 4K page, effective _TLB_R/_TLB_W, dirty bits set)."""
         perm = d.perm
-        fmt = formats.amd_v1(d.mode)
+        fmt = d.host_fmt
+        assert fmt is not None
         wr = bool(access & ACCESS_WRITE)
         had = d.had
         set_dirty = had == 3
@@ -733,20 +741,25 @@ class AmdIommuHw(IommuHardware):
             cr3 = self._gcr3[tag] = table
             self._guest_tags.setdefault(d.domid, set()).add(tag)
         levels = d.guest_levels
-        fmt = formats.x86_64(levels, sign_extend=True)
+        fmt = d.guest_fmt
         vpn = iova >> 12
         pdes = self._guest_pde.get(tag)
         start = _pde_start(pdes, vpn, levels - 1)
+        tables: list[tuple[int, int, int]] = []
         # Nested: guest table addresses are GPAs; the directory cache keeps the host's
         # translation, so the walk notes each table page's (GPA -> host page).
         spa_of: dict[int, int] = {}
+        if start is not None and not start[0]:  # at the leaf table: nothing to note
+            table_host, on_table = None, None
+        else:
+            def table_host(gpa: int) -> int:
+                pa = host(gpa, ACCESS_READ, "guest-table")
+                spa_of[gpa >> 12] = pa >> 12
+                return pa
 
-        def table_host(gpa: int) -> int:
-            pa = host(gpa, ACCESS_READ, "guest-table")
-            spa_of[gpa >> 12] = pa >> 12
-            return pa
+            def on_table(lv: int, nxt: int, acc: int) -> None:
+                tables.append((lv, nxt, acc))
 
-        tables: list[tuple[int, int, int]] = []
         res = walk(fmt, self.mem.read_u64, cr3, iova,
                    access=Access.WRITE if wr else Access.READ,
                    privileged=bool(access & ACCESS_PRIV),
@@ -755,8 +768,7 @@ class AmdIommuHw(IommuHardware):
                    set_accessed=not nested, set_dirty=not nested,
                    write_u64=None if nested else self.mem.write_u64,
                    table_xlate=table_host if nested else None, start=start,
-                   on_table=None if start and not start[0] else
-                   lambda lv, nxt, acc: tables.append((lv, nxt, acc)))
+                   on_table=on_table)
         if self.tracer.enabled:
             self.tracer.event("hw", "walk_v2", f"{self.name} pasid {pasid} {iova:#x} "
                               f"{levels}-level{' nested' if nested else ''}: "
