@@ -4,9 +4,12 @@ table of the uAPI reference (``docs/uapi_ioctls.inc``).
 Run from the repository root after changing the CLI, a driver or the tour::
 
     python docs/gen_gallery.py            # rewrite the files
-    python docs/gen_gallery.py --check    # exit 1 if the ioctl table is out of date
+    python docs/gen_gallery.py --check    # exit 1 if any file is out of date (the recorded
+                                          # output differs from what the code prints now)
 
-The outputs are committed as plain text: the docs build runs no simulation.
+The outputs are committed as plain text: the docs build runs no simulation. ``--check``
+is how a change that must not alter the output proves it: the gallery records ``decode``,
+``info``, every step of every built-in tour, ``trace`` and ``graph``.
 """
 
 from __future__ import annotations
@@ -15,12 +18,15 @@ import argparse
 import contextlib
 import ctypes
 import io
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+# The recorded output shows the built-in drivers only, whatever else is installed.
+os.environ["IOMMU_SIM_ONLY_BUILTIN"] = "1"
 
 GALLERY = ROOT / "docs" / "gallery"
 IOCTL_TABLE = ROOT / "docs" / "uapi_ioctls.inc"
@@ -68,7 +74,8 @@ def ioctl_table() -> str:
 
     rows = [("ioctl", "nr", "request", "struct", "sizeof", "min size (last member)")]
     for table in (uapi.IOMMUFD_IOCTLS, (uapi_selftest.IOMMU_TEST_IOCTL,),
-                  uapi_vfio.VFIO_CDEV_IOCTLS, uapi_vfio.VFIO_CONTAINER_IOCTLS):
+                  uapi_vfio.VFIO_CDEV_IOCTLS, uapi_vfio.VFIO_DEVICE_IOCTLS,
+                  uapi_vfio.VFIO_CONTAINER_IOCTLS):
         for d in table:
             rows.append((f"``{d.name}``", f"{d.nr:#04x}", f"``{d.request:#06x}``",
                          f":class:`~{d.struct.__module__}.{d.struct.__name__}`",
@@ -101,6 +108,7 @@ def gallery() -> dict[str, Callable[[], str]]:
         "decode", "dte", "0x64c0000100183803", "0x100000005", "--no-color")
     out["decode_cmd.txt"] = lambda: cli(
         "decode", "cmd", "0x3000000000012", "0x7f0000000001", "--vendor", "smmu", "--no-color")
+    out["decode_list.txt"] = lambda: cli("decode", "--list")
     out["info.txt"] = lambda: cli("info")
     out["vmm_script.py"] = lambda: TRACE_SCRIPT
     out["trace.txt"] = lambda: cli("trace", str(script), "--no-color")
@@ -110,18 +118,23 @@ def gallery() -> dict[str, Callable[[], str]]:
     return out
 
 
+def _stale(path: Path, text: str) -> bool:
+    return not path.exists() or path.read_text(encoding="utf-8") != text
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--check", action="store_true",
-                    help="only check that the ioctl table is current")
+                    help="only check that the ioctl table and the gallery are current")
     args = ap.parse_args()
     table = ioctl_table()
     if args.check:
-        current = IOCTL_TABLE.read_text(encoding="utf-8") if IOCTL_TABLE.exists() else ""
-        if current != table:
-            print(f"{IOCTL_TABLE} is out of date: run python docs/gen_gallery.py")
-            return 1
-        return 0
+        stale = [IOCTL_TABLE] if _stale(IOCTL_TABLE, table) else []
+        stale += [GALLERY / name for name, make in gallery().items()
+                  if _stale(GALLERY / name, make())]
+        for path in stale:
+            print(f"{path.relative_to(ROOT)} is out of date: run python docs/gen_gallery.py")
+        return 1 if stale else 0
     IOCTL_TABLE.write_text(table, encoding="utf-8")
     GALLERY.mkdir(exist_ok=True)
     for name, make in gallery().items():  # vmm_script.py comes before trace.txt

@@ -91,19 +91,27 @@ class UserDataArray:
         return struct_from_bytes(ktype, raw)
 
     def copy_full_array(self, ktype: type[T], data_type: int) -> list[T]:
-        """``iommu_copy_struct_from_full_user_array``: all entries at once; short entries
-        zero-filled; longer entries need an all-zero tail (E2BIG)."""
+        """``iommu_copy_struct_from_full_user_array``: EINVAL for a type mismatch, then
+        EINVAL for an empty array; entries of exactly sizeof(ktype) in one copy (EFAULT),
+        others one by one as copy_struct_from_user does (short ones zero-filled, longer
+        ones need an all-zero tail: E2BIG), stopping at the first that fails."""
         if self.type != data_type:
             raise IommuError(errno.EINVAL, f"invalidation data type {self.type:#x} is not "
                              f"{data_type:#x}")
+        if not self.entry_num:
+            raise IommuError(errno.EINVAL, "an empty invalidation array")
         ksize = ctypes.sizeof(ktype)
-        raw = self.uaccess.copy_from_user(self.uptr, self.entry_len * self.entry_num)
+        n, elen = self.entry_num, self.entry_len
+        if elen == ksize:
+            raw = self.uaccess.copy_from_user(self.uptr, elen * n)
+            return [struct_from_bytes(ktype, raw[i * elen : (i + 1) * elen]) for i in range(n)]
         out = []
-        for i in range(self.entry_num):
-            chunk = raw[i * self.entry_len : (i + 1) * self.entry_len]
-            if len(chunk) > ksize and any(chunk[ksize:]):
+        for i in range(n):
+            uptr = self.uptr + i * elen
+            if elen > ksize and any(self.uaccess.copy_from_user(uptr + ksize, elen - ksize)):
                 raise IommuError(errno.E2BIG, f"entry {i} has non-zero bytes past {ksize}")
-            out.append(struct_from_bytes(ktype, chunk))
+            out.append(struct_from_bytes(ktype, self.uaccess.copy_from_user(
+                uptr, min(elen, ksize))))
         return out
 
 

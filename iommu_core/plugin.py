@@ -21,6 +21,7 @@ from pluggy import HookImpl, Result
 
 from iommu_core import hookspec as _hookspec
 from iommu_core import hookspec_selftest as _hookspec_selftest
+from iommu_core.describe import hookspec as _hookspec_describe
 from iommu_core.errors import IommuError
 from iommu_core.hookspec import PROJECT
 
@@ -397,6 +398,7 @@ class PluginHost:
         pm = pluggy.PluginManager(PROJECT)
         pm.add_hookspecs(_hookspec)
         pm.add_hookspecs(_hookspec_selftest)
+        pm.add_hookspecs(_hookspec_describe)
         for spec in self._extra_specs:
             pm.add_hookspecs(spec)
         return pm
@@ -508,5 +510,6 @@ __all__ = [
     "PluginHost",
     "ViommuOps",
     "_hookspec",
+    "_hookspec_describe",
     "_hookspec_selftest",
 ]

@@ -3,11 +3,12 @@
 Commands::
 
     tour     a VMM's flow on each vendor, layer by layer (the guided tour)
-    decode   an STE, CD, PASID/context entry, DTE, GCR3 entry, command or PTE, field by field
+    decode   a structure a driver describes (STE, PASID entry, DTE, command...) or a PTE
     info     each IOMMU's IOMMU_GET_HW_INFO, decoded, side by side
     trace    run a Python script against a Machine and print (or save) its call tree
     graph    the iommufd object graph and device/group/domain topology (DOT or Mermaid)
     run      run scenario files (TOML) and check their expectations
+    exec     run a real Linux program against a Machine (docs/exec.rst)
 """
 
 from __future__ import annotations
@@ -63,8 +64,18 @@ def _words(items: Sequence[str]) -> list[int]:
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
-    from iommu_sim.decode import DecodeError, decode, decode_context_entry, describe_pte
+    from iommu_sim.decode import DecodeError, decode, describe_pte, listing, render, to_dict
 
+    if args.list:
+        rows = [("kind", "vendor", "category", "size", "structure"), *listing()]
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        for r in rows:
+            print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[4])
+        return EXIT_OK
+    if not args.kind:
+        print("iommu-sim decode: give a kind (iommu-sim decode --list shows them)",
+              file=sys.stderr)
+        return EXIT_USAGE
     try:
         words = _words(args.hex)
     except ValueError as e:
@@ -82,17 +93,16 @@ def cmd_decode(args: argparse.Namespace) -> int:
             params = dict(p.split("=", 1) for p in args.param)
             d = [describe_pte(w, args.format, args.level,
                               **{k: int(v, 0) for k, v in params.items()}) for w in words]
-        elif args.kind == "context-entry" and args.legacy:
-            d = [decode_context_entry(words, legacy=True)]
         else:
-            d = [decode(args.kind, words, args.vendor)]
+            kind = f"{args.kind}-legacy" if args.legacy else args.kind
+            d = [decode(kind, words, args.vendor)]
     except DecodeError as e:
         print(f"iommu-sim decode: {e}", file=sys.stderr)
         return EXIT_USAGE
     if args.json:
-        print(json.dumps([x.to_dict() for x in d], indent=1))
+        print(json.dumps([to_dict(x) for x in d], indent=1))
     else:
-        print("\n\n".join(x.render(color=_color(args)) for x in d))
+        print("\n\n".join(render(x, color=_color(args)) for x in d))
     return EXIT_FAIL if args.strict and any(not x.valid for x in d) else EXIT_OK
 
 
@@ -193,7 +203,7 @@ def cmd_graph(args: argparse.Namespace) -> int:
             runner.close()
         return EXIT_FAIL
     try:
-        g = build_graph(m, kernel=not args.iommufd_only)
+        g = build_graph(m, kernel=not args.iommufd_only, entries=args.entries)
         text = {"dot": to_dot, "mermaid": to_mermaid}.get(args.format)
         out = text(g) if text else json.dumps(g.to_dict(), indent=1) + "\n"
         if args.output:
@@ -289,15 +299,18 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("decode", help="decode a hardware structure field by field",
                        description="Decode words (hex, low word first) as a hardware "
                        "structure; invalid combinations are flagged.")
-    d.add_argument("kind", choices=["ste", "cd", "pasid-entry", "context-entry", "dte",
-                                    "gcr3", "cmd", "pte"])
-    d.add_argument("hex", nargs="+", help="64-bit words (32-bit for an AMD command)")
-    d.add_argument("--vendor", help="smmu, vtd or amd (needed for cmd)")
+    d.add_argument("kind", nargs="?", help="a structure the drivers describe (ste, "
+                   "pasid-entry, dte, cmd...: see --list) or pte")
+    d.add_argument("hex", nargs="*", help="the words, low word first (64-bit; 32-bit for "
+                   "structures of 32-bit words, such as an AMD command)")
+    d.add_argument("--list", action="store_true", help="the structures the drivers describe")
+    d.add_argument("--vendor", help="the driver, for a kind several have (cmd, event)")
     d.add_argument("--format", help="pte: the page-table format (x86_64, arm_lpae_s1...)")
     d.add_argument("--level", type=int, default=0, help="pte: the level (0 = leaf pages)")
     d.add_argument("--param", action="append", default=[], metavar="K=V",
                    help="pte: a format parameter (levels=5, granule=0x10000...)")
-    d.add_argument("--legacy", action="store_true", help="context-entry: legacy mode")
+    d.add_argument("--legacy", action="store_true",
+                   help="the structure's legacy form (context-entry: legacy mode)")
     d.add_argument("--strict", action="store_true", help="exit 1 if the entry is invalid")
     d.add_argument("--json", action="store_true")
     _add_color(d)
@@ -326,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--script", help="run this script first")
     g.add_argument("--config", help="a Machine config (TOML or JSON; default Machine)")
     g.add_argument("--iommufd-only", action="store_true", help="only iommufd's objects")
+    g.add_argument("--entries", action="store_true", help="also the entries the hardware "
+                   "reads for each device and each domain's tables (as the drivers "
+                   "describe them)")
     g.add_argument("-o", "--output", help="write to a file")
     g.set_defaults(func=cmd_graph)
 
@@ -337,7 +353,41 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--json", action="store_true", help="a JSON report")
     _add_color(n)
     n.set_defaults(func=cmd_run)
+
+    x = sub.add_parser("exec", help="run a real Linux program against a Machine",
+                       description="Run PROGRAM so that its /dev/iommu, /dev/vfio/* and the "
+                       "kernel pseudo-files the iommufd selftests use are the Machine's, "
+                       "and its memory is the user memory (docs/exec.rst).")
+    x.add_argument("--config", metavar="FILE", help="Machine config (TOML or JSON); "
+                   "default: the default Machine")
+    x.add_argument("--trace", metavar="FILE", help="write the layered call tree as JSON")
+    x.add_argument("program", nargs=argparse.REMAINDER, help="-- PROGRAM [ARGS...]")
+    x.set_defaults(func=cmd_exec)
     return p
+
+
+# -- exec --------------------------------------------------------------------------------
+def cmd_exec(args: argparse.Namespace) -> int:
+    from iommu_sim.exec import HostUnsupported, exec_program
+
+    program = list(args.program)
+    if program and program[0] == "--":
+        program = program[1:]
+    if not program:
+        print("iommu-sim exec: no program given (iommu-sim exec -- PROGRAM [ARGS...])",
+              file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        machine = _machine(args)
+    except (OSError, ValueError) as e:
+        print(f"iommu-sim exec: {args.config}: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return exec_program(machine, program[0], program[1:],
+                            trace=Path(args.trace) if args.trace else None)
+    except HostUnsupported as e:
+        print(f"iommu-sim exec: {e}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 def main(argv: Sequence[str] | None = None) -> int:

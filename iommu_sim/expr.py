@@ -10,17 +10,22 @@ file is data, not code.
 
 Names resolve to the scenario's variables first (lower case by convention), then to the
 uAPI and driver constants of :func:`constants` (``iommufd.uapi``, ``uapi_vfio``, the
-selftest uAPI and every in-tree driver's register/entry definitions).
+selftest uAPI, ``iommu_core.prot`` and the register/entry macros every known driver
+declares through its ``describe_constants`` hook).
 """
 
 from __future__ import annotations
 
 import ast
 import functools
+import importlib
 import operator
 import types
 from collections.abc import Callable, Mapping
 from typing import Any
+
+from iommu_core.describe import module_constants
+from iommu_sim.catalogue import catalogue
 
 __all__ = ["ExprError", "constants", "evaluate"]
 
@@ -29,37 +34,24 @@ class ExprError(ValueError):
     """An expression that is not allowed, does not parse or names something unknown."""
 
 
-#: Modules whose upper-case integer names are scenario constants.
+#: Modules whose upper-case integer names are scenario constants (before the drivers').
 _CONSTANT_MODULES = (
     "iommufd.uapi",
     "iommufd.uapi_vfio",
     "iommufd.uapi_selftest",
-    "drivers.arm_smmu_v3.regs",
-    "drivers.intel_vtd.iommu_h",
-    "drivers.intel_vtd.pasid",
-    "drivers.amd_vi.amd_iommu_types",
-    "drivers.amd_vi.uapi",
     "iommu_core.prot",
 )
 
 
 @functools.cache
 def constants() -> Mapping[str, int]:
-    """Every constant a scenario may name (first module wins; they do not conflict)."""
-    import importlib
-
-    out: dict[str, int] = {}
-    for modname in _CONSTANT_MODULES:
-        try:
-            mod = importlib.import_module(modname)
-        except ModuleNotFoundError:
-            continue  # a driver that is not part of this build
-        for name, val in vars(mod).items():
-            if (name[:1].isupper() and name.upper() == name and isinstance(val, int)
-                    and not isinstance(val, bool)):
-                out.setdefault(name, val)
+    """Every constant a scenario may name (first wins: the uAPI, then each driver of the
+    catalogue in order; they do not conflict)."""
+    out = module_constants(*(importlib.import_module(m) for m in _CONSTANT_MODULES))
+    for d in catalogue():
+        for name, val in d.constants().items():
+            out.setdefault(name, val)
     return types.MappingProxyType(out)
-
 
 
 def _genmask(hi: int, lo: int) -> int:

@@ -5,7 +5,10 @@ Two clusters: the kernel's view (IOMMU units, devices, IOMMU groups and the doma
 group or PASID is attached to) and, per open ``/dev/iommu``, iommufd's objects (IOAS,
 HWPT_PAGING, HWPT_NESTED, DEVICE, VIOMMU, VDEVICE, FAULT, VEVENTQ, ACCESS) with the
 references between them, and the edges that tie both views together (an iommufd DEVICE
-is a kernel device; a HWPT owns a domain). Read-only: nothing is allocated or changed.
+is a kernel device; a HWPT owns a domain). With ``entries``, also what the hardware reads
+for each device (the chain of entries its driver describes: STE -> CD, context entry ->
+PASID entry, DTE -> GCR3 entry...) and each domain's tables and tags, as the drivers
+describe them. Read-only: nothing is allocated or changed.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from typing import Any
 
 import attrs
 
+from iommu_sim.catalogue import describe_ops
+from iommu_sim.introspect import device_config, domain_view
 from iommu_sim.machine import Machine
 
 __all__ = ["Graph", "build_graph", "to_dot", "to_mermaid"]
@@ -61,7 +66,8 @@ def _sid(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]", "_", text)
 
 
-def _domain_node(g: Graph, dom: Any, ids: dict[int, str]) -> str:
+def _domain_node(g: Graph, dom: Any, ids: dict[int, str], machine: Machine | None = None
+                 ) -> str:
     key = id(dom)
     if key not in ids:
         ids[key] = f"dom_{len(ids) + 1}"
@@ -69,20 +75,39 @@ def _domain_node(g: Graph, dom: Any, ids: dict[int, str]) -> str:
         label = f"domain {getattr(dom, 'name', '?')}"
         if kind and kind not in label:
             label += f"\\n{kind}"
+        view = domain_view(machine, dom) if machine is not None else None
+        if view is not None:
+            for t in view.tables:
+                label += f"\\n{t.label}: {t.fmt} @ {t.root:#x}"
+            if view.tags:
+                label += "\\n" + " ".join(f"{k} {v:#x}" for k, v in view.tags)
         g.add(Node(ids[key], label, "domain", "kernel"))
     return ids[key]
 
 
-def build_graph(machine: Machine, kernel: bool = True) -> Graph:
+def _entries(g: Graph, machine: Machine, dev: Any, dn: str) -> None:
+    """The chain of entries the hardware reads for ``dev``, as its driver describes it."""
+    prev, label = dn, "reads"
+    for i, e in enumerate(device_config(machine, dev)):
+        en = g.add(Node(f"{dn}_entry{i}", f"{e.label}\\n{e.decoded.summary}", "entry",
+                        "kernel"))
+        g.edge(prev, en, label)
+        prev, label = en, "points to"
+
+
+def build_graph(machine: Machine, kernel: bool = True, entries: bool = False) -> Graph:
     g = Graph()
     g.clusters["kernel"] = "kernel: IOMMU core"
     doms: dict[int, str] = {}
     core = machine.core
+    views = machine if entries else None
     if kernel:
+        on_demand = {drv: describe_ops(machine.plugins, drv).vendor().on_demand_units
+                     for drv in set(machine.iommus.values())}
         for name, drv in machine.iommus.items():
-            if drv == "mock" and not any(d.iommu_name == name
-                                         for d in machine.platform.devices.values()):
-                continue
+            if on_demand[drv] and not any(d.iommu_name == name
+                                          for d in machine.platform.devices.values()):
+                continue  # a unit for devices made on demand, none made yet
             g.add(Node(f"iommu_{_sid(name)}", f"{name}\\n{drv}", "iommu", "kernel"))
         for gid, grp in sorted(core.groups.items()):
             gn = g.add(Node(f"group_{gid}", f"group {gid}", "group", "kernel"))
@@ -90,11 +115,13 @@ def build_graph(machine: Machine, kernel: bool = True) -> Graph:
                 dn = g.add(Node(f"dev_{_sid(dev.name)}", dev.name, "device", "kernel"))
                 g.edge(gn, dn, "member")
                 g.edge(dn, f"iommu_{_sid(dev.iommu_name)}", "behind")
+                if entries:
+                    _entries(g, machine, dev, dn)
             if grp.domain is not None:
-                g.edge(gn, _domain_node(g, grp.domain, doms), "attached")
+                g.edge(gn, _domain_node(g, grp.domain, doms, views), "attached")
             for pasid, handle in sorted(grp.pasid_array.items()):
                 if pasid and getattr(handle, "domain", None) is not None:
-                    g.edge(gn, _domain_node(g, handle.domain, doms), f"pasid {pasid}")
+                    g.edge(gn, _domain_node(g, handle.domain, doms, views), f"pasid {pasid}")
     for fd in machine.task.files.open_fds():
         f = machine.task.files.get(fd)
         ictx = getattr(f, "ictx", None)
@@ -102,7 +129,7 @@ def build_graph(machine: Machine, kernel: bool = True) -> Graph:
             continue
         cl = f"iommufd_{fd}"
         g.clusters[cl] = f"iommufd (fd {fd})"
-        _iommufd_objects(g, ictx, cl, doms)
+        _iommufd_objects(g, ictx, cl, doms, views)
     return g
 
 
@@ -110,7 +137,8 @@ def _oid(cl: str, obj: Any) -> str:
     return f"{cl}_obj{getattr(obj, 'id', 0)}"
 
 
-def _iommufd_objects(g: Graph, ictx: Any, cl: str, doms: dict[int, str]) -> None:
+def _iommufd_objects(g: Graph, ictx: Any, cl: str, doms: dict[int, str],
+                     machine: Machine | None) -> None:
     objs = [o for o in ictx.objects.values() if o is not None]
     for o in objs:
         t = getattr(getattr(o, "obj_type", None), "name", type(o).__name__)
@@ -138,7 +166,7 @@ def _iommufd_objects(g: Graph, ictx: Any, cl: str, doms: dict[int, str]) -> None
                 g.edge(me, _oid(cl, other), label)
         dom = getattr(o, "domain", None)
         if t.startswith("HWPT") and dom is not None:
-            g.edge(me, _domain_node(g, dom, doms), "domain")
+            g.edge(me, _domain_node(g, dom, doms, machine), "domain")
         if t == "DEVICE":
             dev = getattr(o, "dev", None)
             if dev is not None:
@@ -153,6 +181,7 @@ def _iommufd_objects(g: Graph, ictx: Any, cl: str, doms: dict[int, str]) -> None
 
 # -- output -------------------------------------------------------------------------------------
 _DOT_SHAPES = {"iommu": "box3d", "device": "component", "group": "folder", "domain": "box",
+               "entry": "record",
                "iommufd_ioas": "cylinder", "iommufd_hwpt_paging": "box",
                "iommufd_hwpt_nested": "box", "iommufd_device": "ellipse",
                "iommufd_viommu": "hexagon", "iommufd_vdevice": "ellipse",

@@ -2,14 +2,14 @@
 
 A VMM maps guest RAM (a user mmap) into an IOAS at IOVA = GPA. The guest then builds its
 own structures in that RAM: stage-1 page tables with the shared page-table core (the same
-code the host drivers use), a CD table (SMMUv3), a GCR3 table (AMD-Vi). :class:`GuestRam`
-is the four-call ``TableMemory`` over the VMM's mapping, with a bump allocator handing out
-table pages from the top of guest RAM, as a guest kernel would.
+code the host drivers use), and the entries its IOMMU driver writes (an SMMUv3 CD, an
+AMD-Vi GCR3 table...), which the vendor's driver builds (its ``describe_guest_builders``
+hook). :class:`GuestRam` is the four-call ``TableMemory`` over the VMM's mapping, with a
+bump allocator handing out table pages from the top of guest RAM, as a guest kernel
+would.
 """
 
 from __future__ import annotations
-
-import attrs
 
 from iommu_core.pgtable import IoPageTable, formats
 from iommu_sim.machine import Machine
@@ -59,34 +59,3 @@ def guest_table(ram: GuestRam, fmt_name: str, **params: int) -> IoPageTable:
     """A stage-1 table of format ``fmt_name`` (``arm_lpae_s1``, ``x86_64``...) living in
     guest RAM; its ``root`` is a GPA."""
     return IoPageTable(formats.get(fmt_name, **params), ram)
-
-
-# -- SMMUv3: the guest's context descriptor -----------------------------------------------------
-@attrs.frozen
-class _GuestSmmu:
-    features: int = 0
-
-
-@attrs.frozen
-class _GuestCdTable:
-    cdtab_dma: int = 0
-    s1fmt: int = 0
-    s1cdmax: int = 0
-
-
-@attrs.frozen
-class GuestMaster:
-    """What ``arm_smmu_make_s1_cd`` reads from a master, as a guest driver has it."""
-
-    smmu: _GuestSmmu = attrs.field(factory=_GuestSmmu)
-    cd_table: _GuestCdTable = attrs.field(factory=_GuestCdTable)
-    stall_enabled: bool = False
-
-
-def guest_smmu_cd(pt: IoPageTable, asid: int) -> bytes:
-    """The 64-byte CD a guest SMMUv3 driver writes for stage-1 table ``pt`` (the driver's
-    own make function: guest and host run the same code)."""
-    from drivers.arm_smmu_v3.cd import arm_smmu_make_s1_cd
-    from drivers.arm_smmu_v3.domain import arm_lpae_s1_cfg
-
-    return bytes(arm_smmu_make_s1_cd(GuestMaster(), arm_lpae_s1_cfg(pt, asid)))

@@ -19,10 +19,14 @@ from iommu_core.errors import IommuError
 from iommu_core.iommu import IommuCore
 from iommu_core.platform.bus import Device, make_pci_device
 from iommu_core.platform.dma import DmaFault, device_dma_read, device_dma_write
-from iommu_core.platform.mm import TASK_SIZE, MmStruct
+from iommu_core.platform.files import File, FileTable
+from iommu_core.platform.memory import PAGE_SIZE
+from iommu_core.platform.mm import TASK_SIZE
 from iommu_core.platform.platform import Platform
-from iommu_core.platform.task import Task
+from iommu_core.platform.shmem import ShmemFile
+from iommu_core.platform.task import Task, copy_process, do_exit
 from iommu_core.platform.uaccess import UserArg
+from iommu_core.platform.vma import SimMm
 from iommu_core.plugin import PluginHost
 from iommu_core.trace import Tracer, hook_tracing_monitor
 from iommu_sim.builtin import builtin_drivers
@@ -63,6 +67,7 @@ def _oserror(e: IommuError) -> OSError:
 _U32 = (1 << 32) - 1
 _U64 = (1 << 64) - 1
 _SSIZE_MAX = (1 << 63) - 1
+_S64_MAX = (1 << 63) - 1  # LLONG_MAX: the largest loff_t
 MAX_RW_COUNT = 0x7FFF_F000  # INT_MAX & PAGE_MASK
 
 
@@ -126,8 +131,11 @@ class Machine:
                 self.plugins.register_driver(name, plugin)
         self.core = IommuCore(self.platform, self.plugins)
         self.core.default_passthrough = bool(config.get("passthrough", False))
-        self.mm = MmStruct(self.platform.mem, self.platform.alloc)
-        self.task = Task(self.mm)
+        tasks = self.platform.tasks
+        self.task = tasks.add(Task(tasks.alloc_pid(), SimMm(self.platform.mem,
+                                                           self.platform.alloc),
+                                   FileTable(self.platform.chrdevs)))
+        tasks.current = self.task
         self.kernel_pages_baseline = 0
 
         iommus = [dict(i) for i in config.get("iommus", [])]
@@ -143,7 +151,7 @@ class Machine:
             res = self.platform.add_iommu(hw)
             ops.iommu_driver_probe(self.core, res)
         self.plugins.check_pending()
-        iommufd_init(self.core, self.task)
+        iommufd_init(self.core)
         for dspec in config.get("devices", []):
             d = dict(dspec)
             name, iommu = d.pop("name", None), d.pop("iommu", None)
@@ -156,7 +164,7 @@ class Machine:
             if group is not None:
                 dev.props["iommu_group"] = group
             self.core.add_device(dev)
-            self._vfio_paths[name] = vfio_register_device(self.core, self.task, dev)
+            self._vfio_paths[name] = vfio_register_device(self.core, dev)
         self.kernel_pages_baseline = self.kernel_pages_in_use
 
     # -- introspection -------------------------------------------------------------------
@@ -209,8 +217,55 @@ class Machine:
         except IommuError as e:
             raise _oserror(e) from None
 
+    # -- the task --------------------------------------------------------------------------
+    @property
+    def mm(self) -> SimMm:
+        """This task's address space."""
+        mm = self.task.mm
+        assert isinstance(mm, SimMm)
+        return mm
+
+    @property
+    def pid(self) -> int:
+        """This task's pid."""
+        return self.task.pid
+
+    def _enter(self) -> Task:
+        """System call entry: this task becomes ``current`` (ESRCH once it has exited)."""
+        task = self.task
+        if task.exited:
+            raise OSError(errno.ESRCH, f"task {task.pid} has exited")
+        self.platform.tasks.current = task
+        return task
+
+    def fork(self) -> Machine:
+        """``fork(2)``: a new task of this Machine, with the same methods. Its fd table is
+        a copy naming the same open files; its memory a copy of this task's (MAP_SHARED
+        mappings stay shared; a page pinned here stays with this task)."""
+        parent = self._enter()
+        try:
+            task = copy_process(self.platform.tasks, parent)
+        except IommuError as e:
+            raise _oserror(e) from None
+        child = object.__new__(Machine)
+        child.__dict__.update(self.__dict__)
+        child.task = task
+        return child
+
+    def exit(self, code: int = 0) -> None:
+        """``exit(2)``: this task ends. Its address space goes, then its fds close (the
+        last close of a file releases what it holds); pages it pinned stay pinned until
+        their holders unpin them, as in Linux."""
+        task = self._enter()
+        code = _int(code, "exit code") & 0xFF
+        try:
+            do_exit(self.platform.tasks, task, code)
+        except IommuError as e:
+            raise _oserror(e) from None
+
     # -- files ---------------------------------------------------------------------------
     def open(self, path: str) -> int:
+        task = self._enter()
         try:
             p = os.fspath(path)
         except TypeError:
@@ -218,25 +273,27 @@ class Machine:
                           "string") from None
         if isinstance(p, bytes):
             p = os.fsdecode(p)
-        opener = self.task.files.chrdevs.get(p)
+        opener = self.platform.chrdevs.get(p)
         if opener is None:
             raise OSError(errno.ENOENT, f"{path}: no such device node")
         try:
-            return self.task.files.install(opener(self.task))
+            return task.files.install(opener(task))
         except IommuError as e:
             raise _oserror(e) from None
 
     def close(self, fd: int) -> None:
+        task = self._enter()
         try:
-            self.task.files.close(fd)
+            task.files.close(fd)
         except IommuError as e:
             raise _oserror(e) from None
 
     def ioctl(self, fd: int, request: int, buf: Any = None) -> int:
         """``ioctl(2)``. ``buf``: a bytearray or ctypes struct (updated in place), a user
         address (int), or for by-value ioctls the value itself."""
+        task = self._enter()
         try:
-            f = self.task.files.get(fd)
+            f = task.files.get(fd)
             # ``unsigned int cmd``: the syscall sees the low 32 bits.
             request = _int(request, "ioctl request", errno.ENOTTY) & _U32
             tracer = self.platform.tracer
@@ -253,50 +310,123 @@ class Machine:
             by_value: frozenset[int] = getattr(f, "by_value_ioctls", frozenset())
             if request in by_value:
                 return int(f.ioctl_by_value(request, buf))
-        return int(f.ioctl(request, UserArg.from_object(self.mm, buf)))
+        return int(f.ioctl(request, UserArg.from_object(self.task.mm, buf)))
 
     def read(self, fd: int, n: int) -> bytes:
+        task = self._enter()
         try:
-            f = self.task.files.get(fd)
+            f = task.files.get(fd)
             return bytes(f.read(min(_count(n), MAX_RW_COUNT)))
         except IommuError as e:
             raise _oserror(e) from None
 
     def write(self, fd: int, data: bytes | bytearray) -> int:
+        task = self._enter()
         try:
-            f = self.task.files.get(fd)
+            f = task.files.get(fd)
             return int(f.write(bytes(_buffer(data)[:MAX_RW_COUNT])))
         except IommuError as e:
             raise _oserror(e) from None
 
-    def poll(self, fd: int) -> int:
+    # pread(2)/pwrite(2): ksys_pread64 checks the position, then the fd, then whether the
+    # file has the op (ESPIPE), then vfs_read/vfs_write check the count.
+    def _pos_file(self, fd: int, offset: Any, op: str) -> tuple[File, int]:
+        pos = _int(offset, "offset")
+        if pos < 0 or pos > _S64_MAX:  # loff_t: a larger u64 is a negative offset
+            raise OSError(errno.EINVAL, f"negative offset {offset:#x}")
+        f = self._enter().files.get(fd)
+        if getattr(type(f), op) is getattr(File, op):
+            getattr(f, op)(b"" if op == "pwrite" else 0, pos)  # the VFS answer: ESPIPE
+        return f, pos
+
+    @staticmethod
+    def _rw_verify_area(pos: int, n: int) -> None:
+        if pos + n > _S64_MAX:
+            raise OSError(errno.EINVAL, f"offset {pos:#x} + count {n:#x} overflows loff_t")
+
+    def pread(self, fd: int, n: int, offset: int) -> bytes:
+        """``pread(2)``: ``n`` bytes at ``offset`` of the file; its position is unchanged."""
         try:
-            return int(self.task.files.get(fd).poll())
+            f, pos = self._pos_file(fd, offset, "pread")
+            n = _count(n)
+            self._rw_verify_area(pos, n)
+            return bytes(f.pread(min(n, MAX_RW_COUNT), pos))
+        except IommuError as e:
+            raise _oserror(e) from None
+
+    def pwrite(self, fd: int, data: bytes | bytearray, offset: int) -> int:
+        """``pwrite(2)``: write ``data`` at ``offset`` of the file; returns bytes written."""
+        try:
+            f, pos = self._pos_file(fd, offset, "pwrite")
+            buf = _buffer(data)
+            self._rw_verify_area(pos, len(buf))
+            return int(f.pwrite(bytes(buf[:MAX_RW_COUNT]), pos))
+        except IommuError as e:
+            raise _oserror(e) from None
+
+    def poll(self, fd: int) -> int:
+        task = self._enter()
+        try:
+            return int(task.files.get(fd).poll())
+        except IommuError as e:
+            raise _oserror(e) from None
+
+    def memfd_create(self, name: str, flags: int = 0) -> int:
+        """``memfd_create(2)``: an anonymous shmem file of size 0; its fd."""
+        task = self._enter()
+        if not isinstance(name, str | bytes):
+            raise OSError(errno.EFAULT, f"name of type {type(name).__name__} is not a string")
+        flags = _int(flags, "flags")
+        try:
+            f = ShmemFile(self.platform.alloc, os.fsdecode(name), flags & _U32)
+            return task.files.install(f)
+        except IommuError as e:
+            raise _oserror(e) from None
+
+    def ftruncate(self, fd: int, length: int) -> None:
+        """``ftruncate(2)``: set the size of a memfd (shrinking drops pages; pinned ones
+        stay until unpinned). EINVAL for a file that cannot be truncated."""
+        task = self._enter()
+        try:
+            f = task.files.get(fd)
+            length = _int(length, "length")
+            if not isinstance(f, ShmemFile):
+                raise OSError(errno.EINVAL, f"fd {fd} cannot be truncated")
+            f.ftruncate(length)
         except IommuError as e:
             raise _oserror(e) from None
 
     # -- memory --------------------------------------------------------------------------
     def mmap(self, length: int, fd: int | None = None, offset: int = 0, *,
-             shared: bool = True, prot_exec: bool = False, addr: int | None = None) -> int:
-        """Anonymous zero-filled memory (page aligned), or a device mapping of ``fd``."""
+             shared: bool | None = None, prot_exec: bool = False, addr: int | None = None
+             ) -> int:
+        """Anonymous zero-filled memory (page aligned; private unless ``shared``), or a
+        mapping of ``fd`` (shared unless ``shared=False``): a memfd's pages, a device
+        region, the iommufd's vIOMMU pages. The mapping holds the file open."""
+        task = self._enter()
         length = _int(length, "length")
         if addr is not None:
             addr = _int(addr, "addr")
         if length > TASK_SIZE:
             raise OSError(errno.ENOMEM, f"mmap length {length:#x} exceeds the address space")
+        mm = self.mm
         try:
             if fd is None:
-                return self.mm.mmap(length, addr)
-            f = self.task.files.get(fd)
+                return mm.mmap(length, addr, shared=bool(shared))
+            f = task.files.get(fd)
             offset = _int(offset, "offset")
-            if offset < 0 or offset > _U64:
+            if offset < 0 or offset > _U64 or offset & (PAGE_SIZE - 1):
                 raise OSError(errno.EINVAL, f"bad mmap offset {offset:#x}")
-            pa, on_unmap = f.mmap(length, offset, bool(shared), bool(prot_exec))
-            return self.mm.mmap_pfn(length, pa, on_unmap)
+            if length <= 0:
+                raise OSError(errno.EINVAL, "mmap length must be positive")
+            share = True if shared is None else bool(shared)
+            region = f.mmap(length, offset, share, bool(prot_exec))
+            return mm.mmap_region(length, region, share, file=f, addr=addr)
         except IommuError as e:
             raise _oserror(e) from None
 
     def munmap(self, va: int, length: int) -> None:
+        self._enter()
         va, length = _int(va, "address"), _int(length, "length")
         # do_vmi_munmap: the range must lie inside the task's address space.
         if va < 0 or va > TASK_SIZE or length > TASK_SIZE - va:
@@ -308,6 +438,7 @@ class Machine:
             raise _oserror(e) from None
 
     def mem_write(self, va: int, data: bytes | bytearray | memoryview) -> None:
+        self._enter()
         va = _int(va, "address", errno.EFAULT)
         buf = _buffer(data, "data")
         try:
@@ -316,6 +447,7 @@ class Machine:
             raise _oserror(e) from None
 
     def mem_read(self, va: int, n: int) -> bytes:
+        self._enter()
         va, n = _int(va, "address", errno.EFAULT), _count(n, "length")
         try:
             self.mm.check_range(va, n)
@@ -386,15 +518,19 @@ class Machine:
 
     # -- teardown ------------------------------------------------------------------------
     def close_all(self) -> None:
-        """Close every open file (process exit), leaving the machine running."""
-        for fd in self.task.files.open_fds():
+        """Close every open file of this task, leaving the machine running."""
+        task = self._enter()
+        for fd in task.files.open_fds():
             with suppress(IommuError):
-                self.task.files.close(fd)
+                task.files.close(fd)
 
     def shutdown(self) -> None:
-        """Process exit and power-off: everything the kernel allocated is freed."""
-        self.close_all()
-        self.mm.teardown()
+        """Every task exits and the machine powers off: everything the kernel allocated
+        is freed."""
+        tasks = self.platform.tasks
+        for task in list(tasks.tasks.values()):
+            with suppress(IommuError):
+                do_exit(tasks, task)
         self.core.shutdown()
 
     def __enter__(self) -> Machine:

@@ -33,7 +33,8 @@ The format (documented with examples in ``docs/scenarios.rst``)::
 Each ``[[step]]`` has exactly one action key; its value is the action's main argument:
 ``open``, ``close``, ``ioctl``, ``mmap``, ``mem_write``, ``mem_read``, ``dma_read``,
 ``dma_write``, ``read``, ``write``, ``let``, ``check``, and the guest side: ``guest_ram``,
-``guest_table``, ``guest_map``, ``guest_unmap``, ``guest_write``, ``guest_cd``. Integer
+``guest_table``, ``guest_map``, ``guest_unmap``, ``guest_write``, ``guest_build`` (a
+structure the vendor's guest driver writes, built by the driver's own code). Integer
 values are TOML integers or expression strings (:mod:`iommu_sim.expr`); other strings
 (device names, paths) may use ``{NAME}`` for a variable. Common keys: ``title``, ``say``
 (narration), ``chapter``, ``as``, ``expect_errno``.
@@ -53,11 +54,13 @@ from typing import Any
 
 import attrs
 
+from iommu_core.describe import GuestBuilder
 from iommu_core.platform.dma import DmaFault
 from iommu_core.prot import IOMMU_READ, IOMMU_WRITE
 from iommu_core.trace import TraceNode
+from iommu_sim.catalogue import catalogue, describe_ops
 from iommu_sim.expr import ExprError, evaluate
-from iommu_sim.guest import GuestRam, guest_smmu_cd, guest_table
+from iommu_sim.guest import GuestRam, guest_table
 from iommu_sim.machine import Machine
 from iommu_sim.uapi_index import find_ioctl, find_struct
 
@@ -75,7 +78,7 @@ __all__ = [
 
 ACTIONS = ("open", "close", "ioctl", "mmap", "mem_write", "mem_read", "dma_read", "dma_write",
            "read", "write", "let", "check", "guest_ram", "guest_table", "guest_map",
-           "guest_unmap", "guest_write", "guest_cd")
+           "guest_unmap", "guest_write", "guest_build")
 _COMMON = {"title", "say", "chapter", "as", "expect_errno", "show"}
 _KEYS: dict[str, set[str]] = {
     "open": set(), "close": set(),
@@ -95,7 +98,7 @@ _KEYS: dict[str, set[str]] = {
     "guest_map": {"iova", "gpa", "size", "prot"},
     "guest_unmap": {"iova", "size"},
     "guest_write": {"gpa", "text", "hex", "u64", "u32", "struct", "fields"},
-    "guest_cd": {"ram", "gpa", "asid"},
+    "guest_build": {"table", "ram", "gpa", "params"},
 }
 
 
@@ -185,13 +188,17 @@ def load(source: str | Path, text: str | None = None) -> Scenario:
 
 
 def builtin_scenarios() -> dict[str, Path]:
-    """The scenario files shipped in ``iommu_sim/scenarios`` (name -> path)."""
+    """The shipped scenario files (name -> path): the generic ones in
+    ``iommu_sim/scenarios`` and the ones each known driver ships (its tour...), by name."""
     out: dict[str, Path] = {}
     root = resources.files("iommu_sim") / "scenarios"
-    for entry in sorted(root.iterdir(), key=lambda e: e.name):
+    for entry in root.iterdir():
         if entry.name.endswith(".toml"):
             out[entry.name[:-5]] = Path(str(entry))
-    return out
+    for d in catalogue():
+        for ref in d.scenarios():
+            out.setdefault(ref.name, Path(str(ref.path)))
+    return dict(sorted(out.items()))
 
 
 # ---------------------------------------------------------------------------------------
@@ -237,6 +244,30 @@ class Runner:
         self.trace = trace
         self.vars: dict[str, Any] = dict(scenario.vars)
         self._scratch: tuple[int, int] | None = None
+        # Asked now, not while a step is traced: a hook call would show in its call tree.
+        self.guest_builders = self._guest_builders()
+
+    def _guest_builders(self) -> dict[str, list[tuple[str, GuestBuilder]]]:
+        """Builder name -> [(driver, builder)], the scenario's vendor first."""
+        out: dict[str, list[tuple[str, GuestBuilder]]] = {}
+        drivers = sorted(set(self.machine.iommus.values()),
+                         key=lambda d: d != self.scenario.vendor)
+        for drv in drivers:
+            for b in describe_ops(self.machine.plugins, drv).guest_builders():
+                out.setdefault(b.name, []).append((drv, b))
+        return out
+
+    def guest_builder(self, step: Step, name: str) -> GuestBuilder:
+        found = self.guest_builders.get(name, [])
+        if not found:
+            have = ", ".join(sorted(self.guest_builders)) or "none"
+            raise ScenarioFailed(step, f"no driver of this machine builds a guest {name!r} "
+                                 f"(have: {have})")
+        if len(found) > 1 and found[0][0] != self.scenario.vendor:
+            raise ScenarioFailed(step, f"guest {name!r}: several drivers build one "
+                                 f"({', '.join(d for d, _ in found)}): set the scenario's "
+                                 "vendor")
+        return found[0][1]
 
     # -- values ------------------------------------------------------------------------------
     def value(self, step: Step, v: Any) -> Any:
@@ -476,13 +507,21 @@ class Runner:
         ram = self._guest(step, step.arg)
         ram.write(self.int_value(step, step.spec["gpa"]), self.data(step, step.spec))
 
-    def _guest_cd(self, step: Step) -> Any:
+    def _guest_build(self, step: Step) -> Any:
         s = step.spec
-        pt = self._guest(step, step.arg)
+        builder = self.guest_builder(step, self.string(step, step.arg))
+        params = {k: self.int_value(step, v) for k, v in s.get("params", {}).items()}
+        unknown = set(params) - set(builder.params)
+        if unknown:
+            raise ScenarioFailed(step, f"guest {builder.name!r} takes no parameter "
+                                 f"{sorted(unknown)} (takes: {', '.join(builder.params)})")
+        if "table" not in s:
+            raise ScenarioFailed(step, "guest_build needs the guest's table (table = NAME)")
+        pt = self._guest(step, s["table"])
         ram = self._guest(step, s.get("ram", "guest"))
-        cd = guest_smmu_cd(pt, self.int_value(step, s.get("asid", 0)))
-        ram.write(self.int_value(step, s["gpa"]), cd)
-        return cd
+        data = builder.build(pt, params)
+        ram.write(self.int_value(step, s["gpa"]), data)
+        return data
 
     def _let(self, step: Step) -> Any:
         if not isinstance(step.arg, dict):

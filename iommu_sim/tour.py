@@ -1,17 +1,22 @@
 """``iommu-sim tour``: a VMM's flow on each vendor, explained layer by layer.
 
-The tour runs the shipped scenario ``iommu_sim/scenarios/tour_<driver>.toml`` of each
-vendor on the default Machine (so every step is also checked by ``iommu-sim run``), with
-tracing on, and for each step it shows:
+The tour of a driver is the scenario file it ships marked as its tour (hook
+``describe_scenarios``; the built-in ones are ``drivers/<vendor>/describe/tour_*.toml``),
+run on its Machine (so every step is also checked by ``iommu-sim run``) with tracing on.
+For each step it shows:
 
 * the call: the ioctl and its struct (inputs, outputs), a DMA, a read of the fault fd...;
 * the layered call tree it caused (user -> iommufd -> core -> driver -> hw);
-* the structures the driver wrote: the STE/CD, the context and PASID entries, the
-  DTE/GCR3 entry of the device, decoded field by field, changed fields marked;
+* the structures the driver wrote for the scenario's devices, as the driver describes
+  them (hook ``describe_device``: an STE and CD, a PASID entry, a DTE...), decoded field
+  by field, changed fields marked;
 * for a DMA, the walk the hardware does through the tables as they are now (or that it
   did not walk at all: an IOTLB hit, which is how a stale entry shows).
 
-Chapters (``--step``): ``paging``, ``nested``, ``stale``, ``pasid``, ``fault`` (or 1-5).
+The steps of the tour (``--step``) are the ``[chapters]`` of the vendor's tour scenario,
+in order (the built-in tours share :data:`CHAPTERS`). Adding a chapter is adding it to
+``[chapters]`` and giving it ``[[step]]``s (``show = true`` for the ones printed in
+full): nothing here changes.
 """
 
 from __future__ import annotations
@@ -19,27 +24,31 @@ from __future__ import annotations
 import ctypes
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import IO, Any
 
 import attrs
 
 from iommu_core.platform.dma import DmaFault
 from iommu_core.trace import TraceNode
-from iommu_sim.introspect import ConfigEntry, device_config, translation_walk
+from iommu_sim.catalogue import UnknownVendor, catalogue
+from iommu_sim.decode import render
+from iommu_sim.introspect import (
+    ConfigEntry,
+    device_config,
+    entry_to_dict,
+    render_walk,
+    translation_walk,
+    walk_to_dict,
+)
 from iommu_sim.machine import Machine
 from iommu_sim.render import fmt_value, name_ioctls, paint, render_tree, tree_layers, wrap
-from iommu_sim.scenario import Runner, Scenario, Step, StepResult, builtin_scenarios, load
+from iommu_sim.scenario import Runner, Scenario, Step, StepResult, chapter_ids, load
 from iommu_sim.uapi_index import find_ioctl
 
-__all__ = ["CHAPTERS", "VENDORS", "TourError", "run_tour", "tour_records"]
+__all__ = ["CHAPTERS", "TourError", "run_tour", "tour_records", "tour_vendors"]
 
-#: Tour vendors: driver name -> aliases accepted by --vendor.
-VENDORS = {
-    "arm_smmu_v3": ("smmu", "arm", "smmuv3", "arm_smmu_v3"),
-    "intel_vtd": ("vtd", "intel", "intel_vtd"),
-    "amd_vi": ("amd", "amdvi", "amd_vi"),
-}
+#: The chapters the built-in tours share, in order (a driver's tour may have others).
 CHAPTERS = ("paging", "nested", "stale", "pasid", "fault")
 
 
@@ -47,37 +56,55 @@ class TourError(ValueError):
     """A bad --vendor or --step."""
 
 
+def tour_vendors() -> dict[str, str]:
+    """Driver name -> vendor name, for every known driver that ships a tour."""
+    return {d.driver: d.vendor().name for d in catalogue() if d.tour() is not None}
+
+
 def resolve_vendors(names: Iterable[str] | None) -> list[str]:
+    tours = tour_vendors()
     if not names:
-        return list(VENDORS)
+        return list(tours)
     out = []
     for n in names:
-        for drv, aliases in VENDORS.items():
-            if n.lower() in aliases:
-                out.append(drv)
-                break
-        else:
-            raise TourError(f"unknown vendor {n!r} (one of: smmu, vtd, amd)")
-    return out
-
-
-def resolve_chapters(names: Iterable[str] | None) -> list[str]:
-    if not names:
-        return list(CHAPTERS)
-    out = []
-    for n in names:
-        if n.isdigit() and 1 <= int(n) <= len(CHAPTERS):
-            out.append(CHAPTERS[int(n) - 1])
-        elif n in CHAPTERS:
-            out.append(n)
-        else:
-            raise TourError(f"unknown step {n!r} (1-{len(CHAPTERS)} or one of "
-                            f"{', '.join(CHAPTERS)})")
+        try:
+            drv = catalogue().find(n).driver
+        except UnknownVendor:
+            drv = ""
+        if drv not in tours:
+            raise TourError(f"unknown vendor {n!r} (one of: {', '.join(tours.values())})")
+        out.append(drv)
     return out
 
 
 def tour_scenario(driver: str) -> Scenario:
-    return load(builtin_scenarios()[f"tour_{driver}"])
+    ref = catalogue().find(driver).tour()
+    if ref is None:
+        raise TourError(f"{driver} has no tour")
+    return load(str(ref.path))
+
+
+def resolve_chapters(names: Iterable[str] | None, tours: Mapping[str, Sequence[str]]
+                     ) -> dict[str, list[str]]:
+    """The chapters to show of each vendor's tour (``tours``: driver -> its chapters):
+    a name selects that chapter where a tour has it, a number the n-th chapter."""
+    out: dict[str, list[str]] = {drv: [] for drv in tours}
+    if not names:
+        return {drv: list(ch) for drv, ch in tours.items()}
+    every = list(dict.fromkeys(c for ch in tours.values() for c in ch))
+    most = max((len(ch) for ch in tours.values()), default=0)
+    for n in names:
+        if n.isdigit() and 1 <= int(n) <= most:
+            for drv, ch in tours.items():
+                if int(n) <= len(ch) and ch[int(n) - 1] not in out[drv]:
+                    out[drv].append(ch[int(n) - 1])
+        elif n in every:
+            for drv, ch in tours.items():
+                if n in ch and n not in out[drv]:
+                    out[drv].append(n)
+        else:
+            raise TourError(f"unknown step {n!r} (1-{most} or one of {', '.join(every)})")
+    return out
 
 
 # ---------------------------------------------------------------------------------------
@@ -110,9 +137,9 @@ class TourStep:
             "error": self.error, "shown": self.shown,
             "trace": [n.to_dict() for n in self.trace],
             "layers": tree_layers(self.trace),
-            "structures": [dict(new.to_dict(old.decoded if old else None),
+            "structures": [dict(entry_to_dict(new, old.decoded if old else None),
                                 new=old is None) for new, old in self.structures],
-            "walk": [st.to_dict() for st in self.walk],
+            "walk": [walk_to_dict(st) for st in self.walk],
             "tlb_hit": self.tlb_hit,
         }
 
@@ -226,6 +253,7 @@ def tour_records(driver: str, chapters: Sequence[str]) -> tuple[Scenario, list[T
     """Run ``driver``'s tour; return the records of every step of the chosen chapters
     (steps of earlier chapters run too, unrecorded: they build the state)."""
     sc = tour_scenario(driver)
+    order = list(chapter_ids(sc))
     t0 = time.perf_counter()
     runner = Runner(sc, trace=True)
     m = runner.machine
@@ -233,11 +261,11 @@ def tour_records(driver: str, chapters: Sequence[str]) -> tuple[Scenario, list[T
     keys: list[tuple[str, int | None]] = [(d, None) for d in devs]
     snap: dict[tuple[str, int | None], list[ConfigEntry]] = {
         k: device_config(m, k[0], k[1]) for k in keys}
-    last = max((CHAPTERS.index(c) for c in chapters), default=len(CHAPTERS) - 1)
+    last = max((order.index(c) for c in chapters if c in order), default=len(order) - 1)
     records: list[TourStep] = []
     try:
         for step in sc.steps:
-            if step.chapter in CHAPTERS and CHAPTERS.index(step.chapter) > last:
+            if step.chapter in order and order.index(step.chapter) > last:
                 break
             for p in _pasids(step, runner):
                 for d in devs:
@@ -305,8 +333,9 @@ def _brief(runner: Runner, step: Step) -> str:
             return f"guest: a {step.arg} table {step.spec.get('as', '')} in guest RAM"
         if a == "guest_write":
             return f"guest: writes {len(runner.data(step, s))} bytes at GPA {v(step, s['gpa']):#x}"
-        if a == "guest_cd":
-            return f"guest: writes its CD (arm_smmu_make_s1_cd) at GPA {v(step, s['gpa']):#x}"
+        if a == "guest_build":
+            what = runner.guest_builder(step, runner.string(step, step.arg)).title
+            return f"guest: writes {what} at GPA {v(step, s['gpa']):#x}"
         if a == "guest_ram":
             return "guest: RAM is the VMM's mapping at IOVA = GPA"
         if a == "mmap":
@@ -343,15 +372,15 @@ def _print_step(r: TourStep, out: IO[str], color: bool) -> None:
         head = ("changed" if old is not None and old.addr == new.addr else
                 "now in use")
         out.write(paint(f"  {new.label}{where} {head}:", "title", color) + "\n")
-        out.write(new.decoded.render(old.decoded if old else None, color=color, compact=True,
-                                     indent="    ") + "\n")
+        out.write(render(new.decoded, old.decoded if old else None, color=color, compact=True,
+                         indent="    ") + "\n")
     if r.tlb_hit:
         out.write(paint("  no walk: the IOMMU answered from its TLB. The tables now say:",
                         "changed", color) + "\n")
     elif r.walk:
         out.write(paint("  hardware walk:", "title", color) + "\n")
     for st in r.walk:
-        out.write(st.render("    ") + "\n")
+        out.write(render_walk(st, "    ") + "\n")
 
 
 def run_tour(vendors: Sequence[str] | None = None, steps: Sequence[str] | None = None,
@@ -360,10 +389,17 @@ def run_tour(vendors: Sequence[str] | None = None, steps: Sequence[str] | None =
 
     out = out or sys.stdout
     drivers = resolve_vendors(vendors)
-    chapters = resolve_chapters(steps)
+    tours = {drv: list(chapter_ids(tour_scenario(drv))) for drv in drivers}
+    selected = resolve_chapters(steps, tours)
     doc: list[dict[str, Any]] = []
     t_all = time.perf_counter()
+    shown: list[str] = []
     for drv in drivers:
+        chapters = selected[drv]
+        if not chapters:
+            continue  # this vendor's tour has none of the chosen steps
+        shown.append(drv)
+        order = tours[drv]
         sc, records, elapsed = tour_records(drv, chapters)
         if as_json:
             doc.append({"vendor": drv, "scenario": sc.name, "description": sc.description,
@@ -379,8 +415,8 @@ def run_tour(vendors: Sequence[str] | None = None, steps: Sequence[str] | None =
         for r in records:
             if r.chapter != chapter:
                 chapter = r.chapter
-                n = CHAPTERS.index(chapter) + 1 if chapter in CHAPTERS else 0
-                out.write("\n" + paint(f"── {drv} step {n}/{len(CHAPTERS)}: {chapter} — "
+                n = order.index(chapter) + 1 if chapter in order else 0
+                out.write("\n" + paint(f"── {drv} step {n}/{len(order)}: {chapter} — "
                                        f"{sc.chapters.get(chapter, '')}", "title", color)
                           + "\n")
             _print_step(r, out, color)
@@ -389,7 +425,8 @@ def run_tour(vendors: Sequence[str] | None = None, steps: Sequence[str] | None =
         out.write(json.dumps({"tour": doc, "elapsed_s": round(time.perf_counter() - t_all, 3)},
                              indent=1) + "\n")
     else:
+        steps_shown = list(dict.fromkeys(c for d in shown for c in selected[d]))
         out.write(paint(f"tour done in {time.perf_counter() - t_all:.2f} s "
-                        f"({', '.join(drivers)}; steps: {', '.join(chapters)})", "dim", color)
+                        f"({', '.join(shown)}; steps: {', '.join(steps_shown)})", "dim", color)
                   + "\n")
     return 0

@@ -1,5 +1,6 @@
 """Every ioctl and uAPI struct by name: the tables of ``iommufd.uapi``, ``uapi_vfio`` and
-``uapi_selftest`` (and drivers' uAPI additions), for scenario files, the tour and the docs.
+``uapi_selftest`` (and the payload structs drivers add through their
+``iommufd_uapi_data_types`` hook), for scenario files, the tour and the docs.
 """
 
 from __future__ import annotations
@@ -10,12 +11,12 @@ import importlib
 from collections.abc import Mapping
 from typing import Any
 
+from iommu_sim.catalogue import catalogue
 from iommufd import uapi, uapi_selftest, uapi_vfio
 from iommufd.uapi import IoctlDesc
 
-#: Modules that define uAPI structs (driver additions last).
-_STRUCT_MODULES = ("iommufd.uapi", "iommufd.uapi_vfio", "iommufd.uapi_selftest",
-                   "drivers.amd_vi.uapi")
+#: Modules that define uAPI structs (driver additions come from the drivers).
+_STRUCT_MODULES = ("iommufd.uapi", "iommufd.uapi_vfio", "iommufd.uapi_selftest")
 
 
 @functools.cache
@@ -52,6 +53,11 @@ def structs() -> Mapping[str, type[Any]]:
             if (isinstance(val, type) and issubclass(val, ctypes.Structure | ctypes.Union)
                     and val.__module__ == mod.__name__ and not name.startswith("_")):
                 out.setdefault(name, val)
+    for d in catalogue():
+        for dt in d.ops.iommufd_uapi_data_types():
+            st = getattr(dt, "struct", None)
+            if st is not None:
+                out.setdefault(st.__name__, st)
     return out
 
 

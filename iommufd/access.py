@@ -18,12 +18,15 @@ from iommu_core.prot import IOMMU_WRITE
 from iommu_core.trace import traced
 from iommufd.io_pagetable import IoptArea
 from iommufd.ioas import IommufdIoas, iommufd_get_ioas
+from iommufd.pages import ACCESS_RW_KTHREAD, ACCESS_RW_SLOW_PATH, ACCESS_RW_WRITE
 from iommufd.private import ULONG_MAX, IommufdCtx, IommufdObject, ObjType
 
 #: ``enum iommufd_access_rw_flags``.
 IOMMUFD_ACCESS_RW_READ = 0
-IOMMUFD_ACCESS_RW_WRITE = 1 << 0
-IOMMUFD_ACCESS_RW_KTHREAD = 1 << 1
+IOMMUFD_ACCESS_RW_WRITE = ACCESS_RW_WRITE
+IOMMUFD_ACCESS_RW_KTHREAD = ACCESS_RW_KTHREAD
+#: The selftest's MOCK_ACCESS_RW_SLOW_PATH (``__IOMMUFD_ACCESS_RW_SLOW_PATH``).
+IOMMUFD_ACCESS_RW_SLOW_PATH = ACCESS_RW_SLOW_PATH
 
 
 class IommufdAccessOps(Protocol):
@@ -199,7 +202,7 @@ def iommufd_access_rw(access: IommufdAccess, iova: int, data: bytearray | None, 
                       flags: int) -> bytes:
     """CPU copy through the IOVA space: read ``length`` bytes, or write ``data``."""
     _ioas, last, segs = _contig_segments(access, iova, length)
-    write = bool(flags & IOMMUFD_ACCESS_RW_WRITE)
+    current = access.ictx.current
     # Validate every segment first, in the kernel's errno order, so a failed call
     # copies nothing.
     for area, _cur, _end in segs:
@@ -214,7 +217,7 @@ def iommufd_access_rw(access: IommufdAccess, iova: int, data: bytearray | None, 
     for area, cur, end in segs:
         n = end - cur + 1
         assert area.pages is not None
-        chunk = data[pos : pos + n] if write and data is not None else None
-        out += area.pages.rw(area.start_byte_of(cur), chunk, n, write)
+        chunk = data[pos : pos + n] if data is not None else None
+        out += area.pages.rw(current, area.start_byte_of(cur), chunk, n, flags)
         pos += n
     return bytes(out)

@@ -514,7 +514,7 @@ def iommufd_get_hw_info(ucmd: Ucmd) -> int:
     else:
         cmd.out_data_type = uapi.IOMMU_HW_INFO_TYPE_NONE
         data = b""
-    uaccess = ictx.task.uaccess
+    uaccess = ictx.current.uaccess
     copy_len = min(cmd.data_len, len(data))
     uaccess.copy_to_user(cmd.data_uptr, data[:copy_len])
     if copy_len < cmd.data_len:

@@ -39,14 +39,6 @@ _INT_MAX = (1 << 31) - 1
 IOMMU_VEVENTQ_MAX_DEPTH = 1 << 19
 
 
-def next_fd(ictx: IommufdCtx) -> int:
-    """``get_unused_fd_flags``: the number ``FileTable.install`` will hand out next."""
-    fd = 3
-    while fd in ictx.task.files:
-        fd += 1
-    return fd
-
-
 class IommufdEventq(IommufdObject):
     """``struct iommufd_eventq``: the object half of an event fd."""
 
@@ -219,19 +211,24 @@ def iommufd_fault_alloc(ucmd: Ucmd) -> int:
         raise IommuError(errno.EOPNOTSUPP, f"unknown flags {cmd.flags:#x}")
     ictx = ucmd.ictx
     fault = ictx.object_alloc(IommufdFault(ictx))
+    files = ictx.current.files
+    try:
+        fdno = files.get_unused_fd()
+    except IommuError:
+        ictx.object_abort_and_destroy(fault)
+        raise
     f = fault.init_file("[iommufd-pgfault]")
-    fdno = next_fd(ictx)
     cmd.out_fault_id = fault.id
     cmd.out_fault_fd = fdno
     try:
         ucmd.respond()
     except IommuError:
+        files.put_unused_fd(fdno)
         fault.drop_file()
         ictx.object_abort_and_destroy(fault)
         raise
     ictx.object_finalize(fault)
-    got = ictx.task.files.install(f)
-    assert got == fdno
+    files.fd_install(fdno, f)
     return 0
 
 
@@ -338,17 +335,22 @@ def iommufd_veventq_alloc(ucmd: Ucmd) -> int:
     q = ictx.object_alloc(IommufdVeventq(ictx, viommu, cmd.type, cmd.veventq_depth))
     viommu.veventqs.append(q)
     q.listed = True
+    files = ictx.current.files
+    try:
+        fdno = files.get_unused_fd()
+    except IommuError:
+        ictx.object_abort_and_destroy(q)
+        raise
     f = q.init_file("[iommufd-viommu-event]")
-    fdno = next_fd(ictx)
     cmd.out_veventq_id = q.id
     cmd.out_veventq_fd = fdno
     try:
         ucmd.respond()
     except IommuError:
+        files.put_unused_fd(fdno)
         q.drop_file()
         ictx.object_abort_and_destroy(q)
         raise
     ictx.object_finalize(q)
-    got = ictx.task.files.install(f)
-    assert got == fdno
+    files.fd_install(fdno, f)
     return 0

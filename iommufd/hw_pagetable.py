@@ -250,7 +250,7 @@ def iommufd_hwpt_alloc(ucmd: Ucmd) -> int:
         raise IommuError(errno.EOPNOTSUPP, "__reserved must be 0")
     if (cmd.data_type == uapi.IOMMU_HWPT_DATA_NONE) != (cmd.data_len == 0):
         raise IommuError(errno.EINVAL, "data_type and data_len disagree")
-    user_data = UserData(ictx.task.uaccess, cmd.data_type, cmd.data_uptr, cmd.data_len)
+    user_data = UserData(ictx.current.uaccess, cmd.data_type, cmd.data_uptr, cmd.data_len)
     idev = iommufd_get_device(ictx, cmd.dev_id)
     pt_obj = ictx.objects.get(cmd.pt_id)
     if pt_obj is None:
@@ -313,7 +313,7 @@ def iommufd_hwpt_get_dirty_bitmap(ucmd: Ucmd) -> int:
     assert hwpt.domain is not None
     hwpt.ioas.iopt.iopt_read_and_clear_dirty_data(
         hwpt.domain, cmd.flags, cmd.iova, cmd.length, cmd.page_size, cmd.data,
-        ictx.task.uaccess)
+        ictx.current.uaccess)
     return 0
 
 
@@ -333,11 +333,13 @@ def iommufd_hwpt_invalidate(ucmd: Ucmd) -> int:
     try:
         if int(getattr(cmd, "__reserved")):
             raise IommuError(errno.EOPNOTSUPP, "__reserved must be 0")
-        if cmd.entry_num and (not cmd.data_uptr or not cmd.entry_len):
-            raise IommuError(errno.EINVAL, "entries without data_uptr or entry_len")
-        if cmd.entry_len > PAGE_SIZE or cmd.entry_num > IOMMU_HWPT_INVALIDATE_ENTRY_NUM_MAX:
-            raise IommuError(errno.EINVAL, "entry_len or entry_num too large")
-        array = UserDataArray(ictx.task.uaccess, cmd.data_type, cmd.data_uptr,
+        # Only a non-empty array is bounded: entry_num 0 ignores data_uptr/entry_len.
+        if cmd.entry_num and (not cmd.data_uptr or not cmd.entry_len
+                              or cmd.entry_len > PAGE_SIZE
+                              or cmd.entry_num > IOMMU_HWPT_INVALIDATE_ENTRY_NUM_MAX):
+            raise IommuError(errno.EINVAL, "entries without data_uptr, or entry_len "
+                             f"{cmd.entry_len} / entry_num {cmd.entry_num} out of bounds")
+        array = UserDataArray(ictx.current.uaccess, cmd.data_type, cmd.data_uptr,
                               cmd.entry_len, cmd.entry_num)
         obj = ictx.get_any(cmd.hwpt_id)
         if isinstance(obj, IommufdHwptNested):

@@ -28,7 +28,7 @@ from iommu_core.platform.memory import PAGE_SHIFT, PAGE_SIZE
 from iommu_core.platform.mm import HPAGE_SIZE
 from iommu_core.prot import IOMMU_DIRTY_NO_CLEAR, IOMMU_WRITE
 from iommu_core.trace import traced
-from iommufd.pages import IoptPages
+from iommufd.pages import AddressType, IoptPages
 from iommufd.private import ULONG_MAX
 
 if TYPE_CHECKING:
@@ -278,17 +278,21 @@ class IoPagetable:
     def _runs(self, area: IoptArea, first: int, last: int) -> Iterator[tuple[int, int, int]]:
         """(iova, paddr, size) physically contiguous runs of area pages [first, last]."""
         assert area.pages is not None
-        pfns = area.pages.pfns_of(first, last)
         end_byte = area.start_byte + area.length
         small = self.disable_large_pages
         run_iova = run_pa = run_size = 0
-        for k, pfn in enumerate(pfns):
-            idx = first + k
+        for idx, pfn, n in area.pages.pfn_runs(first, last):
             lo = max(area.start_byte, idx << PAGE_SHIFT)
-            hi = min(end_byte, (idx + 1) << PAGE_SHIFT)
+            hi = min(end_byte, (idx + n) << PAGE_SHIFT)
             iova = area.iova + lo - area.start_byte
-            pa = (pfn << PAGE_SHIFT) + (lo & (PAGE_SIZE - 1))
-            if run_size and not small and run_pa + run_size == pa:
+            pa = (pfn << PAGE_SHIFT) + lo - (idx << PAGE_SHIFT)
+            if small:  # one IOPTE a page
+                while lo < hi:
+                    step = min(hi, (lo | (PAGE_SIZE - 1)) + 1) - lo
+                    yield iova, pa, step
+                    iova, pa, lo = iova + step, pa + step, lo + step
+                continue
+            if run_size and run_pa + run_size == pa and run_iova + run_size == iova:
                 run_size += hi - lo
                 continue
             if run_size:
@@ -298,7 +302,19 @@ class IoPagetable:
             yield run_iova, run_pa, run_size
 
     def _map_area(self, area: IoptArea, domain: IommuDomain) -> None:
-        """``iopt_area_fill_domain``: map the (held) pages of the area; all or nothing."""
+        """``iopt_area_fill_domain``: map the (held) pages of the area; all or nothing.
+        A dma-buf area is tracked so that a revoke can unmap it (and maps nothing once
+        revoked)."""
+        pages = area.pages
+        assert pages is not None
+        if pages.type is AddressType.DMABUF:
+            core = self.core
+            def revoke() -> None:
+                core.iommu_unmap(domain, area.iova, area.length)
+
+            pages.dmabuf_track((id(area), id(domain)), revoke)
+            if pages.dmabuf_revoked:
+                return
         done = 0
         try:
             for iova, pa, size in self._runs(area, area.pages_first, area.pages_last):
@@ -307,9 +323,15 @@ class IoPagetable:
         except IommuError:
             if done:
                 self.core.iommu_unmap(domain, area.iova, done)
+            pages.dmabuf_untrack((id(area), id(domain)))
             raise
 
     def _unmap_area(self, area: IoptArea, domain: IommuDomain) -> None:
+        pages = area.pages
+        if pages is not None and pages.type is AddressType.DMABUF:
+            pages.dmabuf_untrack((id(area), id(domain)))
+            if pages.dmabuf_revoked:
+                return
         self.core.iommu_unmap(domain, area.iova, area.length)
 
     def _hold_area(self, area: IoptArea) -> None:
@@ -667,9 +689,9 @@ class IoPagetable:
     # ======================================================================================
     def iopt_area_add_access(self, area: IoptArea, first: int, last: int) -> list[int]:
         assert area.pages is not None
-        pfns = area.pages.add_users(first, last)
+        area.pages.add_users(first, last)
         area.num_accesses += 1
-        return pfns
+        return area.pages.pfns_of(first, last)
 
     def iopt_area_remove_access(self, area: IoptArea, first: int, last: int) -> None:
         assert area.pages is not None

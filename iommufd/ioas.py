@@ -8,13 +8,21 @@ import errno
 from typing import TYPE_CHECKING
 
 from iommu_core.errors import IommuError
+from iommu_core.platform.dma_buf import DmaBuf
 from iommu_core.prot import IOMMU_CACHE, IOMMU_READ, IOMMU_WRITE
 from iommu_core.trace import traced
 from iommufd import uapi
 from iommufd.io_pagetable import IoPagetable
-from iommufd.pages import iopt_alloc_user_pages
+from iommufd.pages import (
+    AddressType,
+    IoptPages,
+    iopt_alloc_dmabuf_pages,
+    iopt_alloc_file_pages,
+    iopt_alloc_user_pages,
+)
 from iommufd.private import (
     ACCOUNT_MM,
+    ACCOUNT_NONE,
     ACCOUNT_USER,
     ULONG_MAX,
     IommufdCtx,
@@ -24,6 +32,7 @@ from iommufd.private import (
 )
 
 if TYPE_CHECKING:
+    from iommu_core.platform.task import Task
     from iommufd.hw_pagetable import IommufdHwptPaging
 
 #: ``MOCK_FLAGS_ACCESS_SYZ``: selftest-only iova encoding (CONFIG_IOMMUFD_TEST).
@@ -107,7 +116,7 @@ def iommufd_ioas_iova_ranges(ucmd: Ucmd) -> int:
     max_iovas = cmd.num_iovas
     ranges = cmd.allowed_iovas
     count = 0
-    uaccess = ictx.task.uaccess
+    uaccess = ictx.current.uaccess
     size = ctypes.sizeof(uapi.iommu_iova_range)
     for start, last in _reserved_holes(iopt):
         if count < max_iovas:
@@ -147,7 +156,7 @@ def iommufd_ioas_allow_iovas(ucmd: Ucmd) -> int:
     size = ctypes.sizeof(uapi.iommu_iova_range)
     ranges: list[tuple[int, int]] = []  # kept sorted: overlap checks are O(log n)
     for i in range(cmd.num_iovas):
-        raw = ictx.task.uaccess.copy_from_user(cmd.allowed_iovas + i * size, size)
+        raw = ictx.current.uaccess.copy_from_user(cmd.allowed_iovas + i * size, size)
         r = uapi.from_bytes(uapi.iommu_iova_range, raw)
         if r.start >= r.last:
             raise IommuError(errno.EINVAL, f"range {r.start:#x}..{r.last:#x} is empty")
@@ -169,6 +178,13 @@ def iopt_map_user_pages(ictx: IommufdCtx, ioas: IommufdIoas, iova: int, uptr: in
                         length: int, iommu_prot: int, alloc_iova: bool) -> int:
     pages, start_byte = iopt_alloc_user_pages(ictx, uptr, length,
                                               bool(iommu_prot & IOMMU_WRITE))
+    return iopt_map_common(ictx, ioas, pages, start_byte, length, iova, iommu_prot,
+                           alloc_iova)
+
+
+def iopt_map_common(ictx: IommufdCtx, ioas: IommufdIoas, pages: IoptPages, start_byte: int,
+                    length: int, iova: int, iommu_prot: int, alloc_iova: bool) -> int:
+    """``iopt_map_common``: one area over ``pages``; the IOAS takes its own reference."""
     if ictx.account_mode == ACCOUNT_MM and pages.account_mode == ACCOUNT_USER:
         pages.account_mode = ACCOUNT_MM
     try:
@@ -200,25 +216,43 @@ def iommufd_ioas_map(ucmd: Ucmd) -> int:
     return 0
 
 
+@traced("iommufd", lambda ioas, iova, fd, start, length, prot, alloc:
+        f"ioas {ioas.id} fd {fd} start {start:#x} len {length:#x}")
+def iopt_map_file_pages(ictx: IommufdCtx, ioas: IommufdIoas, iova: int, fd: int,
+                        start: int, length: int, iommu_prot: int, alloc_iova: bool) -> int:
+    """``iopt_map_file_pages``: a dma-buf is imported as one physical range; any other
+    file is accepted here and pinned through its page cache later (a file without one
+    fails then, with EINVAL)."""
+    if length == 0:
+        raise IommuError(errno.EINVAL, "zero length")
+    if start + length - 1 > ULONG_MAX:
+        raise IommuError(errno.EOVERFLOW, "start + length overflows")
+    files = ictx.current.files
+    f = files.get(fd) if fd >= 0 and fd in files else None
+    writable = bool(iommu_prot & IOMMU_WRITE)
+    if isinstance(f, DmaBuf):
+        pages, start_byte = iopt_alloc_dmabuf_pages(ictx, f, start, length, writable)
+    else:
+        if f is None:
+            raise IommuError(errno.EBADF, f"fd {fd} is not open")
+        pages, start_byte = iopt_alloc_file_pages(ictx, f, start, length, writable)
+    return iopt_map_common(ictx, ioas, pages, start_byte, length, iova, iommu_prot,
+                           alloc_iova)
+
+
 @traced("iommufd")
 def iommufd_ioas_map_file(ucmd: Ucmd) -> int:
-    """Files: the simulated kernel has no memfd/shmem or dma-buf exporter, so no file
-    can back an area (the kernel would fail at pin time; here it fails at map time)."""
     cmd: uapi.iommu_ioas_map_file = ucmd.cmd
     if cmd.flags & ~_MAP_FLAGS:
         raise IommuError(errno.EOPNOTSUPP, f"unknown flags {cmd.flags:#x}")
     _map_prologue(cmd)
     ictx = ucmd.ictx
-    iommufd_get_ioas(ictx, cmd.ioas_id)
-    # iopt_map_file_pages (newest, with dma-buf import): the length checks come before
-    # the fd is looked up (dma_buf_get, then fget).
-    if cmd.length == 0:
-        raise IommuError(errno.EINVAL, "zero length")
-    if cmd.start + cmd.length - 1 > ULONG_MAX:
-        raise IommuError(errno.EOVERFLOW, "start + length overflows")
-    if cmd.fd < 0 or cmd.fd not in ictx.task.files:
-        raise IommuError(errno.EBADF, f"fd {cmd.fd} is not open")
-    raise IommuError(errno.EINVAL, f"fd {cmd.fd} is not a memfd, shmem or dma-buf file")
+    ioas = iommufd_get_ioas(ictx, cmd.ioas_id)
+    alloc = not cmd.flags & uapi.IOMMU_IOAS_MAP_FIXED_IOVA
+    cmd.iova = iopt_map_file_pages(ictx, ioas, cmd.iova, cmd.fd, cmd.start, cmd.length,
+                                   conv_iommu_prot(cmd.flags), alloc)
+    ucmd.respond()
+    return 0
 
 
 def iommufd_test_syz_conv_iova(ioas: IommufdIoas, iova: int) -> int:
@@ -302,14 +336,50 @@ def iommufd_ioas_option(ucmd: Ucmd) -> None:
     raise IommuError(errno.EOPNOTSUPP, f"unknown option op {cmd.op}")
 
 
+def _need_charge_update(pages: IoptPages, current: Task) -> bool:
+    if pages.account_mode == ACCOUNT_NONE:
+        return False
+    if pages.account_mode == ACCOUNT_MM:
+        return pages.source_mm is not current.mm
+    # USER: also when the mm changes, which pinned_vm is charged to.
+    return pages.source_user != current.uid or pages.source_mm is not current.mm
+
+
 @traced("iommufd")
 def iommufd_ioas_change_process(ucmd: Ucmd) -> int:
-    """Only MAP_FILE areas can move to another process; every area here maps user
-    virtual memory, so any area is EINVAL and an empty context trivially succeeds."""
+    """Move the pin accounting of every area to the caller. Only MAP_FILE areas can move
+    (pages of a process's memory stay with that process): anything else is EINVAL, an
+    area being changed is EBUSY. The new charge is taken first, so a failure (ENOMEM
+    over the caller's limit) changes nothing."""
     cmd: uapi.iommu_ioas_change_process = ucmd.cmd
     if _reserved(cmd):
         raise IommuError(errno.EOPNOTSUPP, "__reserved must be 0")
-    for obj in ucmd.ictx.objects.values():
-        if isinstance(obj, IommufdIoas) and obj.iopt.areas:
-            raise IommuError(errno.EINVAL, f"IOAS {obj.id} maps user virtual memory")
+    ictx = ucmd.ictx
+    current = ictx.current
+    areas = [a for o in list(ictx.objects.values()) if isinstance(o, IommufdIoas)
+             for a in o.iopt.areas.values()]
+    for area in areas:
+        if area.pages is None:
+            raise IommuError(errno.EBUSY, f"{area!r} is being changed")
+        if area.pages.type is not AddressType.FILE:
+            raise IommuError(errno.EINVAL, f"{area!r} does not map a file")
+    pages_list = list({id(a.pages): a.pages for a in areas if a.pages is not None}.values())
+    moving = [p for p in pages_list if _need_charge_update(p, current)]
+    # charge_current: one temporary iopt_pages per accounting mode, charged to current.
+    charged: list[IoptPages] = []
+    try:
+        for mode in (ACCOUNT_NONE, ACCOUNT_USER, ACCOUNT_MM):
+            n = sum(p.npinned for p in moving if p.account_mode == mode)
+            if not n:
+                continue
+            tmp = IoptPages.charge_holder(ictx, mode, n)
+            charged.append(tmp)
+    except IommuError:
+        for tmp in charged:
+            tmp.update_pinned(tmp.npinned, False)
+        raise
+    for p in pages_list:
+        if p in moving:
+            p.update_pinned(p.npinned, False)
+        p.source_task, p.source_mm, p.source_user = current, current.mm, current.uid
     return 0

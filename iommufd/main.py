@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from iommu_core.errors import IommuError
-from iommu_core.platform.files import File
+from iommu_core.platform.files import File, PfnRegion
 from iommu_core.platform.memory import PAGE_SIZE
 from iommu_core.platform.uaccess import UserArg, copy_struct_from_user
 from iommu_core.trace import traced
@@ -42,6 +42,7 @@ from iommufd.ioas import (
     iommufd_ioas_map_file,
     iommufd_ioas_unmap,
 )
+from iommufd.noiommu import iommufd_ioas_noiommu_get_pa
 from iommufd.option import iommufd_option
 from iommufd.private import IommufdCtx, IommufdSubsys, Ucmd
 from iommufd.selftest import iommufd_test
@@ -58,7 +59,6 @@ from iommufd.viommu import (
 
 if TYPE_CHECKING:
     from iommu_core.iommu import IommuCore
-    from iommu_core.platform.task import Task
 
 Handler = Callable[[Ucmd], int]
 
@@ -94,6 +94,7 @@ _HANDLERS: dict[str, Handler] = {
     "IOMMU_IOAS_CHANGE_PROCESS": iommufd_ioas_change_process,
     "IOMMU_VEVENTQ_ALLOC": iommufd_veventq_alloc,
     "IOMMU_HW_QUEUE_ALLOC": iommufd_hw_queue_alloc_ioctl,
+    "IOMMU_IOAS_NOIOMMU_GET_PA": iommufd_ioas_noiommu_get_pa,
     "IOMMU_TEST_CMD": iommufd_test,
 }
 
@@ -162,8 +163,9 @@ class IommufdFile(File):
     #: The legacy VFIO ioctls that take their argument by value.
     by_value_ioctls = frozenset({uapi_vfio.VFIO_CHECK_EXTENSION, uapi_vfio.VFIO_SET_IOMMU})
 
-    def __init__(self, subsys: IommufdSubsys, task: Task) -> None:
-        self.ictx = IommufdCtx(subsys, task)
+    def __init__(self, subsys: IommufdSubsys) -> None:
+        self.ictx = IommufdCtx(subsys)
+        self.ictx.file = self
 
     def ioctl(self, request: int, arg: UserArg) -> int:
         return iommufd_fops_ioctl(self.ictx, request, arg)
@@ -171,8 +173,7 @@ class IommufdFile(File):
     def ioctl_by_value(self, request: int, value: int) -> int:
         return iommufd_vfio_ioctl(self.ictx, request, value)
 
-    def mmap(self, length: int, offset: int, shared: bool, prot_exec: bool
-             ) -> tuple[int, Callable[[], None]]:
+    def mmap(self, length: int, offset: int, shared: bool, prot_exec: bool) -> PfnRegion:
         """``iommufd_fops_mmap``: exactly one registered region (vIOMMU MMIO pages)."""
         length = (length + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
         if offset & (PAGE_SIZE - 1) or not length:
@@ -191,13 +192,17 @@ class IommufdFile(File):
         owner = immap.owner
         owner.users += 1  # the mapping holds the region's owner
 
-        def on_unmap() -> None:
+        def vma_open() -> None:
+            owner.users += 1
+
+        def vma_close() -> None:
             owner.users -= 1
 
-        return immap.pa, on_unmap
+        return PfnRegion(pa=immap.pa, open=vma_open, close=vma_close)
 
     def release(self) -> None:
-        self.ictx.put()
+        """``iommufd_fops_release``: the last reference (fd, mappings, holders) is gone."""
+        self.ictx.release()
 
 
 def iommufd_register_driver_data_types(core: IommuCore) -> None:
@@ -220,10 +225,10 @@ def iommufd_register_driver_data_types(core: IommuCore) -> None:
                 raise IommuError(errno.EEXIST, f"driver {ops.name}: {e}") from None
 
 
-def iommufd_init(core: IommuCore, task: Task) -> IommufdSubsys:
-    """Register ``/dev/iommu`` and ``/dev/vfio/vfio`` for ``task`` (module init of iommufd)."""
+def iommufd_init(core: IommuCore) -> IommufdSubsys:
+    """Register ``/dev/iommu`` and ``/dev/vfio/vfio`` (module init of iommufd)."""
     iommufd_register_driver_data_types(core)
-    subsys = IommufdSubsys(core, task)
-    task.files.chrdevs[DEV_IOMMU] = lambda t: IommufdFile(subsys, t)
-    iommufd_vfio_misc_register(subsys, task, IommufdFile)  # /dev/vfio/vfio
+    subsys = IommufdSubsys(core)
+    core.platform.chrdevs[DEV_IOMMU] = lambda t: IommufdFile(subsys)
+    iommufd_vfio_misc_register(subsys, core.platform.chrdevs, IommufdFile)  # /dev/vfio/vfio
     return subsys

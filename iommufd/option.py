@@ -21,7 +21,7 @@ def iommufd_option_rlimit_mode(cmd: uapi.iommu_option, ictx: IommufdCtx) -> None
         cmd.val64 = 1 if ictx.account_mode == ACCOUNT_MM else 0
         return
     if cmd.op == uapi.IOMMU_OPTION_OP_SET:
-        if not ictx.task.cap_sys_resource:
+        if not ictx.current.cap_sys_resource:
             raise IommuError(errno.EPERM, "RLIMIT_MODE needs CAP_SYS_RESOURCE")
         if not ictx.is_empty():
             raise IommuError(errno.EBUSY, "the context already holds objects")

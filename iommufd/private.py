@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from sortedcontainers import SortedDict
 
     from iommu_core.iommu import IommuCore
+    from iommu_core.platform.files import File
     from iommu_core.platform.task import Task
     from iommu_core.trace import Tracer
     from iommufd.device import IommufdGroup
@@ -100,25 +101,32 @@ ObjT = TypeVar("ObjT", bound=IommufdObject)
 class IommufdSubsys:
     """Per-Machine iommufd state (what is global in the kernel module)."""
 
-    def __init__(self, core: IommuCore, task: Task) -> None:
+    def __init__(self, core: IommuCore) -> None:
         self.core = core
-        self.task = task
-        #: ``user_struct.locked_vm`` of the (single) user, in pages (ACCOUNT_USER).
-        self.user_locked_vm = 0
+        #: ``user_struct.locked_vm`` by uid, in pages (ACCOUNT_USER).
+        self.user_locked_vm: dict[int, int] = {}
         #: The selftest's temporary memory limit: sizes the pinning batch (bytes).
         self.temp_memory_limit = 65536
         self.mock_dev_seq = 0
+
+    @property
+    def current(self) -> Task:
+        """The task whose system call is running (``current``)."""
+        return self.core.platform.tasks.require_current()
+
+    def should_fail(self) -> bool:
+        """``iommufd_should_fail``: a fault-injection point of iommufd's own."""
+        return self.core.platform.should_fail("iommufd")
 
 
 class IommufdCtx:
     """``struct iommufd_ctx``: one open of ``/dev/iommu``."""
 
-    def __init__(self, subsys: IommufdSubsys, task: Task) -> None:
+    def __init__(self, subsys: IommufdSubsys) -> None:
         from sortedcontainers import SortedDict
 
         self.subsys = subsys
         self.core: IommuCore = subsys.core
-        self.task = task
         self.tracer: Tracer = subsys.core.tracer
         #: id -> object; None marks a reserved (allocating) id or a tombstone.
         self.objects: dict[int, IommufdObject | None] = {}
@@ -130,15 +138,29 @@ class IommufdCtx:
         self.groups: dict[int, IommufdGroup] = {}
         #: mmap offset -> region registered by a driver (``mt_mmap``).
         self.mmaps: SortedDict[int, Any] = SortedDict()
-        #: References on the file: the fd, bound VFIO devices, event fds, accesses.
+        #: The open ``/dev/iommu`` this context is (``ictx->file``); None for a context
+        #: that tests drive directly, whose references are counted here instead.
+        self.file: File | None = None
         self.file_refs = 1
         self.released = False
 
+    @property
+    def current(self) -> Task:
+        """The task whose system call is running (``current``)."""
+        return self.core.platform.tasks.require_current()
+
     # -- file references (iommufd_ctx_get / iommufd_ctx_put) ------------------------------
     def get(self) -> None:
-        self.file_refs += 1
+        """``iommufd_ctx_get``: a reference on the iommufd file."""
+        if self.file is not None:
+            self.file.get_file()
+        else:
+            self.file_refs += 1
 
     def put(self) -> None:
+        if self.file is not None:
+            self.file.fput()
+            return
         self.file_refs -= 1
         if self.file_refs == 0:
             self.release()

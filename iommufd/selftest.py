@@ -25,11 +25,13 @@ from iommu_core.iopf import (
     PageRequest,
 )
 from iommu_core.platform.bus import Device
+from iommu_core.platform.dma_buf import DmaBuf, DmaBufExporter
 from iommu_core.platform.files import File
-from iommu_core.platform.memory import PAGE_SIZE
+from iommu_core.platform.memory import PAGE_SHIFT, PAGE_SIZE
 from iommu_core.trace import traced
 from iommufd import uapi_selftest as st
 from iommufd.access import (
+    IOMMUFD_ACCESS_RW_SLOW_PATH,
     IOMMUFD_ACCESS_RW_WRITE,
     IommufdAccess,
     iommufd_access_attach,
@@ -51,7 +53,6 @@ from iommufd.device import (
     iommufd_device_unbind,
     iommufd_get_device,
 )
-from iommufd.eventq import next_fd
 from iommufd.hw_pagetable import IommufdHwPagetable, IommufdHwptNested, IommufdHwptPaging
 from iommufd.ioas import iommufd_get_ioas, iommufd_test_syz_conv_iova
 from iommufd.private import ULONG_MAX, IommufdCtx, IommufdObject, ObjType, Ucmd
@@ -203,10 +204,11 @@ def iommufd_test_md_check_pa(ucmd: Ucmd, cmd: st.iommu_test_cmd) -> int:
     pg = bm & -bm
     if iova % pg or length % pg or uptr % pg or uptr + length > ULONG_MAX:
         raise IommuError(errno.EINVAL, f"iova/length/uptr not {pg:#x} aligned")
-    mm = ictx.task.mm
+    mm = ictx.current.mm
     core = ictx.core
     while length:
-        pa = mm.va_to_pa(uptr)  # get_user_pages_fast: faults the page in
+        # get_user_pages_fast faults the page in
+        pa = (mm.get_user_page(uptr) << PAGE_SHIFT) | (uptr & (PAGE_SIZE - 1))
         if core.iommu_iova_to_phys(dom, iova) != pa:
             raise IommuError(errno.EINVAL, f"iova {iova:#x} does not map va {uptr:#x}")
         iova += pg
@@ -219,11 +221,11 @@ def iommufd_test_md_check_refs(ucmd: Ucmd, cmd: st.iommu_test_cmd) -> int:
     length, uptr, refs = cmd.check_refs.length, cmd.check_refs.uptr, cmd.check_refs.refs
     if length % PAGE_SIZE or uptr % PAGE_SIZE:
         raise IommuError(errno.EINVAL, "length or uptr not page aligned")
-    mm = ucmd.ictx.task.mm
+    mm = ucmd.ictx.current.mm
     while length:
-        mm.va_to_pa(uptr)
-        if not mm.is_huge_backed(uptr) and mm.pin_count(uptr) != refs:
-            raise IommuError(errno.EIO, f"page at {uptr:#x} has {mm.pin_count(uptr)} pins, "
+        pins = mm.page_pin_count(uptr)  # get_user_pages_fast, then the page's count
+        if not mm.is_compound(uptr) and pins != refs:
+            raise IommuError(errno.EIO, f"page at {uptr:#x} has {pins} pins, "
                              f"expected {refs}")
         uptr += PAGE_SIZE
         length -= PAGE_SIZE
@@ -270,7 +272,7 @@ def iommufd_test_dirty(ucmd: Ucmd, cmd: st.iommu_test_cmd) -> int:
     if not dom.dirty_ops or not ops.call("mock_domain_dirty_enabled", domain=dom):
         raise IommuError(errno.EINVAL, "dirty tracking is not enabled")
     nbits = d.length // d.page_size
-    bitmap = ictx.task.uaccess.copy_from_user(d.uptr, (nbits + 7) // 8)
+    bitmap = ictx.current.uaccess.copy_from_user(d.uptr, (nbits + 7) // 8)
     bits = int.from_bytes(bitmap, "little") & ((1 << nbits) - 1)
     count = 0
     while bits:
@@ -409,7 +411,7 @@ class _PinOps:
 
 
 def _access_get(ictx: IommufdCtx, fd: int) -> SelftestAccess:
-    f = ictx.task.files.get(fd) if fd in ictx.task.files else None
+    f = ictx.current.files.get(fd) if fd in ictx.current.files else None
     if not isinstance(f, SelftestAccess) or f.access is None:
         raise IommuError(errno.EBADFD, f"fd {fd} is not a selftest access")
     return f
@@ -421,18 +423,23 @@ def iommufd_test_create_access(ucmd: Ucmd, cmd: st.iommu_test_cmd) -> int:
         raise IommuError(errno.EOPNOTSUPP, f"unknown access flags {flags:#x}")
     ictx = ucmd.ictx
     staccess = SelftestAccess(bool(flags & st.MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES))
-    fdno = next_fd(ictx)
-    access = iommufd_access_create(ictx, _PinOps(staccess), staccess)
+    files = ictx.current.files
+    fdno = files.get_unused_fd()
+    try:
+        access = iommufd_access_create(ictx, _PinOps(staccess), staccess)
+    except IommuError:
+        files.put_unused_fd(fdno)
+        raise
     try:
         iommufd_access_attach(access, cmd.id)
         cmd.create_access.out_access_fd = fdno
         ucmd.respond()
     except IommuError:
+        files.put_unused_fd(fdno)
         iommufd_access_destroy(access)
         raise
     staccess.access = access
-    got = ictx.task.files.install(staccess)
-    assert got == fdno
+    files.fd_install(fdno, staccess)
     return 0
 
 
@@ -474,10 +481,10 @@ def iommufd_test_access_pages(ucmd: Ucmd, cmd: st.iommu_test_cmd) -> int:
                                     a.flags & st.MOCK_FLAGS_ACCESS_WRITE)
     try:
         if a.uptr:
-            mm = ictx.task.mm
+            mm = ictx.current.mm
             va = a.uptr - (iova % PAGE_SIZE)
             for i, pfn in enumerate(pfns):
-                if mm.va_to_pa(va + i * PAGE_SIZE) >> 12 != pfn:
+                if mm.get_user_page(va + i * PAGE_SIZE) != pfn:
                     raise IommuError(errno.EBADE, f"pinned page {i} is not the user's page")
         item = _SelftestAccessItem(staccess.next_id, iova, a.length)
         a.out_access_pages_id = item.id
@@ -499,7 +506,7 @@ def iommufd_test_access_rw(ucmd: Ucmd, cmd: st.iommu_test_cmd) -> int:
         raise IommuError(errno.EOPNOTSUPP, f"unknown flags {a.flags:#x}")
     ictx = ucmd.ictx
     staccess = _access_get(ictx, cmd.id)
-    uaccess = ictx.task.uaccess
+    uaccess = ictx.current.uaccess
     write = bool(a.flags & st.MOCK_ACCESS_RW_WRITE)
     tmp = bytearray(uaccess.copy_from_user(a.uptr, a.length)) if write else None
     iova = a.iova
@@ -507,8 +514,10 @@ def iommufd_test_access_rw(ucmd: Ucmd, cmd: st.iommu_test_cmd) -> int:
         iova = _syz_iova(staccess, iova)
     access = staccess.access
     assert access is not None
-    data = iommufd_access_rw(access, iova, tmp, a.length,
-                             IOMMUFD_ACCESS_RW_WRITE if write else 0)
+    flags = IOMMUFD_ACCESS_RW_WRITE if write else 0
+    if a.flags & st.MOCK_ACCESS_RW_SLOW_PATH:
+        flags |= IOMMUFD_ACCESS_RW_SLOW_PATH
+    data = iommufd_access_rw(access, iova, tmp, a.length, flags)
     if not write:
         uaccess.copy_to_user(a.uptr, data)
     return 0
@@ -532,6 +541,62 @@ def iommufd_test_memory_limit(ucmd: Ucmd, cmd: st.iommu_test_cmd) -> int:
 # ======================================================================================
 # dispatch
 # ======================================================================================
+# ======================================================================================
+# dma-buf exporter
+# ======================================================================================
+class _TestDmaBuf(DmaBufExporter):
+    """``struct iommufd_test_dma_buf``: zeroed kernel memory, revocable."""
+
+    def __init__(self, core: Any, length: int) -> None:
+        self.alloc = core.platform.alloc
+        self.length = length
+        self.order = max(0, (length // PAGE_SIZE - 1).bit_length())
+        self.pa = self.alloc.alloc_pages(self.order, "kernel")  # kzalloc(len)
+        self.revoked = False
+
+    def iommufd_map(self) -> tuple[int, int]:
+        """``iommufd_test_dma_buf_iommufd_map``."""
+        if self.revoked:
+            raise IommuError(errno.ENODEV, "the dma-buf is revoked")
+        return self.pa, self.length
+
+    def release(self) -> None:
+        self.alloc.free_pages(self.pa, self.order)
+
+
+def iommufd_test_dmabuf_get(ucmd: Ucmd, cmd: st.iommu_test_cmd) -> int:
+    """A dma-buf of ``length`` bytes (page aligned, at most 512 pages) as a new fd.
+
+    The ioctl returns the fd, as the selftest (iommufd_utils.h ``_test_cmd_get_dmabuf``)
+    reads it; 7.3-rc7's ``iommufd_test_dmabuf_get`` installs it and returns 0, which the
+    selftest cannot use (docs/selftest_status.rst)."""
+    length = (cmd.dmabuf_get.length + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+    if length == 0 or length > PAGE_SIZE * 512:
+        raise IommuError(errno.EINVAL, f"dma-buf length {cmd.dmabuf_get.length:#x}")
+    ictx = ucmd.ictx
+    if ictx.subsys.should_fail():  # kzalloc of the private struct
+        raise IommuError(errno.ENOMEM, "fail-nth: dma-buf allocation")
+    buf = DmaBuf(_TestDmaBuf(ictx.core, length), length)
+    try:
+        return ictx.current.files.install(buf)
+    except IommuError:
+        buf.fput()
+        raise
+
+
+def iommufd_test_dmabuf_revoke(ucmd: Ucmd, cmd: st.iommu_test_cmd) -> int:
+    fd = cmd.dmabuf_revoke.dmabuf_fd
+    files = ucmd.ictx.current.files
+    buf = files.get(fd)  # dma_buf_get: EBADF, then EINVAL for another kind of file
+    if not isinstance(buf, DmaBuf):
+        raise IommuError(errno.EINVAL, f"fd {fd} is not a dma-buf")
+    if not isinstance(buf.exporter, _TestDmaBuf):
+        raise IommuError(errno.EOPNOTSUPP, "not the selftest's dma-buf")
+    buf.exporter.revoked = bool(cmd.dmabuf_revoke.revoked)
+    buf.invalidate_mappings()
+    return 0
+
+
 _OPS: dict[int, Callable[[Ucmd, st.iommu_test_cmd], int]] = {
     st.IOMMU_TEST_OP_ADD_RESERVED: iommufd_test_add_reserved,
     st.IOMMU_TEST_OP_MOCK_DOMAIN: iommufd_test_mock_domain,
@@ -554,6 +619,8 @@ _OPS: dict[int, Callable[[Ucmd, st.iommu_test_cmd], int]] = {
     st.IOMMU_TEST_OP_PASID_REPLACE: iommufd_test_pasid_replace,
     st.IOMMU_TEST_OP_PASID_DETACH: iommufd_test_pasid_detach,
     st.IOMMU_TEST_OP_PASID_CHECK_HWPT: iommufd_test_pasid_check_hwpt,
+    st.IOMMU_TEST_OP_DMABUF_GET: iommufd_test_dmabuf_get,
+    st.IOMMU_TEST_OP_DMABUF_REVOKE: iommufd_test_dmabuf_revoke,
 }
 
 

@@ -3,7 +3,8 @@
 Sources (layouts and numbers re-checked with gcc on x86_64):
 
 * ``include/uapi/linux/iommufd.h`` at torvalds/linux@b4d90dbc4c1b (commands 0x80..0x94,
-  ending at ``IOMMU_HW_QUEUE_ALLOC``);
+  ending at ``IOMMU_HW_QUEUE_ALLOC``), and Linux 7.3 for ``IOMMU_IOAS_NOIOMMU_GET_PA``
+  (0x95) and ``struct iommu_ioas_noiommu_get_pa``;
 * the AMD additions (``iommu_hwpt_amd_guest``, ``iommu_hw_info_amd``,
   ``IOMMU_HWPT_DATA_AMD_GUEST``, ``IOMMU_HW_INFO_TYPE_AMD``, ``IOMMU_VIOMMU_TYPE_AMD``,
   ``iommu_viommu_amd``) from AMDESE/linux-iommu@0062055858ca;
@@ -259,9 +260,7 @@ IOMMUFD_CMD_VDEVICE_ALLOC: Final = 0x91
 IOMMUFD_CMD_IOAS_CHANGE_PROCESS: Final = 0x92
 IOMMUFD_CMD_VEVENTQ_ALLOC: Final = 0x93
 IOMMUFD_CMD_HW_QUEUE_ALLOC: Final = 0x94
-#: Proposed (iommufd noiommu cdev series, not merged in the header read); not in
-#: :data:`IOMMUFD_IOCTLS`, so the simulated kernel answers it ENOTTY like mainline.
-IOMMUFD_CMD_IOAS_NOIOMMU_GET_PA: Final = 0x95
+IOMMUFD_CMD_IOAS_NOIOMMU_GET_PA: Final = 0x95  # new in 7.3
 
 # ---------------------------------------------------------------------------------------
 # Core command structs
@@ -338,6 +337,28 @@ class iommu_ioas_map(UapiStruct):
         ("user_va", _u64),
         ("length", _u64),
         ("iova", _u64),
+    ]
+
+
+class iommu_ioas_noiommu_get_pa(UapiStruct):
+    """Physical address behind an IOVA of an IOAS, for noiommu devices (unsafe DMA).
+    ``length``: in, the most bytes to query (non-zero); out, the physically contiguous
+    bytes from ``out_phys``, capped by the input."""
+
+    size: int
+    flags: int
+    ioas_id: int
+    iova: int
+    length: int
+    out_phys: int
+    _fields_ = [
+        ("size", _u32),
+        ("flags", _u32),
+        ("ioas_id", _u32),
+        ("__reserved", _u32),
+        ("iova", _u64),
+        ("length", _u64),
+        ("out_phys", _u64),
     ]
 
 
@@ -861,27 +882,6 @@ class iommu_hw_queue_alloc(UapiStruct):
     ]
 
 
-class iommu_ioas_noiommu_get_pa(UapiStruct):
-    """Proposed ``IOMMU_IOAS_NOIOMMU_GET_PA`` argument (unmerged; layout unverified against
-    a C header: seen only in a 2026 transcription and a VFIO noiommu selftest)."""
-
-    size: int
-    flags: int
-    ioas_id: int
-    iova: int
-    length: int
-    out_phys: int
-    _fields_ = [
-        ("size", _u32),
-        ("flags", _u32),
-        ("ioas_id", _u32),
-        ("__reserved", _u32),
-        ("iova", _u64),
-        ("length", _u64),
-        ("out_phys", _u64),
-    ]
-
-
 # ---------------------------------------------------------------------------------------
 # Request numbers and the command table (drivers/iommu/iommufd/main.c IOCTL_OP())
 # ---------------------------------------------------------------------------------------
@@ -941,7 +941,7 @@ def ioctl_op(name: str, nr: int, struct: type[ctypes.Structure], last: str,
                      min_size=offsetofend(struct, last))
 
 
-#: The iommufd command table, in ``nr`` order (0x80..0x94, no holes).
+#: The iommufd command table, in ``nr`` order (0x80..0x95, no holes).
 IOMMUFD_IOCTLS: Final[tuple[IoctlDesc, ...]] = (
     ioctl_op("IOMMU_DESTROY", IOMMUFD_CMD_DESTROY, iommu_destroy, "id"),
     ioctl_op("IOMMU_IOAS_ALLOC", IOMMUFD_CMD_IOAS_ALLOC, iommu_ioas_alloc, "out_ioas_id"),
@@ -974,6 +974,8 @@ IOMMUFD_IOCTLS: Final[tuple[IoctlDesc, ...]] = (
              "out_veventq_fd"),
     ioctl_op("IOMMU_HW_QUEUE_ALLOC", IOMMUFD_CMD_HW_QUEUE_ALLOC, iommu_hw_queue_alloc,
              "length"),
+    ioctl_op("IOMMU_IOAS_NOIOMMU_GET_PA", IOMMUFD_CMD_IOAS_NOIOMMU_GET_PA,
+             iommu_ioas_noiommu_get_pa, "out_phys"),
 )
 
 #: :data:`IOMMUFD_IOCTLS` keyed by ``nr``.

@@ -49,7 +49,7 @@ from iommufd.ioas import IommufdIoas, _reserved_holes, iommufd_get_ioas, iopt_ma
 from iommufd.private import ACCOUNT_MM, ULONG_MAX, IommufdCtx, IommufdSubsys, Ucmd
 
 if TYPE_CHECKING:
-    from iommu_core.platform.task import Task
+    from iommu_core.platform.files import Opener
     from iommufd.main import IommufdFile
 
 #: The misc device iommufd registers in place of VFIO's container (VFIO_MINOR).
@@ -329,20 +329,20 @@ def iommufd_vfio_ioctl(ictx: IommufdCtx, request: int, arg: UserArg | int) -> in
         raise IommuError(errno.ENOTTY, f"ioctl {request:#x} is neither an iommufd nor a "
                          "VFIO container command")
     if isinstance(arg, int):
-        arg = UserArg(ictx.task.mm, None, arg & ULONG_MAX)
+        arg = UserArg(ictx.current.mm, None, arg & ULONG_MAX)
     return handler(ictx, arg)
 
 
-def iommufd_vfio_misc_register(subsys: IommufdSubsys, task: Task,
-                               fops: Callable[[IommufdSubsys, Task], IommufdFile]) -> None:
+def iommufd_vfio_misc_register(subsys: IommufdSubsys, chrdevs: dict[str, Opener],
+                               fops: Callable[[IommufdSubsys], IommufdFile]) -> None:
     """``misc_register(&vfio_misc_dev)`` (CONFIG_IOMMUFD_VFIO_CONTAINER): /dev/vfio/vfio
     opens iommufd's file; ``iommufd_fops_open`` sees the VFIO node and selects MM
     accounting (RLIMIT_MODE reads 1) so limits behave as under VFIO."""
 
-    def vfio_misc_open(t: Task) -> IommufdFile:
-        f = fops(subsys, t)
+    def vfio_misc_open(t: object) -> IommufdFile:
+        f = fops(subsys)
         f.ictx.account_mode = ACCOUNT_MM
         f.name = VFIO_CONTAINER_PATH
         return f
 
-    task.files.chrdevs[VFIO_CONTAINER_PATH] = vfio_misc_open
+    chrdevs[VFIO_CONTAINER_PATH] = vfio_misc_open

@@ -1,19 +1,21 @@
-"""VFIO device cdevs ``/dev/vfio/devices/vfioN`` (drivers/vfio/device_cdev.c and
-drivers/vfio/iommufd.c): BIND_IOMMUFD, ATTACH_IOMMUFD_PT and DETACH_IOMMUFD_PT of a
-vfio-pci device, the iommufd side of VFIO. Binding claims DMA ownership of the device
-(through ``iommufd_device_bind``); closing the fd detaches the PASIDs, then the RID, and
-unbinds.
+"""VFIO device cdevs ``/dev/vfio/devices/vfioN`` (drivers/vfio/device_cdev.c,
+drivers/vfio/iommufd.c and the device file of drivers/vfio/vfio_main.c): BIND_IOMMUFD,
+ATTACH_IOMMUFD_PT and DETACH_IOMMUFD_PT of a vfio-pci device, the iommufd side of VFIO;
+then the device fd itself: its ioctls (FEATURE and GET_REGION_INFO here, the others in the
+driver, :mod:`iommufd.vfio_pci_core`), read/write at the file position, pread/pwrite, mmap.
+Binding claims DMA ownership of the device (through ``iommufd_device_bind``) and opens
+the device (vfio-pci enables it); closing the fd closes the device (reset, restore), then
+detaches the PASIDs, then the RID, and unbinds.
 """
 
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from iommu_core.errors import IommuError
 from iommu_core.group import IOMMU_NO_PASID
-from iommu_core.platform.files import File
+from iommu_core.platform.files import File, VmRegion
 from iommu_core.platform.uaccess import UserArg, copy_struct_from_user
 from iommu_core.trace import traced
 from iommufd import uapi, uapi_vfio
@@ -25,11 +27,11 @@ from iommufd.device import (
     iommufd_device_replace,
     iommufd_device_unbind,
 )
+from iommufd.vfio_pci_core import VfioPciCoreDevice
 
 if TYPE_CHECKING:
     from iommu_core.iommu import IommuCore
     from iommu_core.platform.bus import Device
-    from iommu_core.platform.task import Task
     from iommu_core.trace import Tracer
     from iommufd.private import IommufdCtx
 
@@ -39,12 +41,14 @@ VFIO_CDEV_PREFIX = "/dev/vfio/devices/vfio"
 class VfioDevice:
     """``struct vfio_device`` of a vfio-pci bound device."""
 
-    def __init__(self, core: IommuCore, task: Task, dev: Device, path: str) -> None:
+    def __init__(self, core: IommuCore, dev: Device, path: str) -> None:
         self.core = core
-        self.task = task
         self.tracer: Tracer = core.tracer
         self.dev = dev
         self.path = path
+        assert dev.pci is not None, f"{dev.name} is not a PCI function"
+        #: The driver (``device->ops``): vfio-pci.
+        self.ops = VfioPciCoreDevice(dev.pci, core.platform.tasks)
         self.open_count = 0
         self.idev: IommufdDevice | None = None
         self.ictx: IommufdCtx | None = None
@@ -98,26 +102,96 @@ class VfioDeviceFile(File):
         self.name = device.path
         self.tracer = device.tracer
         self.access_granted = False
+        #: ``file->f_pos``: where read(2)/write(2) go (offset 0 is BAR0's region).
+        self.f_pos = 0
 
+    # -- vfio_device_fops_unl_ioctl ---------------------------------------------------------
     def ioctl(self, request: int, arg: UserArg) -> int:
         if request == uapi_vfio.VFIO_DEVICE_BIND_IOMMUFD:
             return self.bind_iommufd(arg)
-        if not self.access_granted:
-            raise IommuError(errno.EINVAL, f"{self.name} is not bound to an iommufd")
+        self._check_access()
         if request == uapi_vfio.VFIO_DEVICE_ATTACH_IOMMUFD_PT:
             return self.attach_pt(arg)
         if request == uapi_vfio.VFIO_DEVICE_DETACH_IOMMUFD_PT:
             return self.detach_pt(arg)
-        raise IommuError(errno.ENOTTY, f"vfio-pci has no ioctl {request:#x}")
+        if request == uapi_vfio.VFIO_DEVICE_FEATURE:
+            return self.device_feature(arg)
+        if request == uapi_vfio.VFIO_DEVICE_GET_REGION_INFO:
+            return self.get_region_info(arg)
+        return self.device.ops.ioctl(request, arg)
 
+    def _check_access(self) -> None:
+        """Everything but BIND waits for ``access_granted`` (EINVAL before)."""
+        if not self.access_granted:
+            raise IommuError(errno.EINVAL, f"{self.name} is not bound to an iommufd")
+
+    @traced("vfio", lambda arg: "")
+    def device_feature(self, arg: UserArg) -> int:
+        """``vfio_ioctl_device_feature``: flag rules, then the core's migration and DMA
+        logging features (vfio-pci has neither), then the driver's."""
+        st = uapi_vfio.vfio_device_feature
+        minsz = uapi.offsetofend(st, "flags")
+        feature = uapi.from_bytes(st, arg.read(0, minsz))
+        if feature.argsz < minsz:
+            raise IommuError(errno.EINVAL, f"argsz {feature.argsz} < {minsz}")
+        flags = feature.flags
+        get, set_, probe = (uapi_vfio.VFIO_DEVICE_FEATURE_GET, uapi_vfio.VFIO_DEVICE_FEATURE_SET,
+                            uapi_vfio.VFIO_DEVICE_FEATURE_PROBE)
+        if flags & ~(uapi_vfio.VFIO_DEVICE_FEATURE_MASK | get | set_ | probe):
+            raise IommuError(errno.EINVAL, f"unknown flags {flags:#x}")
+        if not flags & probe and flags & set_ and flags & get:
+            raise IommuError(errno.EINVAL, "GET and SET together need PROBE")
+        argsz = feature.argsz - minsz
+        which = flags & uapi_vfio.VFIO_DEVICE_FEATURE_MASK
+        if which in (uapi_vfio.VFIO_DEVICE_FEATURE_MIGRATION,
+                     uapi_vfio.VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE,
+                     uapi_vfio.VFIO_DEVICE_FEATURE_MIG_DATA_SIZE,
+                     uapi_vfio.VFIO_DEVICE_FEATURE_DMA_LOGGING_START,
+                     uapi_vfio.VFIO_DEVICE_FEATURE_DMA_LOGGING_STOP,
+                     uapi_vfio.VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT):
+            raise IommuError(errno.ENOTTY, f"{self.name}: no migration or DMA logging")
+        if which == uapi_vfio.VFIO_DEVICE_FEATURE_MIG_PRECOPY_INFOv2:
+            # checked before the flags: migration_flags has no PRE_COPY
+            raise IommuError(errno.EINVAL, f"{self.name}: no pre-copy migration")
+        return self.device.ops.device_feature(flags, arg, minsz, argsz)
+
+    @traced("vfio", lambda arg: "")
+    def get_region_info(self, arg: UserArg) -> int:
+        """``vfio_get_region_info``: the driver fills the region; no capability chain
+        (the simulated functions have no MSI-X and no device-specific regions)."""
+        st = uapi_vfio.vfio_region_info
+        minsz = uapi.offsetofend(st, "offset")
+        info = uapi.from_bytes(st, arg.read(0, minsz))
+        if info.argsz < minsz:
+            raise IommuError(errno.EINVAL, f"argsz {info.argsz} < {minsz}")
+        self.device.ops.get_region_info_caps(info)
+        arg.write(0, uapi.struct_bytes(info)[:minsz])
+        return 0
+
+    # -- read/write/mmap (vfio_device_fops_*) -------------------------------------------------
     def read(self, n: int) -> bytes:
-        raise IommuError(errno.EINVAL, f"{self.name}: no readable region")
+        got = self.pread(n, self.f_pos)
+        self.f_pos += len(got)
+        return got
 
     def write(self, data: bytes) -> int:
-        raise IommuError(errno.EINVAL, f"{self.name}: no writable region")
+        done = self.pwrite(data, self.f_pos)
+        self.f_pos += done
+        return done
 
-    def mmap(self, length: int, offset: int, shared: bool, prot_exec: bool
-             ) -> tuple[int, Callable[[], None]]:
+    def pread(self, n: int, offset: int) -> bytes:
+        self._check_access()
+        got = self.device.ops.rw(offset, n, None)
+        assert isinstance(got, bytes)
+        return got
+
+    def pwrite(self, data: bytes, offset: int) -> int:
+        self._check_access()
+        return int(self.device.ops.rw(offset, len(data), data))
+
+    def mmap(self, length: int, offset: int, shared: bool, prot_exec: bool) -> VmRegion:
+        self._check_access()
+        self.device.ops.mmap(length, offset, shared)
         raise IommuError(errno.EINVAL, f"{self.name}: no mappable region")
 
     # -- VFIO_DEVICE_BIND_IOMMUFD -----------------------------------------------------------
@@ -136,7 +210,7 @@ class VfioDeviceFile(File):
         device = self.device
         if self.access_granted:
             raise IommuError(errno.EINVAL, "already bound")
-        task = device.task
+        task = device.core.platform.tasks.require_current()
         if bind.flags & uapi_vfio.VFIO_DEVICE_BIND_FLAG_TOKEN:
             task.uaccess.copy_from_user(bind.token_uuid_ptr, 16)
             # Neither a PF with VFs nor a VF of a vfio-pci PF: a token is wrong here.
@@ -153,6 +227,12 @@ class VfioDeviceFile(File):
         except IommuError:
             ictx.put()
             raise
+        try:
+            device.ops.open_device()  # vfio_df_device_first_open: the driver's open
+        except IommuError:
+            iommufd_device_unbind(idev)
+            ictx.put()
+            raise
         device.idev = idev
         device.ictx = ictx
         device.open_count = 1
@@ -165,7 +245,10 @@ class VfioDeviceFile(File):
         return 0
 
     def _close_device(self) -> None:
+        """``vfio_df_device_last_close``: the driver closes the device, then iommufd
+        lets it go."""
         device = self.device
+        device.ops.close_device()
         device.unbind()
         device.open_count = 0
         if device.ictx is not None:
@@ -232,11 +315,12 @@ class VfioDeviceFile(File):
             self._close_device()
 
 
-def vfio_register_device(core: IommuCore, task: Task, dev: Device) -> str:
+def vfio_register_device(core: IommuCore, dev: Device) -> str:
     """Register ``dev`` with vfio-pci: its cdev ``/dev/vfio/devices/vfioN`` (N from 0)."""
-    n = sum(1 for p in task.files.chrdevs if p.startswith(VFIO_CDEV_PREFIX))
+    chrdevs = core.platform.chrdevs
+    n = sum(1 for p in chrdevs if p.startswith(VFIO_CDEV_PREFIX))
     path = f"{VFIO_CDEV_PREFIX}{n}"
-    device = VfioDevice(core, task, dev, path)
-    task.files.chrdevs[path] = lambda t: VfioDeviceFile(device)
+    device = VfioDevice(core, dev, path)
+    chrdevs[path] = lambda t: VfioDeviceFile(device)
     return path
 

@@ -60,8 +60,9 @@ class IommufdViommuObj(IommufdObject, IommufdViommu):
         IommufdViommu.__init__(self, iommu_dev, vtype, hwpt.domain)
         self.hwpt = hwpt
         hwpt.users += 1
-        #: virt_id -> vDEVICE.
-        self.vdevs: dict[int, IommufdVdeviceObj] = {}
+        #: ``viommu->vdevs``: virt_id -> vDEVICE, or None for a slot reserved while the
+        #: driver's ``vdevice_init`` runs (an xarray zero entry: occupied, reads as NULL).
+        self.vdevs: dict[int, IommufdVdeviceObj | None] = {}
         self.veventqs: list[IommufdVeventq] = []
         self.inited = False
 
@@ -72,7 +73,7 @@ class IommufdViommuObj(IommufdObject, IommufdViommu):
 
     def get_vdev_id(self, dev: Device) -> int | None:
         for virt_id, vdev in self.vdevs.items():
-            if vdev.dev is dev:
+            if vdev is not None and vdev.dev is dev:
                 return virt_id
         return None
 
@@ -213,7 +214,7 @@ def iommufd_viommu_alloc_ioctl(ucmd: Ucmd) -> int:
         raise IommuError(errno.EINVAL, f"HWPT {hwpt.id} is not a nest parent")
     viommu = ictx.object_alloc(IommufdViommuObj(ictx, hwpt, dev.iommu.iommu_dev, cmd.type))
     viommu.obj_id = viommu.id
-    user_data = UserData(ictx.task.uaccess, cmd.type, cmd.data_uptr, cmd.data_len)
+    user_data = UserData(ictx.current.uaccess, cmd.type, cmd.data_uptr, cmd.data_len)
     try:
         assert hwpt.domain is not None
         ops.viommu_init(viommu, hwpt.domain, user_data if cmd.data_len else None)
@@ -248,12 +249,19 @@ def iommufd_vdevice_alloc_ioctl(ucmd: Ucmd) -> int:
         raise IommuError(errno.EEXIST, f"device {idev.id} already has a vDEVICE")
     vdev = ictx.object_alloc(IommufdVdeviceObj(ictx, viommu, idev, cmd.virt_id))
     try:
+        # xa_insert of a zero entry: a used or reserved slot is EBUSY -> EEXIST. The slot
+        # reads as NULL (find_dev, get_vdev_id) until vdevice_init accepts the vDEVICE.
         if cmd.virt_id in viommu.vdevs:
             raise IommuError(errno.EEXIST, f"virt_id {cmd.virt_id:#x} is already used")
-        viommu.vdevs[cmd.virt_id] = vdev
+        viommu.vdevs[cmd.virt_id] = None
         if viommu.ops is not None and viommu.ops.has("viommu_vdevice_init"):
-            viommu.ops.vdevice_init(vdev)
+            try:
+                viommu.ops.vdevice_init(vdev)
+            except IommuError:
+                del viommu.vdevs[cmd.virt_id]  # xa_release
+                raise
             vdev.inited = True
+        viommu.vdevs[cmd.virt_id] = vdev  # xa_store
         cmd.out_vdevice_id = vdev.id
         ucmd.respond()
     except IommuError:

@@ -17,6 +17,7 @@ from drivers.amd_vi import iommu as amd
 from drivers.amd_vi import iommufd as amd_iommufd
 from drivers.amd_vi import nested as amd_nested
 from drivers.amd_vi import ppr as amd_ppr
+from drivers.amd_vi.describe import AmdDescribe
 from drivers.amd_vi.hw import AmdIommuHw, AmdViFeatures
 from drivers.amd_vi.init import AmdIommu, amd_iommu_probe, amd_iommu_remove
 from drivers.amd_vi.uapi import PROTOTYPE_DATA_TYPES
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
 
 DRIVER_NAME = "amd_vi"
 
-class AmdViPlugin:
+class AmdViPlugin(AmdDescribe):
     """``amd_iommu_ops`` as pluggy hooks."""
 
     def __init__(self) -> None:

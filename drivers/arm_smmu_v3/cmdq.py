@@ -1,8 +1,8 @@
 """Commands and the command queue, the driver's side (arm_smmu_cmdq_*).
 
-Commands are frozen values (``struct arm_smmu_cmdq_ent``) encoded by
-:func:`arm_smmu_cmdq_build_cmd` into the 128-bit format the SMMU reads from memory.
-The queue lives in memory the driver allocated; issuing writes the commands at PROD,
+A command is encoded once, by an ``arm_smmu_make_cmd_*`` builder, into the two qwords
+(``struct arm_smmu_cmd``) the SMMU reads from memory; batches and the queue copy them
+as they are. The queue lives in memory the driver allocated; issuing writes the commands at PROD,
 then the PROD register; a CMD_SYNC completes either by the SMMU's MSI write over the
 sync command itself (option MSIPOLL) or by CONS moving past it.
 """
@@ -10,10 +10,9 @@ sync command itself (option MSIPOLL) or by CONS moving past it.
 from __future__ import annotations
 
 import errno
+import struct
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
-
-import attrs
 
 from drivers.arm_smmu_v3.regs import (
     ARM_SMMU_CMDQ_BASE,
@@ -23,9 +22,9 @@ from drivers.arm_smmu_v3.regs import (
     ARM_SMMU_OPT_CMDQ_FORCE_SYNC,
     ARM_SMMU_OPT_MSIPOLL,
     ARM_SMMU_SH_ISH,
+    ATC_INV_SIZE_ALL,
     CMDQ_0_OP,
     CMDQ_0_SSV,
-    CMDQ_ATC_0_GLOBAL,
     CMDQ_ATC_0_SID,
     CMDQ_ATC_0_SSID,
     CMDQ_ATC_1_ADDR_MASK,
@@ -33,7 +32,6 @@ from drivers.arm_smmu_v3.regs import (
     CMDQ_BATCH_ENTRIES,
     CMDQ_CFGI_0_SID,
     CMDQ_CFGI_0_SSID,
-    CMDQ_CFGI_1_LEAF,
     CMDQ_CFGI_1_RANGE,
     CMDQ_CONS_ERR,
     CMDQ_ENT_DWORDS,
@@ -44,22 +42,12 @@ from drivers.arm_smmu_v3.regs import (
     CMDQ_OP_ATC_INV,
     CMDQ_OP_CFGI_ALL,
     CMDQ_OP_CFGI_CD,
-    CMDQ_OP_CFGI_CD_ALL,
     CMDQ_OP_CFGI_STE,
     CMDQ_OP_CMD_SYNC,
     CMDQ_OP_NAMES,
     CMDQ_OP_PREFETCH_CFG,
     CMDQ_OP_PRI_RESP,
     CMDQ_OP_RESUME,
-    CMDQ_OP_TLBI_EL2_ALL,
-    CMDQ_OP_TLBI_EL2_ASID,
-    CMDQ_OP_TLBI_EL2_VA,
-    CMDQ_OP_TLBI_NH_ALL,
-    CMDQ_OP_TLBI_NH_ASID,
-    CMDQ_OP_TLBI_NH_VA,
-    CMDQ_OP_TLBI_NSNH_ALL,
-    CMDQ_OP_TLBI_S2_IPA,
-    CMDQ_OP_TLBI_S12_VMALL,
     CMDQ_PREFETCH_0_SID,
     CMDQ_PRI_0_SID,
     CMDQ_PRI_0_SSID,
@@ -75,122 +63,86 @@ from drivers.arm_smmu_v3.regs import (
     CMDQ_SYNC_0_MSIATTR,
     CMDQ_SYNC_1_MSIADDR_MASK,
     CMDQ_TLBI_0_ASID,
-    CMDQ_TLBI_0_NUM,
-    CMDQ_TLBI_0_SCALE,
     CMDQ_TLBI_0_VMID,
-    CMDQ_TLBI_1_IPA_MASK,
-    CMDQ_TLBI_1_LEAF,
-    CMDQ_TLBI_1_TG,
-    CMDQ_TLBI_1_TTL,
-    CMDQ_TLBI_1_VA_MASK,
     FIELD_GET,
     FIELD_PREP,
-    PRI_RESP_DENY,
-    PRI_RESP_FAIL,
-    PRI_RESP_SUCC,
     Q_BASE_ADDR_MASK,
     Q_BASE_LOG2SIZE,
     Q_BASE_RWA,
-    U64,
 )
 from iommu_core.errors import IommuError
+from iommu_core.group import IOMMU_NO_PASID
 
 if TYPE_CHECKING:
     from drivers.arm_smmu_v3.device import ArmSmmuDevice
 
+#: ``struct arm_smmu_cmd``: the two encoded qwords, built once and copied into the queue.
 Cmd = tuple[int, int]
 
-
-@attrs.frozen(kw_only=True)
-class CmdqEnt:
-    """``struct arm_smmu_cmdq_ent``: an opcode and the fields of its union member."""
-
-    opcode: int
-    substream_valid: bool = False
-    sid: int = 0
-    ssid: int = 0
-    leaf: bool = False
-    span: int = 0  # cfgi range
-    asid: int = 0
-    vmid: int = 0
-    num: int = 0
-    scale: int = 0
-    ttl: int = 0
-    tg: int = 0
-    addr: int = 0
-    size: int = 0
-    global_: bool = False
-    grpid: int = 0
-    resp: int = 0
-    stag: int = 0
-    msiaddr: int = 0
-
-    def __str__(self) -> str:
-        return CMDQ_OP_NAMES.get(self.opcode, f"OP_{self.opcode:#x}")
+def arm_smmu_make_cmd_op(op: int) -> Cmd:
+    return FIELD_PREP(CMDQ_0_OP, op), 0
 
 
-def arm_smmu_cmdq_build_cmd(ent: CmdqEnt) -> Cmd:
-    """Encode ``ent``; an unknown opcode is -ENOENT ("ignoring unknown CMDQ opcode")."""
-    op = ent.opcode
-    q0 = FIELD_PREP(CMDQ_0_OP, op)
-    q1 = 0
-    if op in (CMDQ_OP_TLBI_EL2_ALL, CMDQ_OP_TLBI_NSNH_ALL):
-        pass
-    elif op == CMDQ_OP_PREFETCH_CFG:
-        q0 |= FIELD_PREP(CMDQ_PREFETCH_0_SID, ent.sid)
-    elif op in (CMDQ_OP_CFGI_CD, CMDQ_OP_CFGI_STE):
-        if op == CMDQ_OP_CFGI_CD:
-            q0 |= FIELD_PREP(CMDQ_CFGI_0_SSID, ent.ssid)
-        q0 |= FIELD_PREP(CMDQ_CFGI_0_SID, ent.sid)
-        q1 |= FIELD_PREP(CMDQ_CFGI_1_LEAF, int(ent.leaf))
-    elif op == CMDQ_OP_CFGI_CD_ALL:
-        q0 |= FIELD_PREP(CMDQ_CFGI_0_SID, ent.sid)
-    elif op == CMDQ_OP_CFGI_ALL:
-        q1 |= FIELD_PREP(CMDQ_CFGI_1_RANGE, 31)  # cover the whole SID range
-    elif op in (CMDQ_OP_TLBI_NH_VA, CMDQ_OP_TLBI_EL2_VA):
-        if op == CMDQ_OP_TLBI_NH_VA:
-            q0 |= FIELD_PREP(CMDQ_TLBI_0_VMID, ent.vmid)
-        q0 |= (FIELD_PREP(CMDQ_TLBI_0_NUM, ent.num) | FIELD_PREP(CMDQ_TLBI_0_SCALE, ent.scale)
-               | FIELD_PREP(CMDQ_TLBI_0_ASID, ent.asid))
-        q1 |= (FIELD_PREP(CMDQ_TLBI_1_LEAF, int(ent.leaf)) | FIELD_PREP(CMDQ_TLBI_1_TTL, ent.ttl)
-               | FIELD_PREP(CMDQ_TLBI_1_TG, ent.tg) | (ent.addr & CMDQ_TLBI_1_VA_MASK))
-    elif op == CMDQ_OP_TLBI_S2_IPA:
-        q0 |= (FIELD_PREP(CMDQ_TLBI_0_NUM, ent.num) | FIELD_PREP(CMDQ_TLBI_0_SCALE, ent.scale)
-               | FIELD_PREP(CMDQ_TLBI_0_VMID, ent.vmid))
-        q1 |= (FIELD_PREP(CMDQ_TLBI_1_LEAF, int(ent.leaf)) | FIELD_PREP(CMDQ_TLBI_1_TTL, ent.ttl)
-               | FIELD_PREP(CMDQ_TLBI_1_TG, ent.tg) | (ent.addr & CMDQ_TLBI_1_IPA_MASK))
-    elif op == CMDQ_OP_TLBI_NH_ASID:
-        q0 |= FIELD_PREP(CMDQ_TLBI_0_ASID, ent.asid) | FIELD_PREP(CMDQ_TLBI_0_VMID, ent.vmid)
-    elif op in (CMDQ_OP_TLBI_NH_ALL, CMDQ_OP_TLBI_S12_VMALL):
-        q0 |= FIELD_PREP(CMDQ_TLBI_0_VMID, ent.vmid)
-    elif op == CMDQ_OP_TLBI_EL2_ASID:
-        q0 |= FIELD_PREP(CMDQ_TLBI_0_ASID, ent.asid)
-    elif op == CMDQ_OP_ATC_INV:
-        q0 |= (FIELD_PREP(CMDQ_0_SSV, int(ent.substream_valid))
-               | FIELD_PREP(CMDQ_ATC_0_GLOBAL, int(ent.global_))
-               | FIELD_PREP(CMDQ_ATC_0_SSID, ent.ssid) | FIELD_PREP(CMDQ_ATC_0_SID, ent.sid))
-        q1 |= FIELD_PREP(CMDQ_ATC_1_SIZE, ent.size) | (ent.addr & CMDQ_ATC_1_ADDR_MASK)
-    elif op == CMDQ_OP_PRI_RESP:
-        q0 |= (FIELD_PREP(CMDQ_0_SSV, int(ent.substream_valid))
-               | FIELD_PREP(CMDQ_PRI_0_SSID, ent.ssid) | FIELD_PREP(CMDQ_PRI_0_SID, ent.sid))
-        q1 |= FIELD_PREP(CMDQ_PRI_1_GRPID, ent.grpid)
-        if ent.resp not in (PRI_RESP_DENY, PRI_RESP_FAIL, PRI_RESP_SUCC):
-            raise IommuError(errno.EINVAL, f"bad PRI response {ent.resp}")
-        q1 |= FIELD_PREP(CMDQ_PRI_1_RESP, ent.resp)
-    elif op == CMDQ_OP_RESUME:
-        q0 |= FIELD_PREP(CMDQ_RESUME_0_SID, ent.sid) | FIELD_PREP(CMDQ_RESUME_0_RESP, ent.resp)
-        q1 |= FIELD_PREP(CMDQ_RESUME_1_STAG, ent.stag)
-    elif op == CMDQ_OP_CMD_SYNC:
-        if ent.msiaddr:
-            q0 |= FIELD_PREP(CMDQ_SYNC_0_CS, CMDQ_SYNC_0_CS_IRQ)
-            q1 |= ent.msiaddr & CMDQ_SYNC_1_MSIADDR_MASK
-        else:
-            q0 |= FIELD_PREP(CMDQ_SYNC_0_CS, CMDQ_SYNC_0_CS_SEV)
-        q0 |= (FIELD_PREP(CMDQ_SYNC_0_MSH, ARM_SMMU_SH_ISH)
-               | FIELD_PREP(CMDQ_SYNC_0_MSIATTR, ARM_SMMU_MEMATTR_OIWB))
-    else:
-        raise IommuError(errno.ENOENT, f"ignoring unknown CMDQ opcode {op:#x}")
-    return q0 & U64, q1 & U64
+def arm_smmu_make_cmd_cfgi_all() -> Cmd:
+    return CMDQ_OP_CFGI_ALL, FIELD_PREP(CMDQ_CFGI_1_RANGE, 31)  # the whole SID range
+
+
+def arm_smmu_make_cmd_prefetch_cfg(sid: int) -> Cmd:
+    return CMDQ_OP_PREFETCH_CFG | FIELD_PREP(CMDQ_PREFETCH_0_SID, sid), 0
+
+
+def arm_smmu_make_cmd_cfgi_ste(sid: int, leaf: bool) -> Cmd:
+    return CMDQ_OP_CFGI_STE | FIELD_PREP(CMDQ_CFGI_0_SID, sid), int(leaf)
+
+
+def arm_smmu_make_cmd_cfgi_cd(sid: int, ssid: int, leaf: bool) -> Cmd:
+    return (CMDQ_OP_CFGI_CD | FIELD_PREP(CMDQ_CFGI_0_SID, sid)
+            | FIELD_PREP(CMDQ_CFGI_0_SSID, ssid), int(leaf))
+
+
+def arm_smmu_make_cmd_resume(sid: int, stag: int, resp: int) -> Cmd:
+    return (CMDQ_OP_RESUME | FIELD_PREP(CMDQ_RESUME_0_SID, sid)
+            | FIELD_PREP(CMDQ_RESUME_0_RESP, resp), FIELD_PREP(CMDQ_RESUME_1_STAG, stag))
+
+
+def arm_smmu_make_cmd_pri_resp(sid: int, ssid: int, ssv: bool, grpid: int, resp: int) -> Cmd:
+    return (CMDQ_OP_PRI_RESP | (CMDQ_0_SSV if ssv else 0) | FIELD_PREP(CMDQ_PRI_0_SID, sid)
+            | FIELD_PREP(CMDQ_PRI_0_SSID, ssid),
+            FIELD_PREP(CMDQ_PRI_1_GRPID, grpid) | FIELD_PREP(CMDQ_PRI_1_RESP, resp))
+
+
+def arm_smmu_make_cmd_atc_inv(sid: int, ssid: int, addr: int, size: int) -> Cmd:
+    """Without a PASID (``IOMMU_NO_PASID``) SSV is clear."""
+    return (CMDQ_OP_ATC_INV | (CMDQ_0_SSV if ssid != IOMMU_NO_PASID else 0)
+            | FIELD_PREP(CMDQ_ATC_0_SSID, ssid) | FIELD_PREP(CMDQ_ATC_0_SID, sid),
+            FIELD_PREP(CMDQ_ATC_1_SIZE, size) | (addr & CMDQ_ATC_1_ADDR_MASK))
+
+
+def arm_smmu_make_cmd_atc_inv_all(sid: int, ssid: int) -> Cmd:
+    return arm_smmu_make_cmd_atc_inv(sid, ssid, 0, ATC_INV_SIZE_ALL)
+
+
+def arm_smmu_make_cmd_sync(cs: int, msiaddr: int) -> Cmd:
+    return (CMDQ_OP_CMD_SYNC | FIELD_PREP(CMDQ_SYNC_0_CS, cs)
+            | FIELD_PREP(CMDQ_SYNC_0_MSH, ARM_SMMU_SH_ISH)
+            | FIELD_PREP(CMDQ_SYNC_0_MSIATTR, ARM_SMMU_MEMATTR_OIWB),
+            msiaddr & CMDQ_SYNC_1_MSIADDR_MASK)
+
+
+def arm_smmu_make_cmd_tlbi(op: int, asid: int, vmid: int) -> Cmd:
+    """A TLBI: opcode, ASID and VMID; sized variants get their range fields from
+    :func:`arm_smmu_cmdq_batch_add_range`."""
+    return (op | FIELD_PREP(CMDQ_TLBI_0_ASID, asid) | FIELD_PREP(CMDQ_TLBI_0_VMID, vmid), 0)
+
+
+_SYNC_IRQ_0 = arm_smmu_make_cmd_sync(CMDQ_SYNC_0_CS_IRQ, 0)[0]
+_SYNC_SEV_0 = arm_smmu_make_cmd_sync(CMDQ_SYNC_0_CS_SEV, 0)[0]
+#: Little-endian packers of 0..130 qwords: a full batch and its CMD_SYNC.
+_PACKERS = tuple(struct.Struct(f"<{i}Q") for i in range(2 * (CMDQ_BATCH_ENTRIES + 1) + 1))
+
+
+def _packer(nwords: int) -> struct.Struct:
+    return _PACKERS[nwords] if nwords < len(_PACKERS) else struct.Struct(f"<{nwords}Q")
 
 
 CERROR_NAMES = {
@@ -257,45 +209,60 @@ class ArmSmmuCmdq(ArmSmmuQueue):
     def __init__(self, smmu: ArmSmmuDevice, max_n_shift: int) -> None:
         super().__init__(smmu, "cmdq", CMDQ_ENT_DWORDS, max_n_shift, ARM_SMMU_CMDQ_PROD,
                          ARM_SMMU_CMDQ_CONS, ARM_SMMU_CMDQ_BASE)
-        #: What the driver issued (tests and the tour read these).
-        self.issued: dict[str, int] = {}
+        #: CMD_SYNCs issued and command errors seen (tests and the tour read these).
         self.syncs = 0
         self.errors: list[tuple[int, str]] = []
 
     def _read_cons(self) -> None:
         self.cons = self.smmu.mmio.read32(self.cons_off) & ~CMDQ_CONS_ERR
 
+    def _write_entries(self, prod: int, words: list[int]) -> None:
+        """``arm_smmu_cmdq_write_entries``: one copy per contiguous run of slots."""
+        write = self.smmu.mem.write
+        nwords = len(words)
+        idx = prod & ((1 << self.max_n_shift) - 1)
+        first = min(nwords, ((1 << self.max_n_shift) - idx) << 1)
+        write(self.base_dma + (idx << 4), _packer(first).pack(*words[:first]))
+        if first < nwords:  # wrapped
+            write(self.base_dma, _packer(nwords - first).pack(*words[first:]))
+
     def issue_cmdlist(self, cmds: Sequence[Cmd], sync: bool) -> None:
         """``arm_smmu_cmdq_issue_cmdlist``: write the commands (+ a CMD_SYNC) at PROD,
-        publish PROD, and wait for the sync."""
+        publish PROD, and wait for the sync. A sync that does not complete is
+        ETIMEDOUT."""
         smmu = self.smmu
-        mem = smmu.mem
-        n = len(cmds) + (1 if sync else 0)
-        if n == 0:
+        n = len(cmds)
+        total = n + 1 if sync else n
+        if not total:
             return
-        self._read_cons()
-        if self.space() < n:
-            raise IommuError(errno.ETIMEDOUT, "CMDQ timeout: no space (is the SMMU running?)")
+        shift = self.max_n_shift
+        wrap_mask = (2 << shift) - 1
+        mmio = smmu.mmio
+        self.cons = cons = mmio.read32(self.cons_off) & ~CMDQ_CONS_ERR
         prod = self.prod
+        if (1 << shift) - ((prod - cons) & wrap_mask) < total:
+            raise IommuError(errno.ETIMEDOUT, "CMDQ timeout: no space (is the SMMU running?)")
+        words = [w for cmd in cmds for w in cmd]
         tracer = smmu.tracer
-        for q0, q1 in cmds:
-            mem.write_qwords(self.slot(prod), (q0, q1))
-            name = CMDQ_OP_NAMES.get(q0 & CMDQ_0_OP, "?")
-            self.issued[name] = self.issued.get(name, 0) + 1
-            if tracer.enabled:
-                tracer.event("driver", f"cmdq {name}", f"{q0:#x} {q1:#x}")
-            prod = self.inc(prod)
-        sync_prod = prod
+        if tracer.enabled:
+            for q0, q1 in cmds:
+                tracer.event("driver", f"cmdq {CMDQ_OP_NAMES.get(q0 & CMDQ_0_OP, '?')}",
+                             f"{q0:#x} {q1:#x}")
+        msiaddr = 0
+        sync_prod = (prod & ~wrap_mask & 0x7FFF_FFFF) | ((prod + n) & wrap_mask)
         if sync:
-            msiaddr = self.slot(prod) if smmu.options & ARM_SMMU_OPT_MSIPOLL else 0
-            q0, q1 = arm_smmu_cmdq_build_cmd(CmdqEnt(opcode=CMDQ_OP_CMD_SYNC, msiaddr=msiaddr))
-            mem.write_qwords(self.slot(prod), (q0, q1))
+            # arm_smmu_cmdq_build_sync_cmd(): MSI-poll on the sync's own slot, else SEV.
+            if smmu.options & ARM_SMMU_OPT_MSIPOLL:
+                msiaddr = self.base_dma + ((sync_prod & ((1 << shift) - 1)) << 4)
+                words += (_SYNC_IRQ_0, msiaddr)
+            else:
+                words += (_SYNC_SEV_0, 0)
             self.syncs += 1
             if tracer.enabled:
                 tracer.event("driver", "cmdq CMD_SYNC", "MSI poll" if msiaddr else "SEV")
-            prod = self.inc(prod)
-        self.prod = prod
-        smmu.mmio.write32(self.prod_off, prod)
+        self._write_entries(prod, words)
+        self.prod = prod = (prod & ~wrap_mask & 0x7FFF_FFFF) | ((prod + total) & wrap_mask)
+        mmio.write32(self.prod_off, prod)
         if sync:
             self._poll_sync(sync_prod, msiaddr)
 
@@ -310,60 +277,73 @@ class ArmSmmuCmdq(ArmSmmuQueue):
                 return
         raise IommuError(errno.ETIMEDOUT, "CMD_SYNC timeout")
 
-    def issue_cmd(self, ent: CmdqEnt, sync: bool = False) -> None:
-        self.issue_cmdlist([arm_smmu_cmdq_build_cmd(ent)], sync)
+    def issue_cmd(self, cmd: Cmd, sync: bool = False) -> None:
+        """``arm_smmu_cmdq_issue_cmd`` / ``_with_sync``."""
+        self.issue_cmdlist((cmd,), sync)
 
     def skip_err(self) -> None:
-        """``arm_smmu_cmdq_skip_err``: called from the GERROR handler. An illegal command
-        is replaced with a CMD_SYNC so the SMMU can resume."""
+        """``__arm_smmu_cmdq_skip_err``: called from the GERROR handler. An illegal
+        command is logged and replaced with a CMD_SYNC so the SMMU can resume; an
+        abort on fetch is retried, an ATC invalidation timeout repeats the CMD_SYNC."""
         cons = self.smmu.mmio.read32(self.cons_off)
         idx = FIELD_GET(CMDQ_CONS_ERR, cons)
+        self.smmu.log.append(f"CMDQ error (cons {cons:#010x}): "
+                             f"{CERROR_NAMES.get(idx, 'Unknown')}")
+        if idx in (CMDQ_ERR_CERROR_ABT_IDX, CMDQ_ERR_CERROR_NONE_IDX,
+                   CMDQ_ERR_CERROR_ATC_INV_IDX):
+            self.errors.append((idx, CERROR_NAMES.get(idx, "Unknown")))
+            return
         slot = self.slot(cons & ~CMDQ_CONS_ERR)
         bad = (self.smmu.mem.read_u64(slot), self.smmu.mem.read_u64(slot + 8))
+        self.smmu.log.append(f"skipping command in error state: {bad[0]:#018x} {bad[1]:#018x}")
         self.errors.append((idx, f"CMDQ error (cons {cons:#010x}): "
                             f"{CERROR_NAMES.get(idx, 'Unknown')} cmd {bad[0]:#x} {bad[1]:#x}"))
-        if idx == CMDQ_ERR_CERROR_ATC_INV_IDX:
-            return  # the SMMU retries the CMD_SYNC after an ATC invalidation timeout
-        if idx == CMDQ_ERR_CERROR_ABT_IDX:
-            return  # retry the fetch
-        self.smmu.mem.write_qwords(slot, arm_smmu_cmdq_build_cmd(
-            CmdqEnt(opcode=CMDQ_OP_CMD_SYNC)))
+        self.smmu.mem.write_qwords(slot, arm_smmu_make_cmd_sync(CMDQ_SYNC_0_CS_SEV, 0))
 
 
 class CmdqBatch:
     """``struct arm_smmu_cmdq_batch``: up to 64 commands, submitted with one CMD_SYNC."""
 
+    __slots__ = ("cmds", "force_sync", "smmu")
+
     def __init__(self, smmu: ArmSmmuDevice) -> None:
         self.smmu = smmu
         self.cmds: list[Cmd] = []
+        self.force_sync = bool(smmu.options & ARM_SMMU_OPT_CMDQ_FORCE_SYNC)
 
-    def add(self, ent: CmdqEnt) -> None:
-        cmdq = self.smmu.cmdq
-        force_sync = bool(self.smmu.options & ARM_SMMU_OPT_CMDQ_FORCE_SYNC)
-        if len(self.cmds) == CMDQ_BATCH_ENTRIES - 1 and force_sync:
-            cmdq.issue_cmdlist(self.cmds, True)
-            self.cmds = []
-        if len(self.cmds) == CMDQ_BATCH_ENTRIES:
-            cmdq.issue_cmdlist(self.cmds, False)
-            self.cmds = []
-        self.cmds.append(arm_smmu_cmdq_build_cmd(ent))
+    def add_cmd(self, cmd: Cmd) -> None:
+        """``arm_smmu_cmdq_batch_add_cmd``: a full batch goes out first (with a sync
+        after 63 commands under erratum 2812531)."""
+        cmds = self.cmds
+        if len(cmds) >= CMDQ_BATCH_ENTRIES - 1:
+            if self.force_sync and len(cmds) == CMDQ_BATCH_ENTRIES - 1:
+                self.smmu.cmdq.issue_cmdlist(cmds, True)
+                cmds = self.cmds = []
+            elif len(cmds) == CMDQ_BATCH_ENTRIES:
+                self.smmu.cmdq.issue_cmdlist(cmds, False)
+                cmds = self.cmds = []
+        cmds.append(cmd)
 
     def submit(self) -> None:
+        """``arm_smmu_cmdq_batch_submit``."""
         self.smmu.cmdq.issue_cmdlist(self.cmds, True)
         self.cmds = []
 
 
 __all__ = [
-    "CMDQ_OP_CFGI_ALL",
-    "CMDQ_OP_CFGI_CD",
-    "CMDQ_OP_CFGI_CD_ALL",
-    "CMDQ_OP_CFGI_STE",
-    "CMDQ_OP_PRI_RESP",
-    "CMDQ_OP_RESUME",
     "ArmSmmuCmdq",
     "ArmSmmuQueue",
     "Cmd",
     "CmdqBatch",
-    "CmdqEnt",
-    "arm_smmu_cmdq_build_cmd",
+    "arm_smmu_make_cmd_atc_inv",
+    "arm_smmu_make_cmd_atc_inv_all",
+    "arm_smmu_make_cmd_cfgi_all",
+    "arm_smmu_make_cmd_cfgi_cd",
+    "arm_smmu_make_cmd_cfgi_ste",
+    "arm_smmu_make_cmd_op",
+    "arm_smmu_make_cmd_prefetch_cfg",
+    "arm_smmu_make_cmd_pri_resp",
+    "arm_smmu_make_cmd_resume",
+    "arm_smmu_make_cmd_sync",
+    "arm_smmu_make_cmd_tlbi",
 ]

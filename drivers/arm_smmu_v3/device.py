@@ -9,7 +9,13 @@ import contextlib
 import errno
 from typing import TYPE_CHECKING
 
-from drivers.arm_smmu_v3.cmdq import ArmSmmuCmdq, ArmSmmuQueue, CmdqEnt
+from drivers.arm_smmu_v3.cmdq import (
+    ArmSmmuCmdq,
+    ArmSmmuQueue,
+    arm_smmu_make_cmd_cfgi_all,
+    arm_smmu_make_cmd_op,
+    arm_smmu_make_cmd_pri_resp,
+)
 from drivers.arm_smmu_v3.regs import (
     ARM_SMMU_CR0,
     ARM_SMMU_CR0ACK,
@@ -65,8 +71,6 @@ from drivers.arm_smmu_v3.regs import (
     ARM_SMMU_STRTAB_BASE_CFG,
     CMDQ_BATCH_ENTRIES,
     CMDQ_MAX_SZ_SHIFT,
-    CMDQ_OP_CFGI_ALL,
-    CMDQ_OP_PRI_RESP,
     CMDQ_OP_TLBI_EL2_ALL,
     CMDQ_OP_TLBI_NSNH_ALL,
     CR0_ATSCHK,
@@ -250,6 +254,8 @@ class ArmSmmuDevice:
         self.tracer = core.platform.tracer
         self.features = 0
         self.options = 0
+        #: vIOMMU guest commands validated as the posted series does (firmware option).
+        self.vsmmu_strict_cmds = bool(res.firmware.get("vsmmu_strict_cmds", False))
         self.ias = 0
         self.oas = 0
         self.asid_bits = 8
@@ -537,10 +543,10 @@ class ArmSmmuDevice:
         enables = CR0_CMDQEN
         self.write_reg_sync(enables, ARM_SMMU_CR0, ARM_SMMU_CR0ACK)
         # Invalidate any cached configuration and TLB entries.
-        self.cmdq.issue_cmd(CmdqEnt(opcode=CMDQ_OP_CFGI_ALL), sync=True)
+        self.cmdq.issue_cmd(arm_smmu_make_cmd_cfgi_all(), sync=True)
         if self.features & ARM_SMMU_FEAT_HYP:
-            self.cmdq.issue_cmd(CmdqEnt(opcode=CMDQ_OP_TLBI_EL2_ALL), sync=True)
-        self.cmdq.issue_cmd(CmdqEnt(opcode=CMDQ_OP_TLBI_NSNH_ALL), sync=True)
+            self.cmdq.issue_cmd(arm_smmu_make_cmd_op(CMDQ_OP_TLBI_EL2_ALL), sync=True)
+        self.cmdq.issue_cmd(arm_smmu_make_cmd_op(CMDQ_OP_TLBI_NSNH_ALL), sync=True)
         # Event queue.
         self.writeq(self.evtq.base_off, self.evtq.q_base)
         self.writel(self.evtq.prod_off, self.evtq.prod)
@@ -723,8 +729,8 @@ class ArmSmmuDevice:
         self.log.append(f"unexpected PRI request received: sid {sid:#x}.{ssid:#x} "
                         f"[{grpid}{'L' if last else ''}] iova {q1 & PRIQ_1_ADDR_MASK:#x}")
         if last:
-            self.cmdq.issue_cmd(CmdqEnt(opcode=CMDQ_OP_PRI_RESP, substream_valid=ssv, sid=sid,
-                                        ssid=ssid, grpid=grpid, resp=PRI_RESP_DENY))
+            self.cmdq.issue_cmd(arm_smmu_make_cmd_pri_resp(sid, ssid, ssv, grpid,
+                                                           PRI_RESP_DENY))
 
     def gerror_handler(self) -> None:
         gerror = self.readl(ARM_SMMU_GERROR)

@@ -10,7 +10,13 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from drivers.arm_smmu_v3.cd import Cd, S1Cfg, Tcr, arm_smmu_make_s1_cd
-from drivers.arm_smmu_v3.cmdq import CmdqBatch, CmdqEnt
+from drivers.arm_smmu_v3.cmdq import (
+    Cmd,
+    CmdqBatch,
+    arm_smmu_make_cmd_atc_inv,
+    arm_smmu_make_cmd_atc_inv_all,
+    arm_smmu_make_cmd_tlbi,
+)
 from drivers.arm_smmu_v3.master import (
     ArmSmmuMaster,
     arm_smmu_alloc_cd_ptr,
@@ -38,8 +44,6 @@ from drivers.arm_smmu_v3.regs import (
     ARM_SMMU_FEAT_S2FWB,
     ARM_SMMU_FEAT_TRANS_S1,
     ARM_SMMU_FEAT_VAX,
-    ATC_INV_SIZE_ALL,
-    CMDQ_OP_ATC_INV,
     CMDQ_OP_TLBI_EL2_ASID,
     CMDQ_OP_TLBI_EL2_VA,
     CMDQ_OP_TLBI_NH_ALL,
@@ -47,6 +51,9 @@ from drivers.arm_smmu_v3.regs import (
     CMDQ_OP_TLBI_NH_VA,
     CMDQ_OP_TLBI_S2_IPA,
     CMDQ_OP_TLBI_S12_VMALL,
+    CMDQ_TLBI_0_NUM,
+    CMDQ_TLBI_0_SCALE,
+    CMDQ_TLBI_1_LEAF,
     CMDQ_TLBI_RANGE_NUM_MAX,
     CTXDESC_CD_0_ASID,
     FIELD_PREP,
@@ -427,25 +434,22 @@ def arm_smmu_enable_ats(master: ArmSmmuMaster) -> None:
     pci_enable_ats(master.dev, master.smmu.stu())
 
 
-def arm_smmu_atc_inv_to_cmd(ssid: int, iova: int, size: int) -> CmdqEnt:
+def arm_smmu_atc_inv_to_cmd(sid: int, ssid: int, iova: int, size: int) -> Cmd:
     """One power-of-two aligned ATC_INV covering [iova, iova+size) (0: everything).
     Without a PASID the invalidation also hits PASID-tagged entries."""
     if not size:
-        return CmdqEnt(opcode=CMDQ_OP_ATC_INV, substream_valid=ssid != IOMMU_NO_PASID,
-                       ssid=ssid, size=ATC_INV_SIZE_ALL)
+        return arm_smmu_make_cmd_atc_inv_all(sid, ssid)
     page_start = iova >> 12
     page_end = (iova + size - 1) >> 12
     log2_span = (page_start ^ page_end).bit_length()
     page_start &= ~((1 << log2_span) - 1)
-    return CmdqEnt(opcode=CMDQ_OP_ATC_INV, substream_valid=ssid != IOMMU_NO_PASID, ssid=ssid,
-                   addr=page_start << 12, size=log2_span)
+    return arm_smmu_make_cmd_atc_inv(sid, ssid, page_start << 12, log2_span)
 
 
 def arm_smmu_atc_inv_master(master: ArmSmmuMaster, ssid: int) -> None:
-    cmd = arm_smmu_atc_inv_to_cmd(ssid, 0, 0)
     batch = CmdqBatch(master.smmu)
     for sid in master.streams:
-        batch.add(attrs.evolve(cmd, sid=sid))
+        batch.add_cmd(arm_smmu_make_cmd_atc_inv_all(sid, ssid))
     batch.submit()
 
 
@@ -458,23 +462,20 @@ def arm_smmu_atc_inv_domain(domain: ArmSmmuDomain, iova: int, size: int) -> None
         master = md.master
         if not master.ats_enabled:
             continue
-        if md.nested_ats_flush:
-            # A nest parent changed: the guest's ATC entries derive from it, flush all.
-            cmd = arm_smmu_atc_inv_to_cmd(IOMMU_NO_PASID, 0, 0)
-        else:
-            cmd = arm_smmu_atc_inv_to_cmd(md.ssid, iova, size)
         for sid in master.streams:
-            batch.add(attrs.evolve(cmd, sid=sid))
+            if md.nested_ats_flush:
+                # A nest parent changed: the guest's ATC entries derive from it, flush all.
+                batch.add_cmd(arm_smmu_make_cmd_atc_inv_all(sid, IOMMU_NO_PASID))
+            else:
+                batch.add_cmd(arm_smmu_atc_inv_to_cmd(sid, md.ssid, iova, size))
     batch.submit()
 
 
 # -- TLB -----------------------------------------------------------------------------------
 def arm_smmu_tlb_inv_asid(smmu: ArmSmmuDevice, asid: int) -> None:
-    if smmu.features & ARM_SMMU_FEAT_E2H:
-        cmd = CmdqEnt(opcode=CMDQ_OP_TLBI_EL2_ASID, asid=asid)
-    else:
-        cmd = CmdqEnt(opcode=CMDQ_OP_TLBI_NH_ASID, asid=asid, vmid=0)
-    smmu.cmdq.issue_cmd(cmd, sync=True)
+    op = (CMDQ_OP_TLBI_EL2_ASID if smmu.features & ARM_SMMU_FEAT_E2H
+          else CMDQ_OP_TLBI_NH_ASID)
+    smmu.cmdq.issue_cmd(arm_smmu_make_cmd_tlbi(op, asid, 0), sync=True)
 
 
 def arm_smmu_tlb_inv_context(domain: ArmSmmuDomain) -> None:
@@ -482,40 +483,43 @@ def arm_smmu_tlb_inv_context(domain: ArmSmmuDomain) -> None:
     if domain.stage == ARM_SMMU_DOMAIN_S1:
         arm_smmu_tlb_inv_asid(smmu, domain.asid)
     else:
-        smmu.cmdq.issue_cmd(CmdqEnt(opcode=CMDQ_OP_TLBI_S12_VMALL, vmid=domain.vmid), sync=True)
+        smmu.cmdq.issue_cmd(arm_smmu_make_cmd_tlbi(CMDQ_OP_TLBI_S12_VMALL, 0, domain.vmid),
+                            sync=True)
     arm_smmu_atc_inv_domain(domain, 0, 0)
 
 
-def __arm_smmu_tlb_inv_range(cmd: CmdqEnt, iova: int, size: int, granule: int,
-                             domain: ArmSmmuDomain) -> None:
-    smmu = domain.smmu
+def arm_smmu_cmdq_batch_add_range(smmu: ArmSmmuDevice, batch: CmdqBatch, cmd: Cmd, leaf: bool,
+                                  iova: int, size: int, granule: int, tg: int) -> None:
+    """The range TLBIs of [iova, iova+size): with RIL one command per 5-bit chunk of the
+    page count (TG/TTL/NUM/SCALE), else one per ``granule``. ``tg`` is log2 of the leaf
+    page size; ``cmd`` carries the opcode, ASID and VMID."""
     if not size:
         return
     end = iova + size
     num_pages = 0
-    tg = 0
     inv_range = granule
+    ttl = tg_enc = 0
+    data0 = cmd[0]
     ril = bool(smmu.features & ARM_SMMU_FEAT_RANGE_INV)
     if ril:
-        pg = domain.pgsize_bitmap
-        tg = (pg & -pg).bit_length() - 1  # the leaf page size
         num_pages = size >> tg
-        cmd = attrs.evolve(cmd, tg=(tg - 10) // 2)
-        if cmd.leaf:
-            cmd = attrs.evolve(cmd, ttl=4 - ((granule.bit_length() - 1 - 3) // (tg - 3)))
+        tg_enc = (tg - 10) // 2  # page size 12, 14, 16 (log2) -> TG 1, 2, 3
+        if leaf:
+            ttl = 4 - ((granule.bit_length() - 1 - 3) // (tg - 3))
         elif (num_pages & CMDQ_TLBI_RANGE_NUM_MAX) == 1:
             num_pages += 1  # avoid a range command with both scale and num zero
-    batch = CmdqBatch(smmu)
+    fields1 = (CMDQ_TLBI_1_LEAF if leaf else 0) | (ttl << 8) | (tg_enc << 10)
+    add = batch.add_cmd
     while iova < end:
         if ril:
             scale = (num_pages & -num_pages).bit_length() - 1
             num = (num_pages >> scale) & CMDQ_TLBI_RANGE_NUM_MAX
-            cmd = attrs.evolve(cmd, scale=scale, num=num - 1)
+            data0 = (cmd[0] | FIELD_PREP(CMDQ_TLBI_0_NUM, num - 1)
+                     | FIELD_PREP(CMDQ_TLBI_0_SCALE, scale & 0x1F))
             inv_range = num << (scale + tg)
             num_pages -= num << scale
-        batch.add(attrs.evolve(cmd, addr=iova))
+        add((data0, fields1 | (iova & ~0xFFF)))
         iova += inv_range
-    batch.submit()
 
 
 def arm_smmu_tlb_inv_range_domain(iova: int, size: int, granule: int, leaf: bool,
@@ -523,13 +527,18 @@ def arm_smmu_tlb_inv_range_domain(iova: int, size: int, granule: int, leaf: bool
     smmu = domain.smmu
     if domain.stage == ARM_SMMU_DOMAIN_S1:
         op = CMDQ_OP_TLBI_EL2_VA if smmu.features & ARM_SMMU_FEAT_E2H else CMDQ_OP_TLBI_NH_VA
-        cmd = CmdqEnt(opcode=op, asid=domain.asid, leaf=leaf)
+        cmd = arm_smmu_make_cmd_tlbi(op, domain.asid, 0)
     else:
-        cmd = CmdqEnt(opcode=CMDQ_OP_TLBI_S2_IPA, vmid=domain.vmid, leaf=leaf)
-    __arm_smmu_tlb_inv_range(cmd, iova, size, granule, domain)
+        cmd = arm_smmu_make_cmd_tlbi(CMDQ_OP_TLBI_S2_IPA, 0, domain.vmid)
+    pg = domain.pgsize_bitmap
+    batch = CmdqBatch(smmu)
+    arm_smmu_cmdq_batch_add_range(smmu, batch, cmd, leaf, iova, size, granule,
+                                  (pg & -pg).bit_length() - 1)
+    batch.submit()
     if domain.nest_parent:
         # Combined stage 1+2 entries derived from this S2 are tagged by its VMID.
-        smmu.cmdq.issue_cmd(CmdqEnt(opcode=CMDQ_OP_TLBI_NH_ALL, vmid=domain.vmid), sync=True)
+        smmu.cmdq.issue_cmd(arm_smmu_make_cmd_tlbi(CMDQ_OP_TLBI_NH_ALL, 0, domain.vmid),
+                            sync=True)
     arm_smmu_atc_inv_domain(domain, iova, size)
 
 

@@ -266,9 +266,72 @@ def arm_smmu_attach_dev_nested(domain: ArmSmmuNestedDomain, dev: Device,
 # ==================================================================================
 # Invalidation through the vIOMMU
 # ==================================================================================
+def arm_vsmmu_convert_user_cmd(vsmmu: ArmVsmmu, cmd: tuple[int, int]) -> tuple[int, int]:
+    """``arm_vsmmu_convert_user_cmd`` (7.3): the opcode picks the rewrite (the vSMMU's
+    VMID, or the vSID's physical StreamID); any other opcode, or a vSID without a
+    vDEVICE, is EIO. No other bit is looked at: the hardware judges the rest."""
+    q0, q1 = cmd
+    op = q0 & CMDQ_0_OP
+    if op == CMDQ_OP_TLBI_NSNH_ALL:
+        # The guest's "everything" is everything of its VMID.
+        return CMDQ_OP_TLBI_NH_ALL | FIELD_PREP(CMDQ_TLBI_0_VMID, vsmmu.vmid), 0
+    if op in (CMDQ_OP_TLBI_NH_VA, CMDQ_OP_TLBI_NH_VAA, CMDQ_OP_TLBI_NH_ALL,
+              CMDQ_OP_TLBI_NH_ASID):
+        return (q0 & ~CMDQ_TLBI_0_VMID) | FIELD_PREP(CMDQ_TLBI_0_VMID, vsmmu.vmid), q1
+    if op in (CMDQ_OP_ATC_INV, CMDQ_OP_CFGI_CD, CMDQ_OP_CFGI_CD_ALL):
+        sid = arm_vsmmu_vsid_to_sid(vsmmu, FIELD_GET(CMDQ_CFGI_0_SID, q0))
+        return (q0 & ~CMDQ_CFGI_0_SID) | FIELD_PREP(CMDQ_CFGI_0_SID, sid), q1
+    raise IommuError(errno.EIO, f"guest command opcode {op:#x} is not allowed")
+
+
+def arm_vsmmu_cache_invalidate(viommu: IommufdViommu, array: UserDataArray) -> None:
+    """``arm_vsmmu_cache_invalidate`` (7.3). The whole array is copied first
+    (iommu_copy_struct_from_full_user_array: EINVAL for another type, then EINVAL for
+    an empty array, EFAULT/E2BIG), then converted entry by entry and issued with a
+    CMD_SYNC every CMDQ_BATCH_ENTRIES - 1 entries. ``entry_num`` is written back on
+    every path as the kernel computes it: the entries converted so far when one fails
+    to convert (converted ones of an unissued batch included), the index of the last
+    entry of a batch whose CMD_SYNC fails, all of them on success. A command the SMMU
+    finds illegal raises CERROR_ILL; the GERROR handler skips it and the batch
+    completes, so user space sees success."""
+    vsmmu = vsmmu_of(viommu)
+    if vsmmu.smmu.vsmmu_strict_cmds:
+        arm_vsmmu_cache_invalidate_strict(vsmmu, array)
+        return
+    cmdq = vsmmu.smmu.cmdq
+    cur = 0
+    try:
+        ucmds = array.copy_full_array(iommu_viommu_arm_smmuv3_invalidate,
+                                      IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3)
+        end = len(ucmds)
+        cmds: list[tuple[int, int]] = []
+        last = 0
+        while cur != end:
+            u = ucmds[cur]
+            cmds.append(arm_vsmmu_convert_user_cmd(vsmmu, (int(u.cmd[0]), int(u.cmd[1]))))
+            cur += 1
+            if cur != end and cur - last != CMDQ_BATCH_ENTRIES - 1:
+                continue
+            try:
+                cmdq.issue_cmdlist(cmds[last:cur], True)
+            except IommuError:
+                cur -= 1
+                raise
+            last = cur
+    finally:
+        array.entry_num = cur
+
+
+# -- the posted series, behind the ``vsmmu_strict_cmds`` Machine option --------------------
+# "[PATCH v6 0/5] iommufd: Iterate the cache invalidation array in the core" (NVIDIA,
+# 2026; not merged): the core re-invokes the driver for the remaining entries, the
+# driver copies and converts one batch of CMDQ_BATCH_ENTRIES - 1 whole before issuing
+# it, refuses reserved bits and reserved range encodings with EIO
+# (arm_vsmmu_validate_user_cmd / arm_vsmmu_validate_range), and answers an empty array
+# as a probe of the type.
 def arm_vsmmu_validate_range(smmu: ArmSmmuDevice, q0: int, q1: int) -> None:
-    """``arm_vsmmu_validate_range``: range TLBI field values the spec defines as Reserved
-    are refused (uapi.md §10). The simulated SMMU has no IDR5.DS (FEAT_LPA2)."""
+    """Range TLBI field values the spec defines as Reserved. The simulated SMMU has no
+    IDR5.DS (FEAT_LPA2)."""
     rng = bool(q0 & (CMDQ_TLBI_0_NUM | CMDQ_TLBI_0_SCALE))
     ttl = FIELD_GET(CMDQ_TLBI_1_TTL, q1)
     tg = FIELD_GET(CMDQ_TLBI_1_TG, q1)
@@ -283,9 +346,8 @@ def arm_vsmmu_validate_range(smmu: ArmSmmuDevice, q0: int, q1: int) -> None:
 
 
 def arm_vsmmu_validate_user_cmd(vsmmu: ArmVsmmu, q0: int, q1: int) -> None:
-    """``arm_vsmmu_validate_user_cmd``: only the fields of an accepted opcode may be set;
-    any other bit (RES0, Secure, a feature the SMMU lacks) is EIO before the command can
-    reach the shared queue and raise CERROR_ILL (uapi.md §10)."""
+    """Only the fields of an accepted opcode may be set; any other bit (RES0, Secure, a
+    feature the SMMU lacks) is EIO before the command can reach the shared queue."""
     smmu = vsmmu.smmu
     op = q0 & CMDQ_0_OP
     allowed0, allowed1 = CMDQ_0_OP, 0
@@ -330,29 +392,9 @@ def arm_vsmmu_validate_user_cmd(vsmmu: ArmVsmmu, q0: int, q1: int) -> None:
                          f"unsupported bits {q0 & ~allowed0:#x} {q1 & ~allowed1:#x}")
 
 
-def arm_vsmmu_convert_user_cmd(vsmmu: ArmVsmmu, cmd: tuple[int, int]) -> tuple[int, int]:
-    q0, q1 = cmd
-    arm_vsmmu_validate_user_cmd(vsmmu, q0, q1)
-    op = q0 & CMDQ_0_OP
-    if op == CMDQ_OP_TLBI_NSNH_ALL:
-        # The guest's "everything" is everything of its VMID.
-        return CMDQ_OP_TLBI_NH_ALL | FIELD_PREP(CMDQ_TLBI_0_VMID, vsmmu.vmid), 0
-    if op in (CMDQ_OP_TLBI_NH_VA, CMDQ_OP_TLBI_NH_VAA, CMDQ_OP_TLBI_NH_ALL,
-              CMDQ_OP_TLBI_NH_ASID):
-        return (q0 & ~CMDQ_TLBI_0_VMID) | FIELD_PREP(CMDQ_TLBI_0_VMID, vsmmu.vmid), q1
-    if op in (CMDQ_OP_ATC_INV, CMDQ_OP_CFGI_CD, CMDQ_OP_CFGI_CD_ALL):
-        sid = arm_vsmmu_vsid_to_sid(vsmmu, FIELD_GET(CMDQ_CFGI_0_SID, q0))
-        return (q0 & ~CMDQ_CFGI_0_SID) | FIELD_PREP(CMDQ_CFGI_0_SID, sid), q1
-    raise IommuError(errno.EIO, f"guest command opcode {op:#x} is not allowed")
-
-
-def arm_vsmmu_cache_invalidate(viommu: IommufdViommu, array: UserDataArray) -> None:
-    """Newest form (uapi.md §10, §11): the array is handled in batches of
-    CMDQ_BATCH_ENTRIES - 1; a batch is copied and converted whole before anything of it
-    is issued (with one CMD_SYNC), so a bad entry fails its batch and ``entry_num`` is
-    the number of entries issued by the earlier batches."""
-    vsmmu = vsmmu_of(viommu)
-    smmu = vsmmu.smmu
+def arm_vsmmu_cache_invalidate_strict(vsmmu: ArmVsmmu, array: UserDataArray) -> None:
+    """The posted series: a bad entry fails its whole batch (nothing of it issued) and
+    ``entry_num`` counts the entries of the batches already issued."""
     total = array.entry_num
     processed = 0
     if array.type != IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3:
@@ -367,10 +409,12 @@ def arm_vsmmu_cache_invalidate(viommu: IommufdViommu, array: UserDataArray) -> N
                                   array.entry_len, n)
             ucmds = batch.copy_full_array(iommu_viommu_arm_smmuv3_invalidate,
                                           IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3)
-            cmds = [arm_vsmmu_convert_user_cmd(vsmmu, (int(u.cmd[0]) & U64,
-                                                       int(u.cmd[1]) & U64))
-                    for u in ucmds]
-            smmu.cmdq.issue_cmdlist(cmds, True)
+            cmds = []
+            for u in ucmds:
+                q0, q1 = int(u.cmd[0]), int(u.cmd[1])
+                arm_vsmmu_validate_user_cmd(vsmmu, q0, q1)
+                cmds.append(arm_vsmmu_convert_user_cmd(vsmmu, (q0, q1)))
+            vsmmu.smmu.cmdq.issue_cmdlist(cmds, True)
             processed += n
     finally:
         array.entry_num = processed

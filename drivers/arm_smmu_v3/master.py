@@ -10,14 +10,16 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from drivers.arm_smmu_v3.cd import Cd, arm_smmu_get_cd_used
-from drivers.arm_smmu_v3.cmdq import CmdqBatch, CmdqEnt
+from drivers.arm_smmu_v3.cmdq import (
+    CmdqBatch,
+    arm_smmu_make_cmd_cfgi_cd,
+    arm_smmu_make_cmd_cfgi_ste,
+    arm_smmu_make_cmd_prefetch_cfg,
+)
 from drivers.arm_smmu_v3.entry import ZERO_QWORDS, Entry, Qwords
 from drivers.arm_smmu_v3.regs import (
     ARM_SMMU_FEAT_2_LVL_CDTAB,
     ARM_SMMU_OPT_SKIP_PREFETCH,
-    CMDQ_OP_CFGI_CD,
-    CMDQ_OP_CFGI_STE,
-    CMDQ_OP_PREFETCH_CFG,
     CTXDESC_CD_0_V,
     CTXDESC_CD_DWORDS,
     CTXDESC_L1_DESC_L2PTR_MASK,
@@ -133,8 +135,7 @@ class ArmSmmuSteWriter(EntryWriter):
         return arm_smmu_get_ste_update_safe(cur, target)
 
     def sync(self) -> None:
-        self.master.smmu.cmdq.issue_cmd(
-            CmdqEnt(opcode=CMDQ_OP_CFGI_STE, sid=self.sid, leaf=True), sync=True)
+        self.master.smmu.cmdq.issue_cmd(arm_smmu_make_cmd_cfgi_ste(self.sid, True), sync=True)
 
 
 class ArmSmmuCdWriter(EntryWriter):
@@ -155,7 +156,7 @@ class ArmSmmuCdWriter(EntryWriter):
 def arm_smmu_sync_cd(master: ArmSmmuMaster, ssid: int, leaf: bool) -> None:
     batch = CmdqBatch(master.smmu)
     for sid in master.streams:
-        batch.add(CmdqEnt(opcode=CMDQ_OP_CFGI_CD, sid=sid, ssid=ssid, leaf=leaf))
+        batch.add_cmd(arm_smmu_make_cmd_cfgi_cd(sid, ssid, leaf))
     batch.submit()
 
 
@@ -165,7 +166,7 @@ def arm_smmu_write_ste(master: ArmSmmuMaster, sid: int, target: Ste) -> None:
     arm_smmu_write_entry(ArmSmmuSteWriter(master, sid), slot, target)
     # It's likely that we'll want to use the new STE soon.
     if not smmu.options & ARM_SMMU_OPT_SKIP_PREFETCH:
-        smmu.cmdq.issue_cmd(CmdqEnt(opcode=CMDQ_OP_PREFETCH_CFG, sid=sid))
+        smmu.cmdq.issue_cmd(arm_smmu_make_cmd_prefetch_cfg(sid))
 
 
 def arm_smmu_install_ste_for_dev(master: ArmSmmuMaster, target: Ste) -> None:

@@ -13,7 +13,8 @@ from typing import Any
 
 from drivers.arm_smmu_v3 import domain as d
 from drivers.arm_smmu_v3 import iommufd as nest
-from drivers.arm_smmu_v3.cmdq import CmdqEnt
+from drivers.arm_smmu_v3.cmdq import arm_smmu_make_cmd_pri_resp, arm_smmu_make_cmd_resume
+from drivers.arm_smmu_v3.describe import SmmuDescribe
 from drivers.arm_smmu_v3.device import ArmSmmuDevice
 from drivers.arm_smmu_v3.hw.config import SmmuHwConfig
 from drivers.arm_smmu_v3.hw.model import SmmuV3Hardware
@@ -24,8 +25,6 @@ from drivers.arm_smmu_v3.master import (
     master_of,
 )
 from drivers.arm_smmu_v3.regs import (
-    CMDQ_OP_PRI_RESP,
-    CMDQ_OP_RESUME,
     CMDQ_RESUME_0_RESP_ABORT,
     CMDQ_RESUME_0_RESP_RETRY,
     PRI_RESP_DENY,
@@ -47,6 +46,10 @@ from iommu_core.plugin import IommuOps
 from iommu_core.prot import IOMMU_MMIO, IOMMU_NOEXEC, IOMMU_WRITE
 
 DRIVER_NAME = "arm_smmu_v3"
+#: Machine options that are not hardware but what the driver is told (firmware / kernel
+#: parameters): ``vsmmu_strict_cmds`` selects the vIOMMU invalidation of the posted,
+#: unmerged series (see :func:`~drivers.arm_smmu_v3.iommufd.arm_vsmmu_cache_invalidate`).
+FIRMWARE_OPTIONS = ("vsmmu_strict_cmds",)
 
 
 def _smmu_of(dev: Device) -> ArmSmmuDevice:
@@ -56,7 +59,7 @@ def _smmu_of(dev: Device) -> ArmSmmuDevice:
     return smmu
 
 
-class ArmSmmuV3Plugin:
+class ArmSmmuV3Plugin(SmmuDescribe):
     """The SMMUv3 driver. One instance serves every Machine: all state lives in the
     objects the hooks are called with (the IommuOps, the unit, devices, domains)."""
 
@@ -77,7 +80,18 @@ class ArmSmmuV3Plugin:
     @hookimpl
     def iommu_hw_create(self, name: str, options: dict[str, Any], platform: Platform
                         ) -> SmmuV3Hardware:
-        return SmmuV3Hardware(name, SmmuHwConfig.from_options(dict(options)), platform)
+        opts = dict(options)
+        firmware = {}
+        for key in FIRMWARE_OPTIONS:
+            if key in opts:
+                value = opts.pop(key)
+                if not isinstance(value, bool):
+                    raise IommuError(errno.EINVAL, f"option {key} must be a bool, not "
+                                     f"{value!r}")
+                firmware[key] = value
+        hw = SmmuV3Hardware(name, SmmuHwConfig.from_options(opts), platform)
+        hw.firmware = firmware
+        return hw
 
     @hookimpl
     def iommu_driver_probe(self, core: IommuCore, res: IommuResources) -> IommuDevice:
@@ -141,14 +155,14 @@ class ArmSmmuV3Plugin:
         if master.stall_enabled:
             resp = (CMDQ_RESUME_0_RESP_RETRY if msg.code == PageResponseCode.SUCCESS
                     else CMDQ_RESUME_0_RESP_ABORT)
-            cmdq.issue_cmd(CmdqEnt(opcode=CMDQ_OP_RESUME, sid=sid, stag=evt.grpid, resp=resp))
+            cmdq.issue_cmd(arm_smmu_make_cmd_resume(sid, evt.grpid, resp))
         elif d.arm_smmu_pri_supported(master):
             code = {PageResponseCode.SUCCESS: PRI_RESP_SUCC,
                     PageResponseCode.INVALID: PRI_RESP_DENY,
                     PageResponseCode.FAILURE: PRI_RESP_FAIL}[msg.code]
-            cmdq.issue_cmd(CmdqEnt(opcode=CMDQ_OP_PRI_RESP, substream_valid=evt.pasid_valid,
-                                   sid=sid, ssid=evt.pasid if evt.pasid_valid else 0,
-                                   grpid=evt.grpid, resp=code), sync=True)
+            cmdq.issue_cmd(arm_smmu_make_cmd_pri_resp(
+                sid, evt.pasid if evt.pasid_valid else 0, evt.pasid_valid, evt.grpid, code),
+                sync=True)
         return True
 
     @hookimpl

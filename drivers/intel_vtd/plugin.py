@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from drivers.intel_vtd import cache, nested, prq
 from drivers.intel_vtd import iommu as vtd
+from drivers.intel_vtd.describe import VtdDescribe
 from drivers.intel_vtd.hw.intel_iommu import VtdHardware, vtd_hw_create
 from iommu_core.errors import IommuError
 from iommu_core.hookspec import hookimpl
@@ -37,7 +38,7 @@ def _dmar(domain: IommuDomain) -> vtd.DmarDomain:
     return domain
 
 
-class IntelVtdPlugin:
+class IntelVtdPlugin(VtdDescribe):
     """``intel_iommu_ops``."""
 
     # -- platform -----------------------------------------------------------------------

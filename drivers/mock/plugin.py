@@ -22,6 +22,7 @@ import attrs
 import iommufd.uapi as uapi
 import iommufd.uapi_selftest as st
 from drivers.mock import hw as mhw
+from drivers.mock.describe import MockDescribe
 from iommu_core.device import IommuCap, IommuDevice
 from iommu_core.domain import (
     IOMMU_DOMAIN_BLOCKED,
@@ -318,7 +319,7 @@ def _mock_of_ops(core: IommuCore, plugin: object) -> IommuOps:
 # ======================================================================================
 # the plugin
 # ======================================================================================
-class MockDriver:
+class MockDriver(MockDescribe):
     """Hook implementations of the mock driver (stateless; see the module docstring)."""
 
     # -- platform -----------------------------------------------------------------------

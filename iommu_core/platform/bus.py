@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import errno
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from iommu_core.errors import IommuError
+
+if TYPE_CHECKING:
+    from iommu_core.platform.pci import PciFunction
 
 _BDF = re.compile(r"^([0-9a-fA-F]{4}):([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\.([0-7])$")
 
@@ -50,6 +53,9 @@ class Device:
     #: Firmware asked for 1:1 mappings of its direct regions (RMRR/IORT RMR).
     require_direct: bool = False
     untrusted: bool = False
+    #: The BARs of a PCI function: :class:`~iommu_core.platform.pci.PciBar` or None each,
+    #: from BAR0 (none by default).
+    bars: tuple[Any, ...] = ()
     #: Bus-specific extra properties (e.g. selftest device flags).
     props: dict[str, Any] = attrs.field(factory=dict)
     #: Name of the IOMMU hardware instance this device sits behind (the wiring).
@@ -57,6 +63,8 @@ class Device:
     #: Set by the IOMMU core at probe: ``struct dev_iommu`` and the group.
     iommu: Any = None
     iommu_group: Any = None
+    #: The PCI function's hardware (config space, BARs), for PCI devices.
+    pci: PciFunction | None = None
 
     @property
     def is_pci(self) -> bool:
@@ -76,7 +84,7 @@ def make_pci_device(name: str, iommu_name: str, **options: Any) -> Device:
     if bdf is None:
         raise IommuError(errno.EINVAL, f"{name!r} is not a PCI name like 0000:00:01.0")
     seg, rid = bdf
-    known = {f.name for f in attrs.fields(Device)} - {"name", "iommu", "iommu_group"}
+    known = {f.name for f in attrs.fields(Device)} - {"name", "iommu", "iommu_group", "pci"}
     unknown = set(options) - known - {"stream_id"}
     if unknown:
         raise IommuError(errno.EINVAL, f"unknown device options: {sorted(unknown)}")
@@ -85,4 +93,8 @@ def make_pci_device(name: str, iommu_name: str, **options: Any) -> Device:
         options["stream_ids"] = (rid,) if sid is None else (int(sid),)
     else:
         options["stream_ids"] = tuple(options["stream_ids"])
-    return Device(name=name, segment=seg, rid=rid, iommu_name=iommu_name, **options)
+    from iommu_core.platform.pci import PciFunction
+
+    dev = Device(name=name, segment=seg, rid=rid, iommu_name=iommu_name, **options)
+    dev.pci = PciFunction(dev, tuple(dev.bars))
+    return dev

@@ -8,7 +8,8 @@ raises an interrupt, which the platform delivers to whatever handler was request
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 from iommu_core.platform.bus import Device
@@ -117,6 +118,9 @@ class IommuHardware(abc.ABC):
     mmio: dict[str, Mmio]
     #: Interrupt lines, by name (e.g. "evtq", "priq", "gerror", "cmdq-sync").
     irqs: dict[str, IrqLine]
+    #: What firmware (DT/ACPI properties) tells the driver about this unit beyond its
+    #: registers; the driver's probe receives a copy in ``IommuResources.firmware``.
+    firmware: Mapping[str, Any] = MappingProxyType({})
 
     @abc.abstractmethod
     def dma_translate(self, dev: Device, pasid: int | None, iova: int, access: int) -> int:

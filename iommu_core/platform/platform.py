@@ -11,8 +11,10 @@ import attrs
 from iommu_core.errors import IommuError
 from iommu_core.platform.bus import Device
 from iommu_core.platform.dma import IommuHardware, IrqLine, Mmio
+from iommu_core.platform.files import Opener
 from iommu_core.platform.memory import PhysicalMemory
 from iommu_core.platform.page_alloc import PageAllocator
+from iommu_core.platform.task import TaskTable
 from iommu_core.trace import Tracer
 
 
@@ -36,12 +38,26 @@ class Platform:
         self.tracer = Tracer()
         self.iommus: dict[str, IommuHardware] = {}
         self.devices: dict[str, Device] = {}
+        #: The processes, and ``current``.
+        self.tasks = TaskTable()
+        #: Device nodes: path -> opener (registered by the subsystems that own them).
+        self.chrdevs: dict[str, Opener] = {}
+
+    def should_fail(self, what: str) -> bool:
+        """``should_fail``: fault injection at one point (an allocation, a pin). The
+        current task's ``fail_nth`` counts points down; the one that reaches zero fails."""
+        task = self.tasks.current
+        if task is None or not task.fail_nth:
+            return False
+        task.fail_nth -= 1
+        return task.fail_nth == 0
 
     def add_iommu(self, hw: IommuHardware) -> IommuResources:
         if hw.name in self.iommus:
             raise IommuError(errno.EEXIST, f"IOMMU {hw.name!r} already exists")
         self.iommus[hw.name] = hw
-        return IommuResources(name=hw.name, mmio=dict(hw.mmio), irqs=dict(hw.irqs))
+        return IommuResources(name=hw.name, mmio=dict(hw.mmio), irqs=dict(hw.irqs),
+                              firmware=dict(hw.firmware))
 
     def add_device(self, dev: Device) -> None:
         if dev.name in self.devices:

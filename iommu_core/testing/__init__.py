@@ -39,7 +39,9 @@ __all__ = [
     "installed_drivers",
 ]
 
-_KIT = pathlib.Path(__file__).with_name("conformance.py")
+#: The kit's test modules: the driver contract, then the teaching contract.
+_KIT = (pathlib.Path(__file__).with_name("conformance.py"),
+        pathlib.Path(__file__).with_name("describe.py"))
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -53,7 +55,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "iommu_feature(name): the conformance suite a test belongs to "
-        "(core, pasid, dirty_tracking, nesting, viommu, pri, identity)")
+        "(core, pasid, dirty_tracking, nesting, viommu, pri, identity, describe)")
     config.addinivalue_line(
         "markers", "iommu_drivers(*names): run these conformance tests for these drivers "
         "only (instead of --iommu-driver / every installed driver)")
@@ -85,12 +87,15 @@ def iommu_extra_plugins() -> list[object]:
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
                                   items: list[pytest.Item]) -> None:
-    if not _requested(config) or any(
-            pathlib.Path(str(i.path)) == _KIT for i in items):
+    if not _requested(config):
         return
-    module = pytest.Module.from_parent(session, path=_KIT)
-    new: list[Any] = list(session.genitems(module))
-    items.extend(new)
+    have = {pathlib.Path(str(i.path)) for i in items}
+    for path in _KIT:
+        if path in have:
+            continue
+        module = pytest.Module.from_parent(session, path=path)
+        new: list[Any] = list(session.genitems(module))
+        items.extend(new)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -18,9 +18,9 @@ from iommu_core.iommufd_driver import UserData, UserDataArray
 from iommu_core.platform.bus import Device, make_pci_device
 from iommu_core.platform.dma import IommuHardware, device_dma_read, device_dma_write
 from iommu_core.platform.memory import PAGE_SHIFT, PAGE_SIZE
-from iommu_core.platform.mm import MmStruct
 from iommu_core.platform.platform import Platform
 from iommu_core.platform.uaccess import UserMemory
+from iommu_core.platform.vma import SimMm
 from iommu_core.plugin import ENTRY_POINT_GROUP, IommuOps, PluginHost
 from iommu_core.testing import hookspec as kit_hookspec
 from iommu_core.testing.nesting import KitVdevice, KitViommu
@@ -61,12 +61,12 @@ class DriverEnv:
                                                           self.platform)
         res = self.platform.add_iommu(self.hw)
         self.iommu: IommuDevice = self.ops.iommu_driver_probe(self.core, res)
-        self.mm = MmStruct(self.platform.mem, self.platform.alloc)
+        self.mm = SimMm(self.platform.mem, self.platform.alloc)
         self.owner = object()
         #: Domains and vIOMMUs, in creation order (torn down in reverse: children first).
         self._objects: list[IommuDomain | KitViommu] = []
         self._vdevs: list[KitVdevice] = []
-        self._pins: list[list[int]] = []
+        self._pins: list[list[tuple[int, int]]] = []
         self._next_dev = 1
         self._scratch: tuple[int, int] | None = None
         #: Optional features the driver claimed (set by the kit when it asks).
@@ -140,11 +140,12 @@ class DriverEnv:
         return viommu
 
     def vdevice_alloc(self, viommu: KitViommu, dev: Device, virt_id: int) -> KitVdevice:
-        """IOMMU_VDEVICE_ALLOC: record the vDEVICE, then the driver's ``vdevice_init``."""
+        """IOMMU_VDEVICE_ALLOC: reserve the virt_id (it reads as unknown), run the
+        driver's ``vdevice_init``, then publish the vDEVICE."""
         if virt_id in viommu.vdevs:
             raise IommuError(errno.EEXIST, f"virt_id {virt_id:#x} is already used")
         vdev = KitVdevice(viommu, dev, virt_id)
-        viommu.vdevs[virt_id] = vdev
+        viommu.vdevs[virt_id] = None
         try:
             if viommu.ops is not None and viommu.ops.has("viommu_vdevice_init"):
                 viommu.ops.vdevice_init(vdev)
@@ -152,6 +153,7 @@ class DriverEnv:
         except IommuError:
             del viommu.vdevs[virt_id]
             raise
+        viommu.vdevs[virt_id] = vdev
         self._vdevs.append(vdev)
         return vdev
 
@@ -191,9 +193,9 @@ class DriverEnv:
     def user_pages(self, npages: int) -> tuple[int, list[int]]:
         """Pinned user memory: (user VA, physical frame numbers)."""
         va = self.mm.mmap(npages << PAGE_SHIFT)
-        pfns = self.mm.pin_pages(va, npages)
-        self._pins.append(pfns)
-        return va, pfns
+        runs = self.mm.pin_user_pages(va, npages, True)
+        self._pins.append(runs)
+        return va, [pfn + i for pfn, n in runs for i in range(n)]
 
     def dma_read(self, dev: Device, iova: int, n: int, pasid: int | None = None) -> bytes:
         return device_dma_read(self.hw, self.platform.mem, dev, iova, n, pasid)
@@ -226,10 +228,10 @@ class DriverEnv:
         for obj in reversed(list(self._objects)):
             self.free(obj)
         self.core.shutdown()
-        for pfns in self._pins:
-            self.mm.unpin_pages(pfns)
+        for runs in self._pins:
+            self.mm.unpin_user_pages(runs)
         self._pins.clear()
-        self.mm.teardown()
+        self.mm.exit_mmap()
 
 
 def expect_errno(err: int, fn: Any, *args: Any, **kwargs: Any) -> IommuError:

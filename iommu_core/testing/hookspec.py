@@ -41,3 +41,12 @@ def conformance_nested_setup(env: DriverEnv, dev: Device, guest: GuestRam
     invalidation and vIOMMU details (:class:`~iommu_core.testing.nesting.NestedSetup`).
     Return None for a device this driver cannot nest.
     """
+
+
+@hookspec(firstresult=True)
+def conformance_page_request(env: DriverEnv, dev: Device, iova: int) -> bool | None:
+    """Make ``dev`` send a page request for a read of ``iova``, for a driver whose
+    hardware model issues none from a DMA (the selftest mock, whose page requests come
+    from IOMMU_TEST_OP_TRIGGER_IOPF). Report it the way that platform does and return
+    True; None if this driver has no such way.
+    """

@@ -166,7 +166,8 @@ class KitViommu(IommufdViommu):
 
     def __init__(self, iommu_dev: IommuDevice, type: int, parent: IommuDomain) -> None:
         super().__init__(iommu_dev, type, parent)
-        self.vdevs: dict[int, KitVdevice] = {}
+        #: virt_id -> vDEVICE; None while ``vdevice_init`` runs (a reserved slot).
+        self.vdevs: dict[int, KitVdevice | None] = {}
         self.events: list[tuple[int, bytes]] = []
         self.mmaps: dict[int, tuple[int, int]] = {}
         self.inited = False
@@ -176,7 +177,8 @@ class KitViommu(IommufdViommu):
         return vdev.dev if vdev is not None else None
 
     def get_vdev_id(self, dev: Device) -> int | None:
-        return next((k for k, v in self.vdevs.items() if v.dev is dev), None)
+        return next((k for k, v in self.vdevs.items() if v is not None and v.dev is dev),
+                    None)
 
     def report_event(self, type: int, data: bytes) -> None:
         if not data:

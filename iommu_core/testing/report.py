@@ -12,7 +12,8 @@ from collections import Counter
 import pytest
 
 #: Suites in report order ("core": the rules every driver obeys).
-FEATURE_ORDER = ("core", "pasid", "dirty_tracking", "nesting", "viommu", "pri", "identity")
+FEATURE_ORDER = ("core", "pasid", "dirty_tracking", "nesting", "viommu", "pri", "identity",
+                 "describe")
 
 # driver -> feature -> claimed
 CLAIMS_KEY = pytest.StashKey[dict[str, dict[str, bool]]]()

@@ -39,6 +39,10 @@ LAYOUT: dict[str, tuple[int, dict[str, tuple[int, int]]]] = {
     "iommu_ioas_map": (40, {
         "size": (0, 4), "flags": (4, 4), "ioas_id": (8, 4), U: (12, 4), "user_va": (16, 8),
         "length": (24, 8), "iova": (32, 8)}),
+    # Linux 7.3 include/uapi/linux/iommufd.h
+    "iommu_ioas_noiommu_get_pa": (40, {
+        "size": (0, 4), "flags": (4, 4), "ioas_id": (8, 4), U: (12, 4),
+        "iova": (16, 8), "length": (24, 8), "out_phys": (32, 8)}),
     "iommu_ioas_map_file": (40, {
         "size": (0, 4), "flags": (4, 4), "ioas_id": (8, 4), "fd": (12, 4), "start": (16, 8),
         "length": (24, 8), "iova": (32, 8)}),
@@ -83,10 +87,6 @@ LAYOUT: dict[str, tuple[int, dict[str, tuple[int, int]]]] = {
     "iommu_hw_queue_alloc": (40, {
         "size": (0, 4), "flags": (4, 4), "viommu_id": (8, 4), "type": (12, 4), "index": (16, 4),
         "out_hw_queue_id": (20, 4), "nesting_parent_iova": (24, 8), "length": (32, 8)}),
-    # uapi.md §11 (proposed command; layout from the 2026 transcription)
-    "iommu_ioas_noiommu_get_pa": (40, {
-        "size": (0, 4), "flags": (4, 4), "ioas_id": (8, 4), U: (12, 4), "iova": (16, 8),
-        "length": (24, 8), "out_phys": (32, 8)}),
     # uapi.md §3.2
     "iommu_hwpt_pgfault": (40, {
         "flags": (0, 4), "dev_id": (4, 4), "pasid": (8, 4), "grpid": (12, 4), "perm": (16, 4),
@@ -120,6 +120,23 @@ LAYOUT: dict[str, tuple[int, dict[str, tuple[int, int]]]] = {
     "vfio_device_attach_iommufd_pt": (16, {
         "argsz": (0, 4), "flags": (4, 4), "pt_id": (8, 4), "pasid": (12, 4)}),
     "vfio_device_detach_iommufd_pt": (12, {"argsz": (0, 4), "flags": (4, 4), "pasid": (8, 4)}),
+    # vfio.h (Linux 7.3): the device fd's ioctls and vfio-pci's features
+    "vfio_device_info": (24, {
+        "argsz": (0, 4), "flags": (4, 4), "num_regions": (8, 4), "num_irqs": (12, 4),
+        "cap_offset": (16, 4), "pad": (20, 4)}),
+    "vfio_device_info_cap_pci_atomic_comp": (16, {
+        "header": (0, 8), "flags": (8, 4), "reserved": (12, 4)}),
+    "vfio_region_info": (32, {
+        "argsz": (0, 4), "flags": (4, 4), "index": (8, 4), "cap_offset": (12, 4),
+        "size": (16, 8), "offset": (24, 8)}),
+    "vfio_region_info_cap_type": (16, {"header": (0, 8), "type": (8, 4), "subtype": (12, 4)}),
+    "vfio_irq_info": (16, {"argsz": (0, 4), "flags": (4, 4), "index": (8, 4), "count": (12, 4)}),
+    "vfio_device_feature": (8, {"argsz": (0, 4), "flags": (4, 4)}),
+    "vfio_device_low_power_entry_with_wakeup": (8, {"wakeup_eventfd": (0, 4),
+                                                    "reserved": (4, 4)}),
+    "vfio_region_dma_range": (16, {"offset": (0, 8), "length": (8, 8)}),
+    "vfio_device_feature_dma_buf": (16, {
+        "region_index": (0, 4), "open_flags": (4, 4), "flags": (8, 4), "nr_ranges": (12, 4)}),
     # vfio.h: legacy container API
     "vfio_info_cap_header": (8, {"id": (0, 2), "version": (2, 2), "next": (4, 4)}),
     "vfio_group_status": (8, {"argsz": (0, 4), "flags": (4, 4)}),
@@ -316,6 +333,7 @@ IOCTLS = {
     "IOMMU_IOAS_CHANGE_PROCESS": (0x92, 0x3B92, "iommu_ioas_change_process", 8, 8),
     "IOMMU_VEVENTQ_ALLOC": (0x93, 0x3B93, "iommu_veventq_alloc", 32, 28),
     "IOMMU_HW_QUEUE_ALLOC": (0x94, 0x3B94, "iommu_hw_queue_alloc", 40, 40),
+    "IOMMU_IOAS_NOIOMMU_GET_PA": (0x95, 0x3B95, "iommu_ioas_noiommu_get_pa", 40, 40),
 }
 
 
@@ -328,7 +346,7 @@ def test_ioctl_table() -> None:
         assert getattr(uapi, op.name) == request
         assert uapi.IOMMUFD_IOCTLS_BY_NR[nr] is op
         assert uapi.IOMMUFD_IOCTLS_BY_NAME[op.name] is op
-    assert sorted(uapi.IOMMUFD_IOCTLS_BY_NR) == list(range(0x80, 0x95))
+    assert sorted(uapi.IOMMUFD_IOCTLS_BY_NR) == list(range(0x80, 0x96))
 
 
 def test_cmd_numbers() -> None:
@@ -345,9 +363,7 @@ def test_cmd_numbers() -> None:
     }
     for name, nr in expected.items():
         assert getattr(uapi, f"IOMMUFD_CMD_{name}") == nr, name
-    # §11: proposed command, outside the table (the simulated kernel answers ENOTTY)
     assert uapi.IOMMU_IOAS_NOIOMMU_GET_PA == 0x3B95
-    assert 0x95 not in uapi.IOMMUFD_IOCTLS_BY_NR
 
 
 def test_selftest_ioctl() -> None:
@@ -367,6 +383,9 @@ def test_vfio_requests() -> None:
         "VFIO_IOMMU_MAP_DMA": 0x3B71, "VFIO_IOMMU_UNMAP_DMA": 0x3B72,
         "VFIO_IOMMU_ENABLE": 0x3B73, "VFIO_IOMMU_DISABLE": 0x3B74,
         "VFIO_IOMMU_DIRTY_PAGES": 0x3B75,
+        "VFIO_DEVICE_GET_INFO": 0x3B6B, "VFIO_DEVICE_GET_REGION_INFO": 0x3B6C,
+        "VFIO_DEVICE_GET_IRQ_INFO": 0x3B6D, "VFIO_DEVICE_SET_IRQS": 0x3B6E,
+        "VFIO_DEVICE_RESET": 0x3B6F, "VFIO_DEVICE_FEATURE": 0x3B75,
         # uapi.md §1.2
         "VFIO_DEVICE_BIND_IOMMUFD": 0x3B76, "VFIO_DEVICE_ATTACH_IOMMUFD_PT": 0x3B77,
         "VFIO_DEVICE_DETACH_IOMMUFD_PT": 0x3B78,
@@ -391,6 +410,18 @@ def test_vfio_tables() -> None:
     for op in ops:
         assert (op.request, op.struct.__name__, op.size, op.min_size) == expected[op.name]
         assert uapi_vfio.VFIO_IOCTLS_BY_REQUEST[op.request] is op
+
+
+def test_vfio_device_table() -> None:
+    # (request, struct, sizeof, minsz of vfio_main.c / vfio_pci_core.c)
+    expected = {
+        "VFIO_DEVICE_GET_INFO": (0x3B6B, "vfio_device_info", 24, 16),
+        "VFIO_DEVICE_GET_REGION_INFO": (0x3B6C, "vfio_region_info", 32, 32),
+        "VFIO_DEVICE_GET_IRQ_INFO": (0x3B6D, "vfio_irq_info", 16, 16),
+        "VFIO_DEVICE_FEATURE": (0x3B75, "vfio_device_feature", 8, 8),
+    }
+    assert {op.name: (op.request, op.struct.__name__, op.size, op.min_size)
+            for op in uapi_vfio.VFIO_DEVICE_IOCTLS} == expected
 
 
 def test_ioc_helpers() -> None:
@@ -480,6 +511,28 @@ VFIO_CONSTANTS = {
     "VFIO_IOMMU_DIRTY_PAGES_FLAG_START": 1, "VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP": 2,
     "VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP": 4,
     "VFIO_GROUP_FLAGS_VIABLE": 1, "VFIO_GROUP_FLAGS_CONTAINER_SET": 2,
+    "VFIO_DEVICE_FLAGS_RESET": 1, "VFIO_DEVICE_FLAGS_PCI": 2, "VFIO_DEVICE_FLAGS_CAPS": 0x80,
+    "VFIO_REGION_INFO_FLAG_READ": 1, "VFIO_REGION_INFO_FLAG_WRITE": 2,
+    "VFIO_REGION_INFO_FLAG_MMAP": 4, "VFIO_REGION_INFO_FLAG_CAPS": 8,
+    "VFIO_REGION_INFO_CAP_TYPE": 2, "VFIO_REGION_INFO_CAP_MSIX_MAPPABLE": 3,
+    "VFIO_DEVICE_INFO_CAP_PCI_ATOMIC_COMP": 5,
+    "VFIO_IRQ_INFO_EVENTFD": 1, "VFIO_IRQ_INFO_MASKABLE": 2, "VFIO_IRQ_INFO_AUTOMASKED": 4,
+    "VFIO_IRQ_INFO_NORESIZE": 8,
+    "VFIO_PCI_BAR0_REGION_INDEX": 0, "VFIO_PCI_ROM_REGION_INDEX": 6,
+    "VFIO_PCI_CONFIG_REGION_INDEX": 7, "VFIO_PCI_VGA_REGION_INDEX": 8,
+    "VFIO_PCI_NUM_REGIONS": 9, "VFIO_PCI_INTX_IRQ_INDEX": 0, "VFIO_PCI_MSI_IRQ_INDEX": 1,
+    "VFIO_PCI_MSIX_IRQ_INDEX": 2, "VFIO_PCI_ERR_IRQ_INDEX": 3, "VFIO_PCI_REQ_IRQ_INDEX": 4,
+    "VFIO_PCI_NUM_IRQS": 5, "VFIO_PCI_OFFSET_SHIFT": 40,
+    "VFIO_DEVICE_FEATURE_MASK": 0xFFFF, "VFIO_DEVICE_FEATURE_GET": 1 << 16,
+    "VFIO_DEVICE_FEATURE_SET": 1 << 17, "VFIO_DEVICE_FEATURE_PROBE": 1 << 18,
+    "VFIO_DEVICE_FEATURE_PCI_VF_TOKEN": 0, "VFIO_DEVICE_FEATURE_MIGRATION": 1,
+    "VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE": 2, "VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY": 3,
+    "VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY_WITH_WAKEUP": 4,
+    "VFIO_DEVICE_FEATURE_LOW_POWER_EXIT": 5, "VFIO_DEVICE_FEATURE_DMA_LOGGING_START": 6,
+    "VFIO_DEVICE_FEATURE_DMA_LOGGING_STOP": 7, "VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT": 8,
+    "VFIO_DEVICE_FEATURE_MIG_DATA_SIZE": 9, "VFIO_DEVICE_FEATURE_BUS_MASTER": 10,
+    "VFIO_DEVICE_FEATURE_DMA_BUF": 11, "VFIO_DEVICE_FEATURE_MIG_PRECOPY_INFOv2": 12,
+    "VFIO_DEVICE_FEATURE_ZPCI_ERROR": 13,
 }
 
 SELFTEST_CONSTANTS = {

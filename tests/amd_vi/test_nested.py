@@ -16,6 +16,7 @@ from drivers.amd_vi.amd_iommu_types import CMD_INV_IOMMU_PAGES_GN_MASK as GN
 from drivers.amd_vi.amd_iommu_types import DTE_FLAG_GV, DTE_FLAG_V, DevTableEntry
 from drivers.amd_vi.iommu import build_inv_iommu_pages, dev_iommu_priv_get, read_dte
 from drivers.amd_vi.uapi import IOMMU_VIOMMU_INVALIDATE_DATA_AMD_PROTOTYPE
+from iommu_core.domain import IOMMU_DOMAIN_NESTED
 from iommu_core.errors import IommuError
 from iommu_core.iommufd_driver import UserDataArray
 from iommu_core.platform.dma import DmaFault
@@ -111,8 +112,13 @@ def test_bad_gdte_rejected(env: DriverEnv, mutate: Any, err: int) -> None:
 
 def test_gdte_v0_without_root_accepted(env: DriverEnv) -> None:
     """Final mainline rule: the GCR3 root is needed only when both V and GV are set."""
-    _dev, n = _setup(env)
-    n.alloc_nested([DTE_FLAG_GV | 0, 0x33, 0, 0])
+    dev, n = _setup(env)
+    ndom = n.alloc_nested([DTE_FLAG_GV | 0, 0x33, 0, 0])
+    assert ndom.type == IOMMU_DOMAIN_NESTED
+    assert n.viommu.priv.gdomid_array[0x33].users == 1, "the gDomID got its hDomID"
+    env.core.iommu_group_replace_domain(dev.iommu_group, ndom)
+    dte = read_dte(env.iommu.priv, dev.rid)
+    assert dte.domid == ndom.hdom_id != 0x33 and dte.gv and dte.gcr3_root == 0
     n.teardown()
 
 

@@ -6,7 +6,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from drivers.arm_smmu_v3.cmdq import CmdqEnt, arm_smmu_cmdq_build_cmd
+from drivers.arm_smmu_v3.cmdq import (
+    Cmd,
+    arm_smmu_make_cmd_cfgi_all,
+    arm_smmu_make_cmd_sync,
+    arm_smmu_make_cmd_tlbi,
+)
 from drivers.arm_smmu_v3.device import ArmSmmuDevice
 from drivers.arm_smmu_v3.entry import Entry
 from drivers.arm_smmu_v3.hw.config import SmmuHwConfig
@@ -26,8 +31,7 @@ from drivers.arm_smmu_v3.regs import (
     ARM_SMMU_PRIQ_BASE,
     ARM_SMMU_STRTAB_BASE,
     ARM_SMMU_STRTAB_BASE_CFG,
-    CMDQ_OP_CFGI_ALL,
-    CMDQ_OP_CMD_SYNC,
+    CMDQ_SYNC_0_CS_SEV,
     CR0_ATSCHK,
     CR0_CMDQEN,
     CR0_EVTQEN,
@@ -66,6 +70,13 @@ def hw_of(env: DriverEnv) -> SmmuV3Hardware:
 
 def master(dev: Device) -> ArmSmmuMaster:
     return master_of(dev)
+
+
+def tlbi_va(op: int, addr: int, *, asid: int = 0, vmid: int = 0, leaf: bool = True,
+            tg: int = 0, ttl: int = 0, num: int = 0, scale: int = 0) -> Cmd:
+    """A TLBI by address (NH_VA, NH_VAA, EL2_VA, S2_IPA) with its range fields."""
+    q0 = arm_smmu_make_cmd_tlbi(op, asid, vmid)[0] | num << 12 | scale << 20
+    return q0, int(leaf) | ttl << 8 | tg << 10 | (addr & ~0xFFF)
 
 
 class BareSmmu:
@@ -109,7 +120,7 @@ class BareSmmu:
         self.regs.write32(ARM_SMMU_IRQ_CTRL, IRQ_CTRL_EVTQ_IRQEN | IRQ_CTRL_GERROR_IRQEN)
         self.regs.write32(ARM_SMMU_CR0, CR0_CMDQEN | CR0_EVTQEN | CR0_PRIQEN | CR0_ATSCHK
                           | CR0_SMMUEN)
-        self.cmd(CmdqEnt(opcode=CMDQ_OP_CFGI_ALL))
+        self.cmd(arm_smmu_make_cmd_cfgi_all())
 
     # -- the "driver" side of this harness --------------------------------------------------
     def _evtq_irq(self) -> None:
@@ -126,14 +137,14 @@ class BareSmmu:
     def cmd_raw(self, q0: int, q1: int, sync: bool = True) -> None:
         cmds = [(q0, q1)]
         if sync:
-            cmds.append(arm_smmu_cmdq_build_cmd(CmdqEnt(opcode=CMDQ_OP_CMD_SYNC)))
+            cmds.append(arm_smmu_make_cmd_sync(CMDQ_SYNC_0_CS_SEV, 0))
         for c in cmds:
             self.mem.write_qwords(self.cmdq + (self.cmd_prod & 0xFF) * 16, c)
             self.cmd_prod = (self.cmd_prod + 1) & 0x1FF
         self.regs.write32(ARM_SMMU_CMDQ_PROD, self.cmd_prod)
 
-    def cmd(self, ent: CmdqEnt, sync: bool = True) -> None:
-        self.cmd_raw(*arm_smmu_cmdq_build_cmd(ent), sync=sync)
+    def cmd(self, cmd: Cmd, sync: bool = True) -> None:
+        self.cmd_raw(*cmd, sync=sync)
 
     def ste_addr(self, sid: int) -> int:
         if self.linear:

@@ -9,6 +9,7 @@ from drivers.arm_smmu_v3.domain import arm_lpae_s1_cfg, arm_lpae_s2_cfg
 from drivers.arm_smmu_v3.regs import (
     ARM_SMMU_FEAT_ATTR_TYPES_OVR,
     ARM_SMMU_FEAT_STALLS,
+    CTXDESC_CD_0_TCR_HA,
     STRTAB_STE_0_S1FMT_LINEAR,
     STRTAB_STE_1_S1DSS_SSID0,
 )
@@ -77,3 +78,49 @@ def page(b: BareSmmu, fill: int = 0) -> int:
     if fill:
         b.mem.fill(pa, fill, 4096)
     return pa
+
+
+GUEST_IPA = 0x4000_0000
+
+
+class GuestTables:
+    """A guest's memory for its stage-1 tables: IPAs of guest RAM (stage 2 maps
+    ``GUEST_IPA`` + n pages to ``ram`` + n pages), page n for the n-th table."""
+
+    def __init__(self, b: BareSmmu, ram: int) -> None:
+        self.b = b
+        self.ram = ram
+        self.next = 0
+
+    def alloc_table(self, size: int) -> int:
+        self.next += 1
+        return GUEST_IPA + self.next * 4096
+
+    def free_table(self, addr: int, size: int) -> None:
+        pass
+
+    def read_u64(self, ipa: int) -> int:
+        return self.b.mem.read_u64(self.ram + ipa - GUEST_IPA)
+
+    def write_u64(self, ipa: int, v: int) -> None:
+        self.b.mem.write_u64(self.ram + ipa - GUEST_IPA, v)
+
+
+def nested_stream(b: BareSmmu, vmid: int = 9, sid: int = 5, pages: int = 16, *,
+                  ha: bool = False) -> tuple[IoPageTable, IoPageTable, int]:
+    """StreamID ``sid`` nested: guest RAM at IPA ``GUEST_IPA`` (``pages`` pages, stage 2
+    RW), the CD at guest page 0 and the guest's stage-1 tables in the pages after it.
+    Returns (stage 1, stage 2, guest RAM's PA)."""
+    from iommu_core.pgtable import formats
+
+    s2 = b.table(2)
+    ram = b.alloc.alloc_pages((pages - 1).bit_length())
+    s2.map(GUEST_IPA, ram, pages * 4096, 3)
+    s1 = IoPageTable(formats.arm_lpae_s1(), GuestTables(b, ram))
+    cd = s1_cd(s1, 3).q
+    if ha:
+        cd = (cd[0] | CTXDESC_CD_0_TCR_HA, *cd[1:])
+    b.mem.write_qwords(ram, cd)
+    vste = cdtable_ste(GUEST_IPA)
+    b.write_ste(sid, nested_ste((vste[0], vste[1]), s2, vmid))
+    return s1, s2, ram

@@ -10,7 +10,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from drivers.arm_smmu_v3.cmdq import CmdqEnt, arm_smmu_cmdq_build_cmd
+from drivers.arm_smmu_v3.cmdq import (
+    arm_smmu_make_cmd_cfgi_cd,
+    arm_smmu_make_cmd_cfgi_ste,
+    arm_smmu_make_cmd_resume,
+    arm_smmu_make_cmd_sync,
+    arm_smmu_make_cmd_tlbi,
+)
 from drivers.arm_smmu_v3.hw.config import SmmuHwConfig
 from drivers.arm_smmu_v3.regs import (
     ARM_SMMU_CMDQ_CONS,
@@ -27,14 +33,13 @@ from drivers.arm_smmu_v3.regs import (
     ARM_SMMU_IIDR,
     ARM_SMMU_PAGE1,
     CMDQ_CONS_ERR,
-    CMDQ_OP_CFGI_CD,
-    CMDQ_OP_CFGI_STE,
-    CMDQ_OP_CMD_SYNC,
     CMDQ_OP_TLBI_NH_ALL,
     CMDQ_OP_TLBI_NH_ASID,
     CMDQ_OP_TLBI_NH_VA,
     CMDQ_OP_TLBI_S2_IPA,
     CMDQ_OP_TLBI_S12_VMALL,
+    CMDQ_SYNC_0_CS_IRQ,
+    CMDQ_SYNC_0_CS_SEV,
     CR0_SMMUEN,
     CTXDESC_CD_0_TCR_TG0,
     CTXDESC_CD_0_V,
@@ -69,8 +74,8 @@ from iommu_core.errors import IommuError
 from iommu_core.platform.dma import DmaFault
 from iommu_core.prot import IOMMU_CACHE, IOMMU_READ, IOMMU_WRITE
 
-from .harness import BareSmmu
-from .hwutil import cdtable_ste, nested_ste, page, s1_cd, s1_stream, s2_ste
+from .harness import BareSmmu, tlbi_va
+from .hwutil import cdtable_ste, nested_stream, page, s1_cd, s1_stream, s2_ste
 
 RW = IOMMU_READ | IOMMU_WRITE | IOMMU_CACHE
 
@@ -209,7 +214,7 @@ def test_s1dss_and_substreams() -> None:
                               (STRTAB_STE_1_S1DSS_BYPASS, "bypass"),
                               (2, "translate")):  # SSID0
         b.write_ste(4, cdtable_ste(cdtab, s1cdmax=6, s1dss=s1dss))
-        b.cmd(CmdqEnt(opcode=CMDQ_OP_CFGI_STE, sid=4, leaf=True))
+        b.cmd(arm_smmu_make_cmd_cfgi_ste(4, True))
         if rid_result == "bypass":
             assert b.read(dev, pa, 1) == b"\x11"  # stage 1 bypassed: IOVA = PA
         elif rid_result == "translate":
@@ -241,9 +246,9 @@ def test_two_level_cd_table_and_cached_invalid_l1cd() -> None:
     b.mem.write_u64(l1 + 2 * 8, leaf | 1)
     # The invalid L1 descriptor is cached until a non-leaf CFGI_CD.
     assert fault(b.read, dev, 0x1000, 1, ssid).reason == "C_BAD_SUBSTREAMID"
-    b.cmd(CmdqEnt(opcode=CMDQ_OP_CFGI_CD, sid=2, ssid=ssid, leaf=True))
+    b.cmd(arm_smmu_make_cmd_cfgi_cd(2, ssid, True))
     assert fault(b.read, dev, 0x1000, 1, ssid).reason == "C_BAD_SUBSTREAMID"
-    b.cmd(CmdqEnt(opcode=CMDQ_OP_CFGI_CD, sid=2, ssid=ssid, leaf=False))
+    b.cmd(arm_smmu_make_cmd_cfgi_cd(2, ssid, False))
     assert b.read(dev, 0x1000, 1, ssid) == b"\x22"
 
 
@@ -267,12 +272,12 @@ def test_tlb_stale_until_tlbi() -> None:
     pt.unmap(0x10_0000, 4096)
     pt.map(0x10_0000, new, 4096, RW)
     assert b.read(dev, 0x10_0000, 1) == b"\xaa"  # stale: no invalidation yet
-    b.cmd(CmdqEnt(opcode=CMDQ_OP_TLBI_NH_VA, asid=6, addr=0x10_0000, leaf=True))
+    b.cmd(tlbi_va(CMDQ_OP_TLBI_NH_VA, 0x10_0000, asid=6))
     assert b.read(dev, 0x10_0000, 1) == b"\xaa"  # another ASID's invalidation
-    b.cmd(CmdqEnt(opcode=CMDQ_OP_TLBI_NH_VA, asid=5, addr=0x10_0000, leaf=True))
+    b.cmd(tlbi_va(CMDQ_OP_TLBI_NH_VA, 0x10_0000, asid=5))
     assert b.read(dev, 0x10_0000, 1) == b"\xbb"
     pt.unmap(0x10_0000, 4096)
-    b.cmd(CmdqEnt(opcode=CMDQ_OP_TLBI_NH_ASID, asid=5))
+    b.cmd(arm_smmu_make_cmd_tlbi(CMDQ_OP_TLBI_NH_ASID, 5, 0))
     assert fault(b.read, dev, 0x10_0000, 1).reason == "F_TRANSLATION"
 
 
@@ -287,8 +292,7 @@ def test_range_tlbi_num_scale() -> None:
         assert b.read(dev, 0x20_0000 + i * 4096, 1) == bytes([i + 1])
     pt.unmap(0x20_0000, 8 * 4096)
     # TG=4K, SCALE=1, NUM=1: (1+1) << 1 = 4 pages from 0x202000.
-    b.cmd(CmdqEnt(opcode=CMDQ_OP_TLBI_NH_VA, asid=5, addr=0x20_2000, tg=1, scale=1, num=1,
-                  leaf=True))
+    b.cmd(tlbi_va(CMDQ_OP_TLBI_NH_VA, 0x20_2000, asid=5, tg=1, scale=1, num=1))
     for i in range(8):
         if 2 <= i < 6:
             assert fault(b.read, dev, 0x20_0000 + i * 4096, 1).reason == "F_TRANSLATION"
@@ -304,13 +308,13 @@ def test_config_caches_stale_until_cfgi() -> None:
     dev = b.device(1)
     assert b.read(dev, 0x1000, 1) == b"\x33"
     b.write_cd(cdtab, (0,) * 8)  # CD invalid in memory, still cached
-    b.cmd(CmdqEnt(opcode=CMDQ_OP_TLBI_NH_ALL, vmid=0))
+    b.cmd(arm_smmu_make_cmd_tlbi(CMDQ_OP_TLBI_NH_ALL, 0, 0))
     assert b.read(dev, 0x1000, 1) == b"\x33"
-    b.cmd(CmdqEnt(opcode=CMDQ_OP_CFGI_CD, sid=1, ssid=0, leaf=True))
+    b.cmd(arm_smmu_make_cmd_cfgi_cd(1, 0, True))
     assert fault(b.read, dev, 0x1000, 1).reason == "C_BAD_CD"
     b.write_ste(1, arm_smmu_make_abort_ste())
     assert fault(b.read, dev, 0x1000, 1).reason == "C_BAD_CD"  # old STE still cached
-    b.cmd(CmdqEnt(opcode=CMDQ_OP_CFGI_STE, sid=1, leaf=True))
+    b.cmd(arm_smmu_make_cmd_cfgi_ste(1, True))
     assert fault(b.read, dev, 0x1000, 1).reason == "ABORT"
 
 
@@ -319,7 +323,7 @@ def test_illegal_command_stops_queue_until_gerrorn() -> None:
     b = BareSmmu(s1p=False)
     cons0 = b.regs.read32(ARM_SMMU_CMDQ_CONS)
     # CFGI_CD with no stage 1: CERROR_ILL.
-    b.cmd(CmdqEnt(opcode=CMDQ_OP_CFGI_CD, sid=1))
+    b.cmd(arm_smmu_make_cmd_cfgi_cd(1, 0, False))
     cons = b.regs.read32(ARM_SMMU_CMDQ_CONS)
     assert FIELD_GET(CMDQ_CONS_ERR, cons) == 1
     assert (cons & 0x1FF) == (cons0 & 0x1FF)  # stopped at the bad command
@@ -327,7 +331,7 @@ def test_illegal_command_stops_queue_until_gerrorn() -> None:
     assert active & GERROR_CMDQ_ERR and b.gerrors == 1
     # Software replaces it with a CMD_SYNC and acknowledges: the SMMU resumes.
     slot = b.cmdq + (cons & 0xFF) * 16
-    b.mem.write_qwords(slot, arm_smmu_cmdq_build_cmd(CmdqEnt(opcode=CMDQ_OP_CMD_SYNC)))
+    b.mem.write_qwords(slot, arm_smmu_make_cmd_sync(CMDQ_SYNC_0_CS_SEV, 0))
     b.regs.write32(ARM_SMMU_GERRORN, b.regs.read32(ARM_SMMU_GERROR))
     cons = b.regs.read32(ARM_SMMU_CMDQ_CONS)
     assert FIELD_GET(CMDQ_CONS_ERR, cons) == 0 and (cons & 0x1FF) == b.cmd_prod
@@ -342,7 +346,7 @@ def test_unknown_opcode_is_illegal() -> None:
 def test_cmd_sync_msi_completion() -> None:
     b = BareSmmu()
     slot = b.cmdq + (b.cmd_prod & 0xFF) * 16
-    b.cmd(CmdqEnt(opcode=CMDQ_OP_CMD_SYNC, msiaddr=slot), sync=False)
+    b.cmd(arm_smmu_make_cmd_sync(CMDQ_SYNC_0_CS_IRQ, slot), sync=False)
     # The MSI write (MSIDATA = 0) lands over the command's first word.
     assert b.mem.read_u32(slot) == 0
 
@@ -370,47 +374,15 @@ def test_stage2_and_tlbi_s2_ipa() -> None:
     assert b.read(dev, 0x8000_0000, 1) == b"\x44"
     s2.unmap(0x8000_0000, 4096)
     assert b.read(dev, 0x8000_0000, 1) == b"\x44"
-    b.cmd(CmdqEnt(opcode=CMDQ_OP_TLBI_S2_IPA, vmid=7, addr=0x8000_0000, leaf=True))
+    b.cmd(tlbi_va(CMDQ_OP_TLBI_S2_IPA, 0x8000_0000, vmid=7))
     f = fault(b.read, dev, 0x8000_0000, 1)
     assert f.reason == "F_TRANSLATION" and f.detail["stage"] == 2
     assert b.events[-1][1] & EVTQ_1_S2
 
 
-def _nested(b: BareSmmu, vmid: int = 9) -> tuple[object, object, int, object]:
-    """Guest RAM at IPA 0x4000_0000 (16 pages); a CD table and S1 tables inside it."""
-    s2 = b.table(2)
-    ram = b.alloc.alloc_pages(4)
-    s2.map(0x4000_0000, ram, 16 * 4096, RW)
-
-    class GuestMem:
-        next = 0
-
-        def alloc_table(self, size: int) -> int:
-            GuestMem.next += 1
-            return 0x4000_0000 + GuestMem.next * 4096
-
-        def free_table(self, addr: int, size: int) -> None:
-            pass
-
-        def read_u64(self, ipa: int) -> int:
-            return b.mem.read_u64(ram + ipa - 0x4000_0000)
-
-        def write_u64(self, ipa: int, v: int) -> None:
-            b.mem.write_u64(ram + ipa - 0x4000_0000, v)
-
-    from iommu_core.pgtable import IoPageTable, formats
-
-    s1 = IoPageTable(formats.arm_lpae_s1(), GuestMem())
-    cd_ipa = 0x4000_0000  # page 0 of guest RAM
-    b.mem.write_qwords(ram, s1_cd(s1, 3).q)  # type: ignore[arg-type]
-    vste = cdtable_ste(cd_ipa)
-    b.write_ste(5, nested_ste((vste[0], vste[1]), s2, vmid))
-    return s1, s2, ram, GuestMem
-
-
 def test_nested_translation_goes_through_stage2() -> None:
     b = BareSmmu()
-    s1, s2, ram, _ = _nested(b)
+    s1, s2, ram = nested_stream(b)
     # Guest maps VA 0x1000 -> IPA of guest page 15.
     s1.map(0x1000, 0x4000_0000 + 15 * 4096, 4096, RW)  # type: ignore[attr-defined]
     b.mem.write(ram + 15 * 4096, b"nested")
@@ -423,15 +395,15 @@ def test_nested_translation_goes_through_stage2() -> None:
     assert FIELD_GET(EVTQ_1_CLASS, b.events[-1][1]) == 2
     # The host's S2 unmap is invisible to the combined entry until TLBI_NH_ALL/S12_VMALL.
     s2.unmap(0x4000_0000 + 15 * 4096, 4096)  # type: ignore[attr-defined]
-    b.cmd(CmdqEnt(opcode=CMDQ_OP_TLBI_S2_IPA, vmid=9, addr=0x4000_0000 + 15 * 4096, leaf=True))
+    b.cmd(tlbi_va(CMDQ_OP_TLBI_S2_IPA, 0x4000_0000 + 15 * 4096, vmid=9))
     assert b.read(dev, 0x1000, 6) == b"nested"
-    b.cmd(CmdqEnt(opcode=CMDQ_OP_TLBI_NH_ALL, vmid=9))
+    b.cmd(arm_smmu_make_cmd_tlbi(CMDQ_OP_TLBI_NH_ALL, 0, 9))
     assert fault(b.read, dev, 0x1000, 1).detail["stage"] == 2
 
 
 def test_nested_cd_fetch_and_table_walk_faults_are_stage2() -> None:
     b = BareSmmu()
-    s1, s2, ram, _ = _nested(b)
+    s1, s2, ram = nested_stream(b)
     dev = b.device(5)
     # Unmap the guest page that holds an S1 table: the walk faults at stage 2, class TT.
     s1.map(0x1000, 0x4000_0000 + 15 * 4096, 4096, RW)  # type: ignore[attr-defined]
@@ -440,8 +412,8 @@ def test_nested_cd_fetch_and_table_walk_faults_are_stage2() -> None:
     assert f.detail["stage"] == 2 and FIELD_GET(EVTQ_1_CLASS, b.events[-1][1]) == 1
     # Unmap the CD page; invalidate everything: class CD.
     s2.unmap(0x4000_0000, 4096)  # type: ignore[attr-defined]
-    b.cmd(CmdqEnt(opcode=CMDQ_OP_CFGI_STE, sid=5))
-    b.cmd(CmdqEnt(opcode=CMDQ_OP_TLBI_S12_VMALL, vmid=9))
+    b.cmd(arm_smmu_make_cmd_cfgi_ste(5, False))
+    b.cmd(arm_smmu_make_cmd_tlbi(CMDQ_OP_TLBI_S12_VMALL, 0, 9))
     f = fault(b.read, dev, 0x1000, 1)
     assert f.detail["stage"] == 2 and FIELD_GET(EVTQ_1_CLASS, b.events[-1][1]) == 0
 
@@ -483,9 +455,8 @@ def test_stall_model_records_stall_and_resume() -> None:
     assert evt[1] & EVTQ_1_STALL
     stag = evt[1] & 0xFFFF
     assert stag in b.hw.stalled
-    from drivers.arm_smmu_v3.regs import CMDQ_OP_RESUME
 
-    b.cmd(CmdqEnt(opcode=CMDQ_OP_RESUME, sid=1, stag=stag, resp=1))
+    b.cmd(arm_smmu_make_cmd_resume(1, stag, 1))
     assert stag not in b.hw.stalled and b.hw.resumed == [(1, stag, 1)]
 
 

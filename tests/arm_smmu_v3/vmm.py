@@ -57,9 +57,11 @@ class GuestRam:
 class Vmm:
     def __init__(self, devices: tuple[str, ...] = (DEV,), *,
                  placement: dict[str, str] | None = None,
-                 dev_opts: dict[str, dict[str, Any]] | None = None, **options: Any) -> None:
+                 dev_opts: dict[str, dict[str, Any]] | None = None, area: int = GUEST,
+                 **options: Any) -> None:
         """``placement`` puts devices behind other SMMUs (default smmu0, all with
-        ``options``); ``dev_opts`` are per-device Machine options."""
+        ``options``); ``dev_opts`` are per-device Machine options; guest RAM is mapped
+        as IOAS areas of ``area`` bytes."""
         placement = placement or {}
         dev_opts = dev_opts or {}
         smmus = sorted({"smmu0", *placement.values()})
@@ -83,7 +85,8 @@ class Vmm:
         m.ioctl(self.fd, u.IOMMU_IOAS_ALLOC, ioas)
         self.ioas = int(ioas.out_ioas_id)
         self.ram_va = m.mmap(GUEST)
-        self.map(self.ram_va, GUEST, 0)
+        for off in range(0, GUEST, area):
+            self.map(self.ram_va + off, area, off)
         self.ram = GuestRam(lambda g, n: m.mem_read(self.ram_va + g, n),
                             lambda g, d: m.mem_write(self.ram_va + g, d), GUEST)
         self.scratch = m.mmap(64 * PAGE)
@@ -95,6 +98,11 @@ class Vmm:
                               length=length, iova=iova,
                               flags=u.IOMMU_IOAS_MAP_FIXED_IOVA | flags)
         self.m.ioctl(self.fd, u.IOMMU_IOAS_MAP, mp)
+
+    def unmap(self, iova: int, length: int) -> None:
+        um = u.iommu_ioas_unmap(size=sz(u.iommu_ioas_unmap), ioas_id=self.ioas, iova=iova,
+                                length=length)
+        self.m.ioctl(self.fd, u.IOMMU_IOAS_UNMAP, um)
 
     def hw_info(self, in_type: int | None = None
                 ) -> tuple[u.iommu_hw_info, u.iommu_hw_info_arm_smmuv3]:

@@ -11,7 +11,7 @@ import pytest
 from drivers.amd_vi import iommu as amd
 from drivers.arm_smmu_v3 import regs as r
 from iommu_sim.cli import main
-from iommu_sim.decode import DecodeError, decode, decode_context_entry, describe_pte
+from iommu_sim.decode import DecodeError, decode, describe_pte
 from tests.arm_smmu_v3.test_golden import GOLDEN, USED
 from tests.intel_vtd.test_golden import (
     AW,
@@ -148,7 +148,7 @@ def test_context_entries_golden() -> None:
     assert any("PRE needs DTE" in p for p in bad.problems)
     leg = spec_entry(128, {(0, 0): 1, (3, 2): 1, (63, 12): 0x12_3456_7, (66, 64): 2,
                            (87, 72): 0xBEEF})
-    d = decode_context_entry(leg, legacy=True)
+    d = decode("context-entry-legacy", leg)
     assert (d.value("TT"), d.value("SLPTPTR"), d.value("AW"), d.value("DID")) == (
         1, 0x12_3456_7000, 2, 0xBEEF)
     assert d.field("TT").text == "DEV_IOTLB"

@@ -80,3 +80,31 @@ def test_cli_graph(tmp_path: object, capsys: pytest.CaptureFixture[str]) -> None
     doc = json.loads(capsys.readouterr().out)
     assert doc["nodes"] and doc["edges"]
     assert main(["graph", "--scenario", "no_such"]) == 1
+
+
+def test_entries_show_what_each_device_reads() -> None:
+    r = Runner(load(builtin_scenarios()["tour_arm_smmu_v3"]))
+    try:
+        for _ in r.steps():
+            pass
+        plain = build_graph(r.machine)
+        g = build_graph(r.machine, entries=True)
+    finally:
+        r.close()
+    assert not any(n.kind == "entry" for n in plain.nodes.values())
+    entries = {n.id: n.label for n in g.nodes.values() if n.kind == "entry"}
+    # The nested device: its STE, then the guest's CD it points to.
+    ste = entries["dev_0000_00_01_0_entry0"]
+    assert ste.startswith("STE[0x8]") and "Config=NESTED" in ste
+    assert entries["dev_0000_00_01_0_entry1"].startswith("CD[0]")
+    edges = {(e.src, e.dst): e.label for e in g.edges}
+    assert edges[("dev_0000_00_01_0", "dev_0000_00_01_0_entry0")] == "reads"
+    assert edges[("dev_0000_00_01_0_entry0", "dev_0000_00_01_0_entry1")] == "points to"
+    # Every vendor's devices show their chain, and domains their tables and tags.
+    assert any(v.startswith("PASID entry 0") for v in entries.values())
+    assert any(v.startswith("DTE[0x2000]") for v in entries.values())
+    doms = [n.label for n in g.nodes.values() if n.kind == "domain"]
+    assert any("stage 1: arm_lpae_s1 @" in d and "ASID" in d for d in doms)
+    assert any("first stage: x86_64 @" in d and "DID on dmar0" in d for d in doms)
+    nodes, edge_list = dot_nodes_edges(to_dot(g))
+    assert all(a in nodes and b in nodes for a, b in edge_list)

@@ -135,8 +135,8 @@ def run_case(cfg: dict[str, Any], garbage: list[tuple[int, int]],
             hw.mem = env.platform.mem
         alloc = env.platform.alloc
         for page in rec.pages:
-            assert page in guest_pages or (alloc.is_allocated(page << 12) and alloc._live[
-                page] == "kernel"), f"walk touched page {page:#x}"
+            assert page in guest_pages or alloc.tag_of(page << 12) == "kernel", (
+                f"walk touched page {page:#x}")
         assert secret[0] not in rec.pages
         assert env.mm.read(secret_va, 4096) == b"S" * 4096
     finally:

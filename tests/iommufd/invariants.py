@@ -94,7 +94,7 @@ def check_ictx(m: Machine, ictx: IommufdCtx) -> None:
             assert area.iova % iopt.iova_alignment == 0
             for iova in {area.iova, area.last & ~(PAGE_SIZE // 2 - 1), area.last}:
                 byte = area.start_byte_of(iova)
-                pfn = area.pages.pfns.get(byte >> PAGE_SHIFT)
+                pfn = area.pages.pinned.get(byte >> PAGE_SHIFT)
                 for dom in iopt.domains:
                     assert pfn is not None
                     want = (pfn << PAGE_SHIFT) | (byte & (PAGE_SIZE - 1))
@@ -110,4 +110,4 @@ def held_pages(m: Machine, ictxs: list[IommufdCtx]) -> int:
                 for area in o.iopt.areas.values():
                     if area.pages is not None:
                         seen[id(area.pages)] = area.pages
-    return sum(len(p.users) for p in seen.values())
+    return sum(p.users.total() for p in seen.values())

@@ -47,8 +47,8 @@ def pm() -> Iterator[Machine]:
 def test_request_decoding(m: Machine) -> None:
     t = Iommufd(m)
     cmd = uapi.iommu_destroy(size=8, id=0)
-    # A hole of the table (0x95..0x9f) and past the end: ENOTTY.
-    for nr in (0x95, 0x9F, 0xA1, 0xFF):
+    # A hole of the table (0x96..0x9f) and past the end: ENOTTY.
+    for nr in (0x96, 0x9F, 0xA1, 0xFF):
         with expect_errno(errno.ENOTTY):
             t.ioctl(uapi._IO(uapi.IOMMUFD_TYPE, nr), cmd)
     # Same nr with direction or size bits, or another type byte: ENOTTY.
@@ -57,7 +57,7 @@ def test_request_decoding(m: Machine) -> None:
             t.ioctl(req, cmd)
     # The size is read before the request is checked.
     with expect_errno(errno.EFAULT):
-        t.ioctl(uapi._IO(uapi.IOMMUFD_TYPE, 0x95), None)
+        t.ioctl(uapi._IO(uapi.IOMMUFD_TYPE, 0x96), None)
     m.close(t.fd)
 
 

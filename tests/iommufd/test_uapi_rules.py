@@ -4,7 +4,9 @@ Every test goes through the Machine contract only: ``open``/``ioctl``/``read``/`
 ``mmap``/``close`` with ``iommufd.uapi*`` structs or raw buffers. Devices come from the
 selftest mock (IOMMU_TEST_CMD) or from a VFIO cdev of a default-Machine PCI device.
 Each test names the rule it checks and cites the section of uapi.md it comes from.
-Rules that cannot be reached through the ABI are skipped with the reason, not dropped.
+Rules that need a second thread, a misbehaving driver or a dropped capability are played
+by a ``tryfirst`` plugin or the task's credentials; ``virt_id > ULONG_MAX`` (EINVAL) is
+not tested: on the simulated x86_64 kernel no u64 exceeds ULONG_MAX.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ from typing import Any
 
 import pytest
 
+from iommu_core.device import IommuCap
+from iommu_core.errors import IommuError
+from iommu_core.hookspec import hookimpl
 from iommu_sim import DmaFault, Machine
 from iommufd import uapi
 from iommufd import uapi_selftest as st
@@ -144,6 +149,7 @@ REFERENCE_TABLE = {  # name: (request, sizeof, min_size) from uapi.md §1.1
     "IOMMU_VIOMMU_ALLOC": (0x3B90, 40, 24), "IOMMU_VDEVICE_ALLOC": (0x3B91, 24, 24),
     "IOMMU_IOAS_CHANGE_PROCESS": (0x3B92, 8, 8), "IOMMU_VEVENTQ_ALLOC": (0x3B93, 32, 28),
     "IOMMU_HW_QUEUE_ALLOC": (0x3B94, 40, 40),
+    "IOMMU_IOAS_NOIOMMU_GET_PA": (0x3B95, 40, 40),  # Linux 7.3
 }
 
 
@@ -241,7 +247,7 @@ def test_response_is_cut_at_the_callers_size(t: Iommufd) -> None:
 
 def test_size_is_read_before_the_request_is_checked(t: Iommufd) -> None:
     # uapi.md §2 step 2 then 3: a table hole with a NULL argument is EFAULT, not ENOTTY
-    for nr in (0x95, 0x9F):
+    for nr in (0x96, 0x9F):
         with expect_errno(errno.EFAULT):
             t.ioctl(uapi._IO(uapi.IOMMUFD_TYPE, nr), None)
         with expect_errno(errno.ENOTTY):
@@ -852,6 +858,43 @@ def test_change_process_rules(t: Iommufd) -> None:
         t.ioctl(uapi.IOMMU_IOAS_CHANGE_PROCESS, uapi.iommu_ioas_change_process(size=8))
 
 
+def test_noiommu_get_pa_rules(t: Iommufd) -> None:
+    # 7.3 ioas.c iommufd_ioas_noiommu_get_pa + io_pagetable.c iopt_get_phys, as a distro
+    # kernel answers (CONFIG_IOMMUFD_NOIOMMU built, no noiommu device: unsafe mode off)
+    def get_pa(size: int = 40, **kw: int) -> tuple[int, bytearray]:
+        args = {"ioas_id": ioas, "iova": base, "length": PAGE_SIZE}
+        args.update(kw)
+        reserved = args.pop("reserved", 0)
+        cmd = uapi.iommu_ioas_noiommu_get_pa(size=size, **args)
+        setattr(cmd, "__reserved", reserved)
+        buf = raw(cmd, extra=bytes(max(0, size - 40)))
+        before = bytes(buf)
+        rc = errno_of(t.ioctl, uapi.IOMMU_IOAS_NOIOMMU_GET_PA, buf)
+        assert bytes(buf) == before  # no path writes back without a physical address
+        return rc, buf
+
+    base = MOCK_APERTURE_START
+    ioas = t.ioas_alloc()
+    va = t.m.mmap(4 * PAGE_SIZE)
+    t.map_fixed(ioas, va, 4 * PAGE_SIZE, base)
+    assert get_pa(size=39)[0] == errno.EINVAL  # below offsetofend(out_phys)
+    assert get_pa(size=48)[0] == errno.EOPNOTSUPP  # longer with a zero tail: dispatched
+    # the checks in 7.3's order: flags/__reserved, length, iova, the IOAS, the area
+    assert get_pa(flags=1, length=0)[0] == errno.EOPNOTSUPP
+    assert get_pa(reserved=1, length=0)[0] == errno.EOPNOTSUPP
+    assert get_pa(length=0, iova=U64_MAX)[0] == errno.EINVAL
+    assert get_pa(iova=U64_MAX, ioas_id=99)[0] == errno.EOVERFLOW
+    assert get_pa(iova=U64_MAX - 1, ioas_id=99)[0] == errno.ENOENT
+    assert get_pa(iova=base + 4 * PAGE_SIZE)[0] == errno.ENOENT  # not mapped
+    assert get_pa(iova=base - 1)[0] == errno.ENOENT
+    # Mapped, with no domain or with a real IOMMU domain: never a noiommu storage domain.
+    assert get_pa()[0] == errno.EOPNOTSUPP
+    assert get_pa(iova=base + 4 * PAGE_SIZE - 1, length=1)[0] == errno.EOPNOTSUPP
+    _stdev, hwpt, _idev = t.mock_domain(ioas)
+    assert get_pa()[0] == errno.EOPNOTSUPP
+    assert get_pa(ioas_id=hwpt)[0] == errno.ENOENT  # an HWPT is not an IOAS
+
+
 # =========================================================================================
 # §6 HWPT_ALLOC
 # =========================================================================================
@@ -1211,6 +1254,11 @@ def test_invalidate_entry_num_is_written_back_on_every_path(t: Iommufd) -> None:
     assert _inv(t, nested, uptr, sel, PAGE_SIZE + 1, 1) == (errno.EINVAL, 0)
     assert _inv(t, nested, uptr, sel, 8, (1 << 19) + 1) == (errno.EINVAL, 0)
     assert _inv(t, nested, 0, sel, 0, 0) == (0, 0)  # a type probe
+    # 7.3 hw_pagetable.c bounds data_uptr/entry_len only when entry_num != 0
+    assert _inv(t, nested, 0, sel, PAGE_SIZE + 1, 0) == (0, 0)
+    assert _inv(t, nested, uptr, sel, 0xFFFF_FFFF, 0) == (0, 0)
+    assert _inv(t, viommu, 0, st.IOMMU_VIOMMU_INVALIDATE_DATA_SELFTEST, PAGE_SIZE + 1,
+                0) == (0, 0)
     assert _inv(t, nested, 0, st.IOMMU_HWPT_INVALIDATE_DATA_SELFTEST_INVALID, 0, 0) == (
         errno.EINVAL, 0)  # the probe checks the type
     assert _inv(t, nested, uptr, sel, 4, 3) == (errno.EINVAL, 0)  # entry shorter than min
@@ -1227,11 +1275,44 @@ def test_invalidate_entry_num_is_written_back_on_every_path(t: Iommufd) -> None:
     assert _inv(t, viommu, 0, vsel, 0, 0) == (0, 0)
 
 
-def test_invalidate_write_back_fault_is_EFAULT() -> None:
+class _UnmapDuringCall:
+    """Plays a second thread of the process: while the driver handles the ioctl, it
+    unmaps the user page holding the ioctl's argument, so the write-back faults."""
+
+    def __init__(self, m: Machine, va: int) -> None:
+        self.m, self.va = m, va
+
+    def _unmap(self) -> None:
+        if self.va:
+            self.m.munmap(self.va, PAGE_SIZE)
+            self.va = 0
+
+    @hookimpl(tryfirst=True)
+    def cache_invalidate_user(self, domain: Any, array: Any) -> None:
+        self._unmap()
+
+    @hookimpl(tryfirst=True)
+    def domain_alloc_paging_flags(self, dev: Any, flags: int, user_data: Any) -> None:
+        self._unmap()
+
+
+def test_invalidate_write_back_fault_is_EFAULT(t: Iommufd) -> None:
     # uapi.md §6: "if that write faults the ioctl returns EFAULT instead of rc"
-    pytest.skip("not reachable through the Machine: the argument is read before it is "
-                "written back, so a write fault needs a read-only user page, and user "
-                "memory in the Machine is always writable")
+    _ioas, _stdev, idev, parent, _viommu = selftest_viommu(t)
+    nested = t.nested(idev, parent, iotlb=0x1234)
+    reqs = (st.iommu_hwpt_invalidate_selftest * 2)()
+    reqs[0].iotlb_id, reqs[1].iotlb_id = 0, 1
+    uptr = t.user_struct(bytes(reqs))
+    cmd = uapi.iommu_hwpt_invalidate(size=32, hwpt_id=nested, data_uptr=uptr,
+                                     data_type=st.IOMMU_HWPT_INVALIDATE_DATA_SELFTEST,
+                                     entry_len=8, entry_num=2)
+    va = t.m.mmap(PAGE_SIZE)
+    t.m.mem_write(va, bytes(cmd))
+    t.m.plugins.register(_UnmapDuringCall(t.m, va), driver="mock")
+    with expect_errno(errno.EFAULT):
+        t.ioctl(uapi.IOMMU_HWPT_INVALIDATE, va)
+    t.check_iotlb(nested, 0, 0)  # the driver did its work: only the write-back failed
+    t.check_iotlb(nested, 1, 0)
 
 
 # =========================================================================================
@@ -1320,10 +1401,59 @@ def test_vdevice_alloc_rules(dm: Machine) -> None:
     assert t.vdevice_alloc(viommu, idev2, 2) == vdev + 1  # the failures took no id
 
 
-def test_vdevice_virt_id_above_ulong_max() -> None:
-    # uapi.md §7: virt_id > ULONG_MAX -> EINVAL
-    pytest.skip("32-bit kernels only: on the simulated x86_64 kernel ULONG_MAX is the u64 "
-                "maximum, so no virt_id can exceed it")
+class _VdeviceInitProbe:
+    """Runs in front of the SMMUv3 driver's ``vdevice_init``: records what a lookup sees
+    while the driver decides, can issue a second VDEVICE_ALLOC meanwhile (another thread
+    of the VMM), and can make the driver refuse."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[object, object]] = []
+        self.meanwhile: Any = None
+        self.refuse = False
+
+    @hookimpl(tryfirst=True)
+    def viommu_vdevice_init(self, vdev: Any) -> None:
+        self.seen.append((vdev.viommu.find_dev(vdev.virt_id),
+                          vdev.viommu.get_vdev_id(vdev.dev)))
+        if self.meanwhile is not None:
+            self.meanwhile()
+        if self.refuse:
+            raise IommuError(errno.ENOSPC, "driver refuses the vDEVICE")
+
+
+def test_vdevice_slot_is_reserved_until_vdevice_init_accepts() -> None:
+    # 7.3 viommu.c: xa_insert(vdevs, virt_id, NULL) before vdevice_init, xa_release on
+    # failure, xa_store after: a lookup meanwhile finds nothing, a second alloc of the
+    # same virt_id is EEXIST, a refused vDEVICE leaves the virt_id free.
+    from tests.arm_smmu_v3.vmm import Vmm, guest_vste
+
+    vmm = Vmm((SMMU_DEV, SMMU_DEV2))
+    try:
+        probe = _VdeviceInitProbe()
+        vmm.m.plugins.register(probe, driver="arm_smmu_v3")
+        parent = vmm.hwpt_alloc(vmm.ioas, uapi.IOMMU_HWPT_ALLOC_NEST_PARENT)
+        viommu = vmm.viommu_alloc(parent)
+        dev2 = vmm.dev_ids[SMMU_DEV2]
+        inner: list[int] = []
+
+        def second_alloc() -> None:
+            inner.append(errno_of(vmm.vdevice_alloc, viommu, 0x42, dev2))
+
+        probe.meanwhile, probe.refuse = second_alloc, True
+        assert errno_of(vmm.vdevice_alloc, viommu, 0x42) == errno.ENOSPC
+        assert probe.seen == [(None, None)]  # the reserved slot reads as NULL
+        assert inner == [errno.EEXIST]  # ...but is taken
+        probe.meanwhile, probe.refuse = None, False
+        probe.seen.clear()
+        vdev = vmm.vdevice_alloc(viommu, 0x42)  # the refused one released the virt_id
+        assert vdev and probe.seen == [(None, None)]
+        assert errno_of(vmm.vdevice_alloc, viommu, 0x42, dev2) == errno.EEXIST
+        # Published: the driver now finds the device by its virt_id (a vSTE naming it).
+        nested = vmm.nested(viommu, guest_vste())
+        vmm.attach(nested)
+    finally:
+        vmm.close()
+    assert vmm.m.kernel_pages_in_use == 0
 
 
 def test_hw_queue_alloc_rules(t: Iommufd) -> None:
@@ -1978,36 +2108,90 @@ def test_vfio_close_unbinds_and_releases(dm: Machine) -> None:
 
 
 # =========================================================================================
-# §11 and rules the Machine cannot reach
+# §11 and rules reached through a second thread, a misbehaving driver or the credentials
 # =========================================================================================
-def test_object_creating_ioctl_whose_response_faults() -> None:
-    # uapi.md §2 / §5 IOAS_ALLOC: "respond fault -> EFAULT (object aborted)"
-    pytest.skip("not reachable through the Machine: the response goes to the bytes that "
-                "were just read, and no user memory in the Machine is read-only")
+def test_object_creating_ioctl_whose_response_faults(t: Iommufd) -> None:
+    # uapi.md §2 / §5: respond fault -> EFAULT, the object is aborted (its id freed)
+    ioas, _stdev, _hwpt, idev = ioas_with_domain(t)
+    cmd = uapi.iommu_hwpt_alloc(size=sz(uapi.iommu_hwpt_alloc), dev_id=idev, pt_id=ioas)
+    va = t.m.mmap(PAGE_SIZE)
+    t.m.mem_write(va, bytes(cmd))
+    pages = t.m.kernel_pages_in_use
+    probe = _UnmapDuringCall(t.m, va)
+    t.m.plugins.register(probe, driver="mock")
+    with expect_errno(errno.EFAULT):
+        t.ioctl(uapi.IOMMU_HWPT_ALLOC, va)
+    t.m.plugins.unregister(probe)
+    assert t.m.kernel_pages_in_use == pages  # the domain went with the object
+    hwpt = t.hwpt_alloc(idev, ioas)
+    assert t.ioas_alloc() == hwpt + 1  # the aborted object's id was reused
 
 
-def test_rlimit_mode_set_without_cap_sys_resource() -> None:
-    # uapi.md §5 IOMMU_OPTION RLIMIT_MODE SET: EPERM without CAP_SYS_RESOURCE
-    pytest.skip("the Machine's process is root (DESIGN.md) and has no way to drop a "
-                "capability")
+def test_rlimit_mode_set_without_cap_sys_resource(t: Iommufd) -> None:
+    # uapi.md §5 IOMMU_OPTION RLIMIT_MODE SET: EPERM without CAP_SYS_RESOURCE (the
+    # process drops it, as capset(2) would)
+    t.m.task.cap_sys_resource = False
+    with expect_errno(errno.EPERM):
+        t.option(uapi.IOMMU_OPTION_RLIMIT_MODE, uapi.IOMMU_OPTION_OP_SET, val64=1)
+    assert t.option(uapi.IOMMU_OPTION_RLIMIT_MODE, uapi.IOMMU_OPTION_OP_GET) == 0
 
 
-def test_nested_alloc_returning_a_non_nested_domain() -> None:
+class _PagingForNested:
+    """A misbehaving driver: domain_alloc_nested hands back a paging domain."""
+
+    @hookimpl(tryfirst=True)
+    def domain_alloc_nested(self, dev: Any, parent: Any, flags: int, user_data: Any) -> Any:
+        return dev.iommu.ops.domain_alloc_paging_flags(dev, 0, None)
+
+
+def test_nested_alloc_returning_a_non_nested_domain(t: Iommufd) -> None:
     # uapi.md §6 / §11: driver returned a non-NESTED domain -> EOPNOTSUPP (newest)
-    pytest.skip("needs a misbehaving driver; every driver of the Machine returns NESTED")
+    ioas, stdev, _h, idev = ioas_with_domain(t)
+    parent = nest_parent(t, idev, ioas)
+    t.replace(stdev, parent)
+    pages = t.m.kernel_pages_in_use
+    t.m.plugins.register(_PagingForNested(), driver="mock")
+    with expect_errno(errno.EOPNOTSUPP):
+        t.nested(idev, parent)
+    assert t.m.kernel_pages_in_use == pages  # the wrong domain was freed
 
 
-def test_map_over_rlimit_memlock() -> None:
-    # uapi.md §5 IOAS_MAP: over RLIMIT_MEMLOCK -> ENOMEM
-    pytest.skip("the Machine's process is root with CAP_IPC_LOCK, which bypasses the "
-                "memlock accounting, and the contract has no setrlimit")
+def test_map_over_rlimit_memlock(t: Iommufd) -> None:
+    # uapi.md §5 IOAS_MAP: over RLIMIT_MEMLOCK -> ENOMEM (the process drops
+    # CAP_IPC_LOCK, which bypasses the accounting, and lowers the limit)
+    t.m.task.cap_ipc_lock = False
+    t.m.task.rlimit_memlock = 2 * PAGE_SIZE
+    ioas, _stdev, _h, _idev = ioas_with_domain(t)
+    va = t.m.mmap(4 * PAGE_SIZE)
+    with expect_errno(errno.ENOMEM):
+        t.map(ioas, va, 3 * PAGE_SIZE)
+    iova = t.map(ioas, va, 2 * PAGE_SIZE)  # within the limit
+    with expect_errno(errno.ENOMEM):
+        t.map(ioas, va + 2 * PAGE_SIZE, PAGE_SIZE)
+    t.unmap(ioas, iova, 2 * PAGE_SIZE)  # unpinning gives the pages back
+    t.map(ioas, va + 2 * PAGE_SIZE, PAGE_SIZE)
 
 
-def test_bind_refusals_the_machine_cannot_configure() -> None:
-    # uapi.md §9 BIND: IOMMU not cache-coherent -> EINVAL, MSI not isolated -> EPERM,
-    # missing/wrong PF-VF token -> EACCES, group in legacy use -> EBUSY
-    pytest.skip("every simulated IOMMU is coherent with isolated MSIs, the platform has no "
-                "SR-IOV PF/VF pairing and no VFIO group nodes")
+class _NotCoherent:
+    @hookimpl(tryfirst=True)
+    def capable(self, dev: Any, cap: int) -> bool | None:
+        return False if cap == IommuCap.CACHE_COHERENCY else None
+
+
+def test_bind_to_an_iommu_that_is_not_cache_coherent(dm: Machine) -> None:
+    # uapi.md §9 BIND: IOMMU not cache-coherent -> EINVAL. (MSI not isolated -> EPERM,
+    # a PF/VF token -> EACCES and a group in legacy use -> EBUSY need what the Machine
+    # does not have: every IOMMU remaps interrupts, no SR-IOV pairing, no group nodes.)
+    dm.plugins.register(_NotCoherent(), driver="arm_smmu_v3")
+    fd = dm.open("/dev/iommu")
+    vfd = dm.open(dm.vfio_cdev(SMMU_DEV))
+    with expect_errno(errno.EINVAL):
+        bind(dm, vfd, fd)
+    info = vf.vfio_device_info(argsz=24)
+    with expect_errno(errno.EINVAL):  # not bound
+        dm.ioctl(vfd, vf.VFIO_DEVICE_GET_INFO, info)
+    dm.close(vfd)
+    dm.close(fd)
 
 
 # =========================================================================================

@@ -26,6 +26,11 @@ from drivers.arm_smmu_v3.cd import arm_smmu_make_s1_cd
 from drivers.arm_smmu_v3.domain import arm_lpae_s1_cfg
 from drivers.arm_smmu_v3.regs import CMDQ_OP_TLBI_NH_VA
 from iommu_core.hookspec import hookimpl
+from iommu_core.iopf import (
+    IOMMU_FAULT_PAGE_REQUEST_LAST_PAGE,
+    IOMMU_FAULT_PERM_READ,
+    PageRequest,
+)
 from iommu_core.pgtable import IoPageTable, formats
 from iommu_core.platform.bus import Device
 from iommu_core.testing import DriverEnv, GuestRam, NestedSetup, UserInvalidation
@@ -46,6 +51,15 @@ class MockGlue:
         data = st.iommu_hwpt_selftest(iotlb=st.IOMMU_TEST_IOTLB_DEFAULT)
         return NestedSetup(st.IOMMU_HWPT_DATA_SELFTEST, bytes(data), stage1=None,
                            viommu_type=st.IOMMU_VIOMMU_TYPE_SELFTEST)
+
+
+    @hookimpl
+    def conformance_page_request(self, env: DriverEnv, dev: Device, iova: int) -> bool:
+        # IOMMU_TEST_OP_TRIGGER_IOPF: the selftest reports the request to the core.
+        env.core.iommu_report_device_fault(dev, PageRequest(
+            flags=IOMMU_FAULT_PAGE_REQUEST_LAST_PAGE, pasid=0, grpid=0x1,
+            perm=IOMMU_FAULT_PERM_READ, addr=iova))
+        return True
 
 
 class VtdGlue:

@@ -26,6 +26,14 @@ from iommu_core.testing.conformance import (  # noqa: F401 - collected by pytest
     test_viommu_nested_translation,
     test_viommu_unknown_type,
 )
+from iommu_core.testing.describe import (  # noqa: F401 - collected by pytest
+    test_constants_are_integers,
+    test_device_view_matches_the_dma,
+    test_domain_view_is_the_walked_table,
+    test_golden_rules_agree_with_the_model,
+    test_hw_info_is_described,
+    test_structure_layouts,
+)
 from tests.plugin_kit.glue import GLUE
 
 pytestmark = pytest.mark.iommu_drivers(*sorted(GLUE))

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from iommu_sim import Machine
-from tests.selftest.utils import alloc_buffer, new_machine
+from tests.selftest.utils import BUFFER_SIZE, alloc_buffer, memfd_mmap, new_machine
 
 
 @pytest.fixture
@@ -23,3 +23,9 @@ def buffer(machine: Machine) -> int:
     return alloc_buffer(machine)
 
 
+
+
+@pytest.fixture
+def mfd_buffer(machine: Machine) -> tuple[int, int]:
+    """The selftest's global ``mfd`` and ``mfd_buffer``: a 64 KiB memfd, mapped shared."""
+    return memfd_mmap(machine, BUFFER_SIZE)

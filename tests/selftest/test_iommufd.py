@@ -194,8 +194,62 @@ class Test_iommufd:
             t.ioctl(uapi.IOMMU_VFIO_IOAS, cmd)
 
 
-@pytest.mark.parametrize("variant", ["account_none", "account_user", "account_mm"])
+def _vm_pinned_kb(m: Machine, pid: int) -> int:
+    """``VmPin:`` of /proc/<pid>/status, in kB."""
+    task = m.platform.tasks.get(pid)
+    return -1 if task is None else task.mm.pinned_vm * PAGE_SIZE // 1024
+
+
+def _vm_locked_kb(m: Machine, pid: int) -> int:
+    task = m.platform.tasks.get(pid)
+    return -1 if task is None else task.mm.locked_vm * PAGE_SIZE // 1024
+
+
+ACCOUNTING = {"account_none": 0, "account_user": 1, "account_mm": 2}
+
+
+@pytest.mark.parametrize("variant", list(ACCOUNTING))
 class Test_change_process:
-    def test_basic(self, variant: str) -> None:
-        pytest.skip("needs fork(), /proc/<pid>/status VmPin/VmLck and a memfd: the "
-                    "simulated Machine runs one process without a file system")
+    @pytest.fixture
+    def t(self, machine: Machine, buffer: int, variant: str) -> Iterator[Iommufd]:
+        t = Iommufd(machine)
+        machine.task.cap_ipc_lock = False  # drop_cap_ipc_lock()
+        if ACCOUNTING[variant]:
+            t.option(uapi.IOMMU_OPTION_RLIMIT_MODE, uapi.IOMMU_OPTION_OP_SET,
+                     val64=int(ACCOUNTING[variant] == 2))
+        t.ioas = t.ioas_alloc()  # type: ignore[attr-defined]
+        t.mock_domain(t.ioas)  # type: ignore[attr-defined]
+        yield t
+        teardown_iommufd(machine, t.fd, buffer)
+
+    def test_basic(self, t: Iommufd, machine: Machine, buffer: int,
+                   mfd_buffer: tuple[int, int], variant: str) -> None:
+        m = machine
+        ioas: int = t.ioas  # type: ignore[attr-defined]
+        mfd = mfd_buffer[0]
+        parent = m.pid
+        # Expect failure if non-file maps exist
+        iova = t.map(ioas, buffer, PAGE_SIZE)
+        with expect_errno(errno.EINVAL):
+            t.change_process()
+        t.unmap(ioas, iova, PAGE_SIZE)
+        # Change process works in the current process
+        iova = t.map_file(ioas, mfd, 0, PAGE_SIZE)
+        t.change_process()
+        # ... and in another process
+        child = m.fork()
+        nlock = PAGE_SIZE // 1024
+        # The parent accounts for the locked memory before
+        assert _vm_pinned_kb(m, parent) == nlock
+        if variant == "account_mm":
+            assert _vm_locked_kb(m, parent) == nlock
+        assert _vm_pinned_kb(m, child.pid) == 0
+        assert _vm_locked_kb(m, child.pid) == 0
+        Iommufd(child, t.fd).change_process()
+        # The child accounts for it after
+        assert _vm_pinned_kb(m, parent) == 0
+        assert _vm_locked_kb(m, parent) == 0
+        assert _vm_pinned_kb(m, child.pid) == nlock
+        if variant == "account_mm":
+            assert _vm_locked_kb(m, child.pid) == nlock
+        child.exit()

@@ -18,6 +18,7 @@ from tests.selftest.utils import (
     MOCK_APERTURE_START,
     MOCK_PAGE_SIZE,
     PAGE_SIZE,
+    RW,
     U64_MAX,
     Iommufd,
     expect_errno,
@@ -521,10 +522,36 @@ class Test_iommufd_ioas:
         m.close(afd)
 
     def test_fork_gone(self, f: IoasFixture) -> None:
-        pytest.skip("needs fork(): a child maps its own memory and exits")
+        t, m = f.t, f.m
+        afd = t.access_create(f.ioas_id, 0)
+        # Create a mapping with a different mm
+        child = m.fork()
+        Iommufd(child, t.fd).map_fixed(f.ioas_id, f.buffer, BUFFER_SIZE,
+                                       MOCK_APERTURE_START)
+        child.exit()
+        if f.stdev_id:
+            # A domain already existed, so everything was pinned within the fork: this
+            # copies from one domain to another.
+            t.mock_domain(f.ioas_id)
+            check_access_rw(f, afd, MOCK_APERTURE_START, 0)
+        else:
+            # Otherwise the pages must be pinned now, which cannot happen: the fork is gone.
+            with expect_errno(errno.EFAULT):
+                t.mock_domain(f.ioas_id)
+        m.close(afd)
 
     def test_fork_present(self, f: IoasFixture) -> None:
-        pytest.skip("needs fork() and an eventfd to keep the child's mm alive")
+        t, m = f.t, f.m
+        afd = t.access_create(f.ioas_id, 0)
+        # Create a mapping with a different mm, and keep that process alive
+        child = m.fork()
+        Iommufd(child, t.fd).map_fixed(f.ioas_id, f.buffer, BUFFER_SIZE,
+                                       MOCK_APERTURE_START)
+        # Read pages from the remote process
+        t.mock_domain(f.ioas_id)
+        check_access_rw(f, afd, MOCK_APERTURE_START, 0)
+        child.exit()
+        m.close(afd)
 
     def test_ioas_option_huge_pages(self, f: IoasFixture) -> None:
         t, ioas = f.t, f.ioas_id
@@ -583,13 +610,31 @@ class Test_iommufd_ioas:
         t.destroy(dst)
 
     def test_dmabuf_simple(self, f: IoasFixture) -> None:
-        pytest.skip("needs IOMMU_TEST_OP_DMABUF_GET: the simulation has no dma-buf exporter")
+        t, m = f.t, f.m
+        buf_size = PAGE_SIZE * 4
+        dfd = t.get_dmabuf(buf_size)
+        for start, length in ((0, 0), (buf_size, buf_size), (0, buf_size + 1)):
+            with expect_errno(errno.EINVAL):
+                t.map_file(f.ioas_id, dfd, start, length)
+        t.map_file(f.ioas_id, dfd, 0, buf_size)
+        m.close(dfd)
 
     def test_dmabuf_revoke(self, f: IoasFixture) -> None:
-        pytest.skip("needs IOMMU_TEST_OP_DMABUF_GET/REVOKE: no dma-buf exporter")
-
-    def test_iommufd_nr_pages(self, f: IoasFixture) -> None:
-        pytest.skip("reads /proc/self/fdinfo (iommufd-nr-pages): no procfs in the Machine")
+        t, m = f.t, f.m
+        buf_size = PAGE_SIZE * 4
+        dfd = t.get_dmabuf(buf_size)
+        iova = t.map_file(f.ioas_id, dfd, 0, buf_size)
+        t.revoke_dmabuf(dfd, True)
+        if f.stdev_id:
+            t.hwpt_alloc(f.device_id, f.ioas_id, 0)
+        with expect_errno(errno.ENODEV):
+            t.map_file(f.ioas_id, dfd, 0, buf_size)
+        t.revoke_dmabuf(dfd, False)
+        t.map_file(f.ioas_id, dfd, 0, buf_size)
+        # Restore the iova back
+        t.unmap(f.ioas_id, iova, buf_size)
+        t.map_file(f.ioas_id, dfd, 0, buf_size, iova, RW | FIXED)
+        m.close(dfd)
 
 
 

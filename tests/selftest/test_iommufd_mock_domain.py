@@ -3,7 +3,8 @@
 The ``_hugepage`` variants map their buffer with MAP_HUGETLB in the kernel; the
 simulated process backs anonymous mappings of 2 MiB and more with transparent huge pages
 (physically contiguous, naturally aligned), which is what those variants exercise, so
-they run on such a mapping. The ``_file`` variants need a memfd: skipped.
+they run on such a mapping. The ``_file`` variants map the global memfd (or a memfd of
+their own) with IOMMU_IOAS_MAP_FILE.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from tests.selftest.utils import (
     PAGE_SIZE,
     Iommufd,
     expect_errno,
+    memfd_mmap,
     st,
     teardown_iommufd,
     uapi,
@@ -47,6 +49,9 @@ class MdFixture:
     ioas_id: int
     hugepages: bool
     mmap_buf_size: int
+    file: bool
+    mfd: int
+    mfd_buffer: int
     stdev_ids: list[int] = field(default_factory=lambda: [0, 0])
     hwpt_ids: list[int] = field(default_factory=lambda: [0, 0])
     idev_ids: list[int] = field(default_factory=lambda: [0, 0])
@@ -67,6 +72,12 @@ class MdFixture:
             self.m.mem_write(va, bytes(self.mmap_buf_size))
         return va
 
+    def map_buf(self, ioas: int, mfd: int, buf: int, start: int, length: int) -> int:
+        """The variant's mapping of ``length`` bytes at ``start`` of the buffer."""
+        if self.file:
+            return self.t.map_file(ioas, mfd, start, length)
+        return self.t.map(ioas, buf + start, length)
+
 
 @pytest.fixture(params=list(VARIANTS))
 def variant(request: pytest.FixtureRequest) -> str:
@@ -75,15 +86,14 @@ def variant(request: pytest.FixtureRequest) -> str:
 
 class Test_iommufd_mock_domain:
     @pytest.fixture
-    def f(self, machine: Machine, buffer: int, variant: str) -> Iterator[MdFixture]:
+    def f(self, machine: Machine, buffer: int, mfd_buffer: tuple[int, int], variant: str
+          ) -> Iterator[MdFixture]:
         v = VARIANTS[variant]
-        if v["file"]:
-            pytest.skip("the _file variants map a memfd (IOMMU_IOAS_MAP_FILE): the "
-                        "simulated process has no memfd/shmem")
         t = Iommufd(machine)
         huge = bool(v["hugepages"])
         f = MdFixture(t, machine, buffer, t.ioas_alloc(), huge,
-                      2 * HUGEPAGE_SIZE if huge else 8 * PAGE_SIZE)
+                      2 * HUGEPAGE_SIZE if huge else 8 * PAGE_SIZE, bool(v["file"]),
+                      *mfd_buffer)
         f.mock_domains = int(v["mock_domains"])
         for i in range(f.mock_domains):
             f.stdev_ids[i], f.hwpt_ids[i], f.idev_ids[i] = t.mock_domain(f.ioas_id)
@@ -94,6 +104,18 @@ class Test_iommufd_mock_domain:
     def test_basic(self, f: MdFixture) -> None:
         t, m = f.t, f.m
         size = f.mmap_buf_size
+        if f.file:
+            # Simple one page map
+            iova = t.map_file(f.ioas_id, f.mfd, 0, PAGE_SIZE)
+            f.check_mock_iova(f.mfd_buffer, iova, PAGE_SIZE)
+            mfd_tmp, _buf = memfd_mmap(m, size)
+            with expect_errno(errno.EINVAL):
+                t.map_file(f.ioas_id, mfd_tmp, 0, size + 1)
+            m.ftruncate(mfd_tmp, 0)
+            with expect_errno(errno.EINVAL):
+                t.map_file(f.ioas_id, mfd_tmp, 0, size)
+            m.close(mfd_tmp)
+            return
         iova = t.map(f.ioas_id, f.buffer, PAGE_SIZE)
         f.check_mock_iova(f.buffer, iova, PAGE_SIZE)
         buf = f.mmap_buf()
@@ -107,14 +129,29 @@ class Test_iommufd_mock_domain:
             t.map(f.ioas_id, buf, size)
 
     def test_ro_unshare(self, f: MdFixture) -> None:
-        pytest.skip("maps a page of /proc/self/exe MAP_PRIVATE and relies on COW: no file "
-                    "mappings in the simulated process")
+        t, m = f.t, f.m
+        # A private mapping of a file (the kernel maps a page of /proc/self/exe).
+        fd = m.memfd_create("exe")
+        m.pwrite(fd, b"\x7fELF" + bytes(PAGE_SIZE - 4), 0)
+        buf = m.mmap(PAGE_SIZE, fd, 0, shared=False)
+        m.close(fd)
+        # The write to the page after it is mapped for reading must not change the
+        # assigned PFN: GUP unshared it at pin time.
+        iova = t.map(f.ioas_id, buf, PAGE_SIZE, flags=uapi.IOMMU_IOAS_MAP_READABLE)
+        f.check_mock_iova(buf, iova, PAGE_SIZE)
+        m.mem_write(buf, b"\x01" * PAGE_SIZE)
+        f.check_mock_iova(buf, iova, PAGE_SIZE)
+        m.munmap(buf, PAGE_SIZE)
 
     def _aligns(self, f: MdFixture, copy: bool) -> None:
         t, m = f.t, f.m
         size = f.mmap_buf_size
         step = size // 16 if f.hugepages else MOCK_PAGE_SIZE
-        buf = f.mmap_buf()
+        mfd = -1
+        if f.file:
+            mfd, buf = memfd_mmap(m, size)
+        else:
+            buf = f.mmap_buf()
         t.check_refs(buf, size, 0)
         # Every combination of page size and alignment within a big region (fewer for
         # huge pages: the inner loop then never runs, as in the kernel).
@@ -122,7 +159,7 @@ class Test_iommufd_mock_domain:
             end = size if f.hugepages else start + MOCK_PAGE_SIZE
             while end < size:
                 length = end - start
-                iova = t.map(f.ioas_id, buf + start, length)
+                iova = f.map_buf(f.ioas_id, mfd, buf, start, length)
                 old = f.hwpt_ids[1]
                 if copy:
                     # Add and destroy a domain while the area exists
@@ -139,6 +176,8 @@ class Test_iommufd_mock_domain:
                 end += MOCK_PAGE_SIZE
         t.check_refs(buf, size, 0)
         m.munmap(buf, size)
+        if f.file:
+            m.close(mfd)
 
     def test_all_aligns(self, f: MdFixture) -> None:
         self._aligns(f, copy=False)
@@ -148,18 +187,18 @@ class Test_iommufd_mock_domain:
 
     def test_user_copy(self, f: MdFixture) -> None:
         t, m = f.t, f.m
-        buf = f.buffer
+        buf = f.mfd_buffer if f.file else f.buffer
         flags = FIXED | uapi.IOMMU_IOAS_MAP_WRITEABLE
         # Pin the pages in an IOAS with no domains then copy to an IOAS with domains
         x = t.ioas_alloc()
-        src = t.map(x, buf, BUFFER_SIZE)
+        src = f.map_buf(x, f.mfd, buf, 0, BUFFER_SIZE)
         afd = t.access_create(x, st.MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES)
         t.access_pin(afd, src, BUFFER_SIZE, buf)
         t.copy(flags, x, src, f.ioas_id, MOCK_APERTURE_START, BUFFER_SIZE)
         f.check_mock_iova(buf, MOCK_APERTURE_START, BUFFER_SIZE)
         # Now replace the ioas with a new one
         y = t.ioas_alloc()
-        src = t.map(y, buf, BUFFER_SIZE)
+        src = f.map_buf(y, f.mfd, buf, 0, BUFFER_SIZE)
         t.access_replace_ioas(afd, y)
         # Destroy the old ioas and clean up the copied mapping
         t.unmap(f.ioas_id, MOCK_APERTURE_START, BUFFER_SIZE)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -96,6 +97,30 @@ class Iommufd:
 
     def map_fixed(self, ioas: int, va: int, length: int, iova: int) -> int:
         return self.map(ioas, va, length, iova, RW | FIXED)
+
+    def map_file(self, ioas: int, mfd: int, start: int, length: int, iova: int = 0,
+                 flags: int = RW) -> int:
+        cmd = uapi.iommu_ioas_map_file(size=sz(uapi.iommu_ioas_map_file), flags=flags,
+                                       ioas_id=ioas, fd=mfd, start=start, length=length,
+                                       iova=iova)
+        self.ioctl(uapi.IOMMU_IOAS_MAP_FILE, cmd)
+        return int(cmd.iova)
+
+    def change_process(self) -> None:
+        cmd = uapi.iommu_ioas_change_process(size=sz(uapi.iommu_ioas_change_process))
+        self.ioctl(uapi.IOMMU_IOAS_CHANGE_PROCESS, cmd)
+
+    def get_dmabuf(self, length: int) -> int:
+        cmd = test_cmd(st.IOMMU_TEST_OP_DMABUF_GET)
+        cmd.dmabuf_get.length = length
+        cmd.dmabuf_get.open_flags = os.O_CLOEXEC
+        return self.test(cmd)
+
+    def revoke_dmabuf(self, dfd: int, revoked: bool) -> None:
+        cmd = test_cmd(st.IOMMU_TEST_OP_DMABUF_REVOKE)
+        cmd.dmabuf_revoke.dmabuf_fd = dfd
+        cmd.dmabuf_revoke.revoked = int(revoked)
+        self.test(cmd)
 
     def unmap(self, ioas: int, iova: int, length: int) -> int:
         cmd = uapi.iommu_ioas_unmap(size=sz(uapi.iommu_ioas_unmap), ioas_id=ioas, iova=iova,
@@ -415,11 +440,19 @@ def new_machine() -> Machine:
 
 
 def alloc_buffer(m: Machine, size: int = BUFFER_SIZE) -> int:
-    """The selftest's global ``buffer``: anonymous, shared, 2 MiB aligned."""
-    va = m.mmap(HUGEPAGE_SIZE)
-    if size < HUGEPAGE_SIZE:
-        m.munmap(va + size, HUGEPAGE_SIZE - size)
-    return va
+    """The selftest's global ``buffer``: MAP_SHARED | MAP_ANONYMOUS, 2 MiB aligned."""
+    hole = m.mmap(2 * HUGEPAGE_SIZE)  # posix_memalign(HUGEPAGE_SIZE), then MAP_FIXED
+    va = (hole + HUGEPAGE_SIZE - 1) & ~(HUGEPAGE_SIZE - 1)
+    m.munmap(hole, 2 * HUGEPAGE_SIZE)
+    return m.mmap(size, shared=True, addr=va)
+
+
+def memfd_mmap(m: Machine, length: int) -> tuple[int, int]:
+    """iommufd_utils.h ``memfd_mmap``: a memfd of ``length`` bytes, mapped shared:
+    (fd, address)."""
+    mfd = m.memfd_create("buffer")
+    m.ftruncate(mfd, length)
+    return mfd, m.mmap(length, mfd, 0, shared=True)
 
 
 def teardown_iommufd(m: Machine, fd: int, buffer: int) -> None:
@@ -431,6 +464,21 @@ def teardown_iommufd(m: Machine, fd: int, buffer: int) -> None:
     m.close(t.fd)
     assert m.kernel_pages_in_use == m.kernel_pages_baseline, (
         f"{m.kernel_pages_in_use - m.kernel_pages_baseline} kernel pages leaked")
+
+
+
+
+def mock_viommu_region(t: Iommufd) -> tuple[int, int, int]:
+    """A mock vIOMMU with its mmap-able page, on a fresh IOAS and mock device:
+    (out_mmap_length, out_mmap_offset, the value it holds)."""
+    ioas = t.ioas_alloc()
+    _stdev, _hwpt, dev = t.mock_domain(ioas)
+    parent = t.hwpt_alloc(dev, ioas, uapi.IOMMU_HWPT_ALLOC_NEST_PARENT)
+    data = st.iommu_viommu_selftest(in_data=0xBEEF)
+    va = t.user_struct(data)
+    t.viommu_alloc(dev, parent, st.IOMMU_VIOMMU_TYPE_SELFTEST, va, sz(data))
+    out = uapi.from_bytes(st.iommu_viommu_selftest, t.m.mem_read(va, sz(data)))
+    return int(out.out_mmap_length), int(out.out_mmap_offset), 0xBEEF
 
 
 __all__ = ["st", "uapi", "vf"]

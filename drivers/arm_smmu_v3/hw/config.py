@@ -116,6 +116,8 @@ class SmmuHwConfig:
     cmdqs: int = attrs.field(default=8, validator=_int(0, 19))
     evtqs: int = attrs.field(default=7, validator=_int(0, 19))
     priqs: int = attrs.field(default=7, validator=_int(0, 19))
+    #: TLB capacity in leaves (one entry per leaf; the oldest goes first when full).
+    tlb_entries: int = attrs.field(default=8192, validator=_int(1, 1 << 24))
     #: IIDR: selects errata (0x43b/0x483 = Arm MMU-600, 0x43b/0x487 = MMU-700).
     implementer: int = attrs.field(default=0, validator=_int(0, 0xFFF))
     product: int = attrs.field(default=0, validator=_int(0, 0xFFF))

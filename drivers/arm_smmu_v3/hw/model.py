@@ -9,6 +9,7 @@ in memory.
 
 from __future__ import annotations
 
+import struct
 from typing import Any, NoReturn
 
 from drivers.arm_smmu_v3.hw.cmdq import CommandEngine
@@ -16,7 +17,7 @@ from drivers.arm_smmu_v3.hw.config import SmmuHwConfig
 from drivers.arm_smmu_v3.hw.decode import SmmuEvent
 from drivers.arm_smmu_v3.hw.queues import HwQueue, event_record, pri_record
 from drivers.arm_smmu_v3.hw.regs import REG_NAMES, SmmuRegs
-from drivers.arm_smmu_v3.hw.tlb import PERM_W, Atc, ConfigCache, Tlb
+from drivers.arm_smmu_v3.hw.tlb import PERM_W, Atc, ConfigCache, FastPath, Tlb
 from drivers.arm_smmu_v3.hw.translate import EVT_ABORT, Translator, perm_ok, walk_access
 from drivers.arm_smmu_v3.pci import PCI_ATS_ENABLED, PCI_PRI_ENABLED
 from drivers.arm_smmu_v3.regs import (
@@ -57,6 +58,15 @@ from iommu_core.platform.dma import (
 from iommu_core.platform.platform import Platform
 
 _PAGE_MASK = 0xFFF
+_UNPACKERS: dict[int, struct.Struct] = {}
+
+
+def _unpacker(ncmds: int) -> struct.Struct:
+    """Unpacks ``ncmds`` commands (two little-endian qwords each)."""
+    u = _UNPACKERS.get(ncmds)
+    if u is None:
+        u = _UNPACKERS[ncmds] = struct.Struct(f"<{2 * ncmds}Q")
+    return u
 #: Translation fault IDs that may stall or turn into a PRI page request.
 _XLATE_FAULTS = frozenset({0x10, 0x11, 0x12, 0x13})
 
@@ -86,13 +96,14 @@ class SmmuV3Hardware(IommuHardware):
         self._cmdq_error = False
         self._cmdq_busy = False
         # Caches.
-        self.ccache = ConfigCache()
-        self.tlb = Tlb()
-        self.atc = Atc()
         #: The fast path: (sid, ssid, page, endpoint ATS on) -> (pa page, allowed ACCESS_*
-        #: bits). Derived from the TLB or the endpoint's ATC, dropped by any invalidation
-        #: command; the ATS bit keeps ATC-derived entries from outliving ATS Enable.
-        self.fast: dict[tuple[int, int | None, int, bool], tuple[int, int]] = {}
+        #: bits). Derived from one TLB or ATC entry and the StreamID's configuration, and
+        #: dropped with either; the ATS bit keeps ATC-derived entries from outliving ATS
+        #: Enable.
+        self.fast = FastPath()
+        self.ccache = ConfigCache()
+        self.tlb = Tlb(self.fast, cfg.tlb_entries)
+        self.atc = Atc(self.fast)
         # Endpoint-visible state: stalled transactions and page request groups.
         self._next_stag = 0
         self.stalled: dict[int, tuple[int, int | None, int, int]] = {}
@@ -153,19 +164,36 @@ class SmmuV3Hardware(IommuHardware):
     # Queues
     # ==================================================================================
     def _consume_cmdq(self) -> None:
+        """Execute commands from CONS to PROD, reading each contiguous run of slots in
+        one access; stop at the first error (CONS stays on it, CONS.ERR says why)."""
         if self._cmdq_busy or self._cmdq_error or not self.cr0 & CR0_CMDQEN:
             return
         q = self.cmdq
-        mem = self.platform.mem
+        read = self.platform.mem.read
+        execute = self.cmd.execute
+        log2 = q.log2size
+        size = 1 << log2
+        wrap_mask = (size << 1) - 1
+        base = q.base
         error = 0
         self._cmdq_busy = True
         try:
-            while not q.empty():
-                slot = q.slot(q.cons)
-                error = self.cmd.execute(mem.read_u64(slot), mem.read_u64(slot + 8), slot)
-                if error:
+            while not error:
+                cons = q.cons
+                prod = q.prod
+                if (cons ^ prod) & wrap_mask == 0:
                     break
-                q.cons = q.inc(q.cons)
+                idx = cons & (size - 1)
+                pidx = prod & (size - 1)
+                n = pidx - idx if pidx > idx else size - idx
+                words = _unpacker(n).unpack(read(base + (idx << 4), n << 4))
+                done = 0
+                for i in range(0, 2 * n, 2):
+                    error = execute(words[i], words[i + 1], base + ((idx + done) << 4))
+                    if error:
+                        break
+                    done += 1
+                q.cons = (cons & ~wrap_mask & 0xFFFF_FFFF) | ((cons + done) & wrap_mask)
         finally:
             self._cmdq_busy = False
         if error:
@@ -246,9 +274,9 @@ class SmmuV3Hardware(IommuHardware):
         pass
 
     def detach_device(self, dev: Device) -> None:
-        for sid in dev.stream_ids:
+        for sid in dev.stream_ids or (dev.rid,):
             self.atc.drop_sid(sid)
-        self.fast_flush()
+            self.fast.drop_sid(sid)
 
     # ==================================================================================
     # DMA
@@ -282,8 +310,9 @@ class SmmuV3Hardware(IommuHardware):
             self._fault(dev, sid, pasid, iova, access, ev)
         pa = e.pa + (iova - e.va)
         if e.user:
-            self.fast[(sid, pasid, iova >> 12, False)] = (pa & ~_PAGE_MASK,
-                                                          e.perms | ACCESS_PRIV)
+            self.fast.add((sid, pasid, iova >> 12, False), (pa & ~_PAGE_MASK,
+                                                            e.perms | ACCESS_PRIV),
+                          e if e.tag is not None else None)
         return pa
 
     def _fault(self, dev: Device, sid: int, ssid: int | None, iova: int, access: int,
@@ -368,7 +397,8 @@ class SmmuV3Hardware(IommuHardware):
                     return self.xlate.s2_walk(ste.s2ctx, ipa, walk_access(access), ipa).oa
                 except SmmuEvent as ev:
                     self._fault(dev, sid, ssid, iova, access, ev)
-        self.fast[(sid, ssid, iova >> 12, True)] = (addr_page, perms | ACCESS_PRIV)
+        # Derived from the ATC entry (ATC_INV drops it) and the STE (ATSCHK).
+        self.fast.add((sid, ssid, iova >> 12, True), (addr_page, perms | ACCESS_PRIV), None)
         return addr_page | (iova & _PAGE_MASK)
 
     # -- introspection for people (the tour, tests) ----------------------------------------

@@ -212,7 +212,8 @@ class Translator:
 
     # -- stage 2 -----------------------------------------------------------------------------
     def s2_xlate(self, s2: S2Context, ipa: int, cls: int, input_addr: int) -> int:
-        """Translate a table/CD address (a read) through stage 2, via the TLB."""
+        """Translate a table/CD address (a read) through stage 2, via the TLB: a cached
+        stage-2 leaf makes a nested walk cost reads, not stage-2 walks."""
         tlb = self.hw.tlb
         tag = (STAGE2, s2.vmid, NO_ASID)
         e = tlb.lookup(tag, ipa)
@@ -226,6 +227,24 @@ class Translator:
         tlb.insert(tag, ipa, TlbEntry(r.page_base, r.page_size, r.oa_base,
                                       _perms(r.readable, r.writable, r.executable), True))
         return r.oa
+
+    def s2_desc_write(self, s2: S2Context, ipa: int, input_addr: int) -> None:
+        """HTTU updating a stage-1 descriptor at ``ipa`` is a stage-2 write: without
+        stage-2 write permission it is a stage-2 fault of class TT on a write (TTRnW=0)
+        and the descriptor stays as it was."""
+        tlb = self.hw.tlb
+        tag = (STAGE2, s2.vmid, NO_ASID)
+        e = tlb.lookup(tag, ipa)
+        if e is not None and e.perms & PERM_W:
+            return
+        r = walk(s2.fmt, self.read_u64, s2.ttb, ipa, access=Access.WRITE, privileged=True)
+        if isinstance(r, WalkFault):
+            raise SmmuEvent(_FAULT_IDS[r.reason], f"stage 2 on the HTTU update of the "
+                            f"descriptor at {ipa:#x} ({r.reason})", addr=input_addr,
+                            ipa=ipa, s2=True, cls=EVTQ_1_CLASS_TT, level=r.level,
+                            record=s2.record, stall=s2.stall, tt_read=False)
+        tlb.insert(tag, ipa, TlbEntry(r.page_base, r.page_size, r.oa_base,
+                                      _perms(r.readable, r.writable, r.executable), True))
 
     # -- the whole translation -----------------------------------------------------------------
     def translate(self, sid: int, ssid: int | None, iova: int, access: int,
@@ -277,9 +296,10 @@ class Translator:
             ipa, size, perms, user, is_global = s1
             if s1_only or s2 is None:
                 entry = TlbEntry(iova & -size, size, ipa & -size, perms, user)
-                if not s1_only:
-                    tlb.insert((tag[0], tag[1], GLOBAL_ASID) if is_global else tag, iova, entry)
-                return entry
+                if s1_only:
+                    return entry
+                return tlb.insert((tag[0], tag[1], GLOBAL_ASID) if is_global else tag, iova,
+                                  entry)
         else:
             ipa, size, perms, user, is_global = iova, 1 << 64, 7, True, False
         assert s2 is not None
@@ -293,8 +313,7 @@ class Translator:
         pa = r.oa
         entry = TlbEntry(iova & -size, size, (pa - (iova & (size - 1))) & -size,
                          perms & s2perms, user)
-        tlb.insert((tag[0], tag[1], GLOBAL_ASID) if is_global else tag, iova, entry)
-        return entry
+        return tlb.insert((tag[0], tag[1], GLOBAL_ASID) if is_global else tag, iova, entry)
 
     def s2_walk(self, s2: S2Context, ipa: int, waccess: Access, input_addr: int) -> WalkResult:
         """The stage-2 walk of a data access (class IN)."""
@@ -315,15 +334,32 @@ class Translator:
             raise SmmuEvent(EVT_ID_TRANSLATION_FAULT, "TTB0 walks disabled (EPD0)", addr=iova,
                             cls=EVTQ_1_CLASS_IN, record=cd.record, stall=cd.stall)
         s2 = ste.s2ctx
+        update = cd.ha or cd.hd
         xlate: Callable[[int], int] | None = None
-        if s2 is not None:
+        writer: Callable[[int, int], None] | None = self.mem.write_u64 if update else None
+        if s2 is not None and not update:
+            # Nested: every table address is an IPA.
             def xlate(a: int) -> int:
                 return self.s2_xlate(s2, a, EVTQ_1_CLASS_TT, iova)
-        update = cd.ha or cd.hd
+        elif s2 is not None:
+            # ... and an A/D update of a descriptor is a write through stage 2 (the
+            # table's PA page -> its IPA page).
+            ipa_of: dict[int, int] = {}
+            mem_write = self.mem.write_u64
+
+            def xlate(a: int) -> int:
+                pa = self.s2_xlate(s2, a, EVTQ_1_CLASS_TT, iova)
+                ipa_of[pa >> 12] = a & -PAGE
+                return pa
+
+            def write_through_s2(pa: int, val: int) -> None:
+                self.s2_desc_write(s2, ipa_of[pa >> 12] | (pa & (PAGE - 1)), iova)
+                mem_write(pa, val)
+
+            writer = write_through_s2
         r = walk(cd.fmt, self.read_u64, cd.ttb0, iova, access=waccess,
                  privileged=bool(access & ACCESS_PRIV), set_accessed=cd.ha,
-                 set_dirty=cd.hd, write_u64=self.mem.write_u64 if update else None,
-                 table_xlate=xlate)
+                 set_dirty=cd.hd, write_u64=writer, table_xlate=xlate)
         if self.tracer.enabled:
             self._trace("walk S1", f"asid {cd.asid} iova {iova:#x}: "
                         + (f"fault {r.reason}" if isinstance(r, WalkFault)

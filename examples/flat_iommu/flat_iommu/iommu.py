@@ -29,9 +29,11 @@ from iommu_core.platform.dma import Mmio
 from iommu_core.platform.platform import IommuResources
 from iommu_core.plugin import IommuOps
 from iommu_core.prot import IOMMU_DIRTY_NO_CLEAR
+from iommufd.uapi import IOMMU_HW_INFO_TYPE_DEFAULT
 
 from flat_iommu import spec
 from flat_iommu.spec import Cmd, Dte, DteMode, FaultRecord
+from flat_iommu.uapi import IOMMU_HW_INFO_TYPE_FLAT, iommu_hw_info_flat
 
 #: Queue sizes (log2 of 16-byte entries): one page each.
 CQ_LOG2 = 8
@@ -246,6 +248,16 @@ def flat_iommu_probe_device(dev: Device) -> IommuDevice:
                          f"{1 << unit.rid_bits}-entry device table")
     dev.iommu.priv = FlatMaster(unit, dev)
     return iommu
+
+
+def flat_iommu_hw_info(dev: Device, data_type: int) -> tuple[bytes, int]:
+    """IOMMU_GET_HW_INFO: the unit's ID registers, for a VMM that models a FlatIOMMU."""
+    if data_type not in (IOMMU_HW_INFO_TYPE_DEFAULT, IOMMU_HW_INFO_TYPE_FLAT):
+        raise IommuError(errno.EOPNOTSUPP, f"flat_iommu: hw_info type {data_type:#x}")
+    regs = to_master(dev).unit.regs
+    info = iommu_hw_info_flat(id=regs.read32(spec.REG_ID), version=regs.read32(spec.REG_VERSION),
+                              cap=regs.read32(spec.REG_CAP))
+    return bytes(info), IOMMU_HW_INFO_TYPE_FLAT
 
 
 def flat_iommu_release_device(dev: Device) -> None:

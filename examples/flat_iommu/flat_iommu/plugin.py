@@ -33,7 +33,9 @@ from iommu_core.plugin import IommuOps
 from iommu_core.prot import IOMMU_MMIO, IOMMU_WRITE
 
 from flat_iommu import iommu as flat
+from flat_iommu.describe import FlatDescribe
 from flat_iommu.hw import FlatFeatures, FlatIommuHw
+from flat_iommu.uapi import DATA_TYPES
 
 DRIVER_NAME = "flat_iommu"
 
@@ -44,8 +46,10 @@ def _paging(domain: IommuDomain) -> flat.FlatPagingDomain:
     return domain
 
 
-class FlatIommuPlugin:
-    """Hook implementations; each is a thin call into :mod:`flat_iommu.iommu`."""
+class FlatIommuPlugin(FlatDescribe):
+    """Hook implementations; each is a thin call into :mod:`flat_iommu.iommu`. The
+    teaching hooks (structures, hw_info description, tour) come from
+    :class:`~flat_iommu.describe.FlatDescribe`."""
 
     def __init__(self) -> None:
         self._drivers: weakref.WeakKeyDictionary[IommuOps, flat.FlatDriver] = (
@@ -66,6 +70,10 @@ class FlatIommuPlugin:
         ops.blocked_domain = drv.blocked_domain
         ops.identity_domain = drv.identity_domain
         ops.release_domain = drv.blocked_domain
+
+    @hookimpl
+    def iommufd_uapi_data_types(self) -> list[Any]:
+        return list(DATA_TYPES)
 
     @hookimpl
     def iommu_hw_create(self, name: str, options: dict[str, Any], platform: Platform
@@ -97,6 +105,10 @@ class FlatIommuPlugin:
     def device_group(self, dev: Device) -> IommuGroup:
         core = flat.to_master(dev).unit.core
         return core.pci_device_group(dev) if dev.is_pci else core.generic_device_group(dev)
+
+    @hookimpl
+    def hw_info(self, dev: Device, data_type: int) -> tuple[bytes, int]:
+        return flat.flat_iommu_hw_info(dev, data_type)
 
     @hookimpl
     def capable(self, dev: Device, cap: int) -> bool:
