@@ -255,6 +255,8 @@ def nested_misses(m: MachineLike, per_rep: int = 256) -> Callable[[int], int]:
     data_pages = REPS * per_rep
     total = data_pages + 64
     ram_va = m.mmap(total * PAGE)
+    for i in range(data_pages):  # data in every page, as the paging setup has
+        m.mem_write(ram_va + i * PAGE, b"\1")
     vm.map_unmap(ram_va, total * PAGE, 0, False)
     parent = vm.alloc(vm.ioas, u.IOMMU_HWPT_ALLOC_NEST_PARENT)
     viommu = vm.viommu(parent)

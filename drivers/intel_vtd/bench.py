@@ -248,6 +248,8 @@ def nested_misses(m: MachineLike, per_rep: int = 256) -> Callable[[int], int]:
     data_pages = REPS * per_rep
     tables = 64
     ram = m.mmap((data_pages + tables) * PAGE)
+    for i in range(data_pages):  # data in every page, as the paging setup has
+        m.mem_write(ram + i * PAGE, b"\1")
     vmm.map(ram, (data_pages + tables) * PAGE, 0)
     parent = vmm.hwpt_alloc(vmm.ioas, u.IOMMU_HWPT_ALLOC_NEST_PARENT)
     # 4 KiB leaves only (an aligned run would otherwise take 2 MiB pages)

@@ -128,6 +128,7 @@ _ALL = (1 << 64) - 1
 
 _CMD_WORDS = struct.Struct("<4I")
 _GUEST_4LEVEL = formats.x86_64(4, sign_extend=True)
+_ACC_R, _ACC_W = Access.READ, Access.WRITE
 
 #: Per-access requirement on a TLB entry's flag bits.
 _NEED = {ACCESS_READ: _TLB_R, ACCESS_WRITE: _TLB_W | _TLB_DIRTY_OK}
@@ -175,6 +176,7 @@ class _CachedDte:
     guest_levels: int = 4
     host_fmt: PtFormat | None = None
     guest_fmt: PtFormat = _GUEST_4LEVEL
+    pasid_bits: int = 9  # PASIDs the GCR3 table's GLX+1 levels index
 
 
 class CommandLog(Sequence[IommuCmd]):
@@ -250,6 +252,7 @@ class AmdIommuHw(IommuHardware):
         self.features = features
         self.platform = platform
         self.mem = platform.mem
+        self._read_u64 = self.mem.read_u64
         self.tracer = platform.tracer
         self.regs: dict[int, int] = {
             MMIO_EXT_FEATURES: features.efr(),
@@ -267,9 +270,10 @@ class AmdIommuHw(IommuHardware):
         self._iotlb: dict[int, dict[int, int]] = {}
         #: Page-directory caches, keyed by (input prefix, level): host (v1) entries by
         #: DomainID, guest (v2) entries by the guest tag; a nested guest entry holds the
-        #: host's translation of the next guest table. A guest tag's GCR3 entry too.
-        self._host_pde: dict[int, dict[int, tuple[int, int]]] = {}
-        self._guest_pde: dict[int, dict[int, tuple[int, int]]] = {}
+        #: host's translation of the next guest table. An entry is (level, table,
+        #: attributes above it), where a walk resumes. A guest tag's GCR3 entry too.
+        self._host_pde: dict[int, dict[int, tuple[int, int, int]]] = {}
+        self._guest_pde: dict[int, dict[int, tuple[int, int, int]]] = {}
         self._gcr3: dict[int, int] = {}
         #: DomainID -> the guest tags cached under it (any of the three caches)
         self._guest_tags: dict[int, set[int]] = {}
@@ -580,6 +584,7 @@ class AmdIommuHw(IommuHardware):
         cached = _CachedDte(dte=dte, nopasid_tag=tag, nopasid_guest=guest,
                             domid=dte.domid, perm=perm, mode=dte.mode, had=dte.had,
                             host_root=dte.host_pt_root, glx=dte.glx,
+                            pasid_bits=9 * (dte.glx + 1),
                             gcr3_root=dte.gcr3_root, guest_levels=5 if dte.gpt_level else 4,
                             host_fmt=formats.amd_v1(dte.mode) if 0 < dte.mode < 7 else None,
                             guest_fmt=formats.x86_64(5 if dte.gpt_level else 4,
@@ -673,22 +678,23 @@ class AmdIommuHw(IommuHardware):
                  ) -> tuple[int, int, bool]:
         """Host (v1) walk, from the lowest table the DomainID's page-directory cache
         holds: (output 4K page, effective _TLB_R/_TLB_W, dirty bits set)."""
-        perm = d.perm
         fmt = d.host_fmt
         assert fmt is not None
-        wr = bool(access & ACCESS_WRITE)
+        wr = access & ACCESS_WRITE
         had = d.had
-        set_dirty = had == 3
         vpn = addr >> 12
         pdes = self._host_pde.get(d.domid)
-        start = _pde_start(pdes, vpn, fmt.levels - 1)
-        tables: list[tuple[int, int, int]] = []
-        res = walk(fmt, self.mem.read_u64, d.host_root, addr,
-                   access=Access.WRITE if wr else Access.READ, privileged=True,
-                   set_accessed=bool(had & 1), set_dirty=set_dirty,
+        # the leaf table (4 KiB pages), else its parent (2 MiB pages), else the scan
+        start = pdes.get(vpn >> 9 << 3) or pdes.get(vpn >> 18 << 3 | 1) if pdes else None
+        if start is None:
+            start = _pde_start(pdes, vpn, fmt.levels - 1)
+        tables: list[tuple[int, int, int]] | None = [] if start is None or start[0] else None
+        res = walk(fmt, self._read_u64, d.host_root, addr,
+                   access=_ACC_W if wr else _ACC_R, privileged=True,
+                   set_accessed=bool(had & 1), set_dirty=had == 3,
                    write_u64=self.mem.write_u64 if had else None, start=start,
-                   on_table=None if start and not start[0] else
-                   lambda lv, nxt, acc: tables.append((lv, nxt, acc)))
+                   on_table=None if tables is None else
+                   lambda lv, nxt, acc: tables.append((lv - 1, nxt, acc)))
         if self.tracer.enabled:
             self.tracer.event("hw", "walk_v1", f"{self.name} {stage} {addr:#x} "
                               f"mode {d.mode}: {self._walk_str(res)}")
@@ -700,90 +706,63 @@ class AmdIommuHw(IommuHardware):
         if tables:
             if pdes is None:
                 pdes = self._host_pde[d.domid] = {}
-            for lv, nxt, acc in tables:
-                pdes[_pde_key(vpn, lv - 1)] = (nxt, acc)
-        eff = perm & ((_TLB_R if res.readable else 0) | (_TLB_W if res.writable else 0))
+            for entry in tables:
+                pdes[_pde_key(vpn, entry[0])] = entry
+        eff = d.perm & ((_TLB_R if res.readable else 0) | (_TLB_W if res.writable else 0))
         need = _TLB_W if wr else _TLB_R
         if eff & need != need:
             raise _XlateFault(EVENT_TYPE_IO_FAULT, f"{stage}: DTE IR/IW deny the access",
                               flags=EVENT_FLAG_PR, stage=stage, address=addr, ppr_ok=True)
-        return res.oa & ~_PAGE_MASK, eff, wr or not set_dirty
+        return res.oa & ~_PAGE_MASK, eff, bool(wr) or had != 3
+
+    def _host_addr(self, d: _CachedDte, gpa: int, what: str) -> int:
+        """A guest structure's GPA through the host table (a nested read)."""
+        pa, _perm, _ = self._walk_v1(d, gpa, ACCESS_READ, what)
+        return pa | (gpa & _PAGE_MASK)
+
+    def _fetch_gcr3(self, d: _CachedDte, pasid: int, tag: int, gn: int) -> int:
+        """The guest CR3 of ``pasid`` from the GCR3 table (GLX+1 levels of 512 entries,
+        indexed by PASID bits 9*level), into the GCR3 cache."""
+        table = d.gcr3_root
+        trp_gpa = d.mode != 0 and self._ctl(CONTROL_GCR3TRPMODE)
+        for level in range(d.glx, -1, -1):
+            addr = table + ((pasid >> (9 * level)) & 0x1FF) * 8
+            if trp_gpa:
+                addr = self._host_addr(d, addr, "gcr3-table")
+            entry = self.mem.read_u64(addr)
+            if not entry & GCR3_VALID:
+                raise _XlateFault(EVENT_TYPE_IO_FAULT, f"GCR3 entry for PASID {pasid} "
+                                  f"not valid (level {level})", flags=gn, stage="gcr3",
+                                  level=level, ppr_ok=True)
+            table = entry & GCR3_ADDR_MASK
+        self._gcr3[tag] = table
+        self._guest_tags.setdefault(d.domid, set()).add(tag)
+        return table
 
     def _translate_guest(self, d: _CachedDte, pasid: int, iova: int, access: int, wr: bool,
                          pasid_valid: bool) -> int:
-        nested = d.mode != 0
         gn = EVENT_FLAG_GN if pasid_valid else 0
-
-        def host(gpa: int, acc: int, what: str) -> int:
-            pa, _perm, _ = self._walk_v1(d, gpa, acc, what)
-            return pa | (gpa & _PAGE_MASK)
-
-        # GCR3 table: GLX+1 levels of 512 entries, indexed by PASID bits 9*level.
-        glx = d.glx
-        if pasid >> (9 * (glx + 1)):
-            raise _XlateFault(EVENT_TYPE_IO_FAULT, f"PASID {pasid} beyond GLX {glx}",
+        if pasid >> d.pasid_bits:
+            raise _XlateFault(EVENT_TYPE_IO_FAULT, f"PASID {pasid} beyond GLX {d.glx}",
                               flags=gn, stage="gcr3")
         tag = d.domid | ((pasid + 1) << 16)
         cr3 = self._gcr3.get(tag)
         if cr3 is None:
-            table = d.gcr3_root
-            trp_gpa = nested and self._ctl(CONTROL_GCR3TRPMODE)
-            for level in range(glx, -1, -1):
-                addr = table + ((pasid >> (9 * level)) & 0x1FF) * 8
-                if trp_gpa:
-                    addr = host(addr, ACCESS_READ, "gcr3-table")
-                entry = self.mem.read_u64(addr)
-                if not entry & GCR3_VALID:
-                    raise _XlateFault(EVENT_TYPE_IO_FAULT, f"GCR3 entry for PASID {pasid} "
-                                      f"not valid (level {level})", flags=gn, stage="gcr3",
-                                      level=level, ppr_ok=True)
-                table = entry & GCR3_ADDR_MASK
-            cr3 = self._gcr3[tag] = table
-            self._guest_tags.setdefault(d.domid, set()).add(tag)
-        levels = d.guest_levels
-        fmt = d.guest_fmt
-        vpn = iova >> 12
+            cr3 = self._fetch_gcr3(d, pasid, tag, gn)
+        nested = d.mode != 0
         pdes = self._guest_pde.get(tag)
-        start = _pde_start(pdes, vpn, levels - 1)
-        tables: list[tuple[int, int, int]] = []
-        # Nested: guest table addresses are GPAs; the directory cache keeps the host's
-        # translation, so the walk notes each table page's (GPA -> host page).
-        spa_of: dict[int, int] = {}
-        if start is not None and not start[0]:  # at the leaf table: nothing to note
-            table_host, on_table = None, None
+        start = pdes.get(iova >> 21 << 3) if pdes else None  # the leaf table
+        if start is not None:  # nothing above it to walk or to note
+            res = walk(d.guest_fmt, self._read_u64, cr3, iova,
+                       access=_ACC_W if wr else _ACC_R, privileged=bool(access & ACCESS_PRIV),
+                       set_accessed=not nested, set_dirty=not nested,
+                       write_u64=None if nested else self.mem.write_u64, start=start)
         else:
-            def table_host(gpa: int) -> int:
-                pa = host(gpa, ACCESS_READ, "guest-table")
-                spa_of[gpa >> 12] = pa >> 12
-                return pa
-
-            def on_table(lv: int, nxt: int, acc: int) -> None:
-                tables.append((lv, nxt, acc))
-
-        res = walk(fmt, self.mem.read_u64, cr3, iova,
-                   access=Access.WRITE if wr else Access.READ,
-                   privileged=bool(access & ACCESS_PRIV),
-                   # The unit updates guest A/D like the CPU; not through a nested S2,
-                   # whose mapping of the table page may be read-only.
-                   set_accessed=not nested, set_dirty=not nested,
-                   write_u64=None if nested else self.mem.write_u64,
-                   table_xlate=table_host if nested else None, start=start,
-                   on_table=on_table)
+            res = self._walk_guest_tables(d, tag, pdes, cr3, iova, access, wr)
         if self.tracer.enabled:
             self.tracer.event("hw", "walk_v2", f"{self.name} pasid {pasid} {iova:#x} "
-                              f"{levels}-level{' nested' if nested else ''}: "
+                              f"{d.guest_levels}-level{' nested' if nested else ''}: "
                               f"{self._walk_str(res)}")
-        if tables and not isinstance(res, WalkFault):
-            if pdes is None:
-                pdes = self._guest_pde[tag] = {}
-                self._guest_tags.setdefault(d.domid, set()).add(tag)
-            for lv, nxt, acc in tables:
-                if nested:
-                    page = spa_of.get(nxt >> 12)
-                    if page is None:
-                        continue
-                    nxt = page << 12 | (nxt & _PAGE_MASK)
-                pdes[_pde_key(vpn, lv - 1)] = (nxt, acc)
         if isinstance(res, WalkFault):
             flags = gn | (EVENT_FLAG_PR if res.reason == "permission" else 0)
             if not access & ACCESS_PRIV:
@@ -804,8 +783,47 @@ class AmdIommuHw(IommuHardware):
                 raise _XlateFault(EVENT_TYPE_IO_FAULT, "DTE IR/IW deny the access",
                                   flags=gn | EVENT_FLAG_PR, stage="dte", ppr_ok=True)
             pa, perm, dirty_ok = res.oa & ~_PAGE_MASK, gperm & d.perm, wr
-        self._fill(d.domid | ((pasid + 1) << 16), iova, pa, perm, dirty_ok)
+        self._fill(tag, iova, pa, perm, dirty_ok)
         return pa | (iova & _PAGE_MASK)
+
+    def _walk_guest_tables(self, d: _CachedDte, tag: int,
+                           pdes: dict[int, tuple[int, int, int]] | None, cr3: int,
+                           iova: int, access: int, wr: bool) -> WalkResult | WalkFault:
+        """A guest walk from the lowest cached table above the leaf one (or the root),
+        noting each table it descends into in the guest page-directory cache. Nested,
+        table addresses are GPAs: the cache keeps the host's translation of each."""
+        nested = d.mode != 0
+        vpn = iova >> 12
+        tables: list[tuple[int, int, int]] = []
+        spa_of: dict[int, int] = {}
+
+        def table_host(gpa: int) -> int:
+            pa = self._host_addr(d, gpa, "guest-table")
+            spa_of[gpa >> 12] = pa >> 12
+            return pa
+
+        res = walk(d.guest_fmt, self._read_u64, cr3, iova,
+                   access=_ACC_W if wr else _ACC_R,
+                   privileged=bool(access & ACCESS_PRIV),
+                   # The unit updates guest A/D like the CPU; not through a nested S2,
+                   # whose mapping of the table page may be read-only.
+                   set_accessed=not nested, set_dirty=not nested,
+                   write_u64=None if nested else self.mem.write_u64,
+                   table_xlate=table_host if nested else None,
+                   start=_pde_start(pdes, vpn, d.guest_levels - 1),
+                   on_table=lambda lv, nxt, acc: tables.append((lv - 1, nxt, acc)))
+        if tables and not isinstance(res, WalkFault):
+            if pdes is None:
+                pdes = self._guest_pde[tag] = {}
+                self._guest_tags.setdefault(d.domid, set()).add(tag)
+            for level, nxt, acc in tables:
+                if nested:
+                    page = spa_of.get(nxt >> 12)
+                    if page is None:
+                        continue
+                    nxt = page << 12 | (nxt & _PAGE_MASK)
+                pdes[_pde_key(vpn, level)] = (level, nxt, acc)
+        return res
 
     @staticmethod
     def _walk_str(res: WalkResult | WalkFault) -> str:
@@ -870,18 +888,19 @@ def _pde_key(vpn: int, level: int) -> int:
     return (vpn >> (9 * (level + 1))) << 3 | level
 
 
-def _pde_start(pdes: dict[int, tuple[int, int]] | None, vpn: int, top: int
+def _pde_start(pdes: dict[int, tuple[int, int, int]] | None, vpn: int, top: int
                ) -> tuple[int, int, int] | None:
-    """Where a walk may resume: the lowest cached table on the way to ``vpn``."""
+    """Where a walk may resume: the lowest cached table on the way to ``vpn``
+    (an entry is the walk's ``start``: level, table, attributes above it)."""
     if pdes:
         for level in range(top):
             hit = pdes.get(_pde_key(vpn, level))
             if hit is not None:
-                return level, hit[0], hit[1]
+                return hit
     return None
 
 
-def _drop_pde_range(pdes: dict[int, tuple[int, int]] | None, first: int, last: int) -> None:
+def _drop_pde_range(pdes: dict[int, tuple[int, int, int]] | None, first: int, last: int) -> None:
     """Cached directory entries whose table maps part of vpns [first, last]."""
     if not pdes:
         return
