@@ -1,5 +1,6 @@
-"""AMD-Vi measurements of issue #14, as ratios measured in one process (GC paused, best
-of 7), through a Machine's ioctl ABI and DMA only.
+"""AMD-Vi measurements of issue #14, as ratios measured in one process through a
+Machine's ioctl ABI and DMA only: GC paused, the two sides of a ratio in alternation,
+best of 7 repetitions (the misses: best of 15 short ones, each over fresh pages).
 
 Each function takes ``make_machine(config)`` (``iommu_sim.Machine.from_config``; the
 driver layer does not import the Machine) and returns a dict of figures:
