@@ -38,7 +38,7 @@ from iommu_core.platform.dma import ACCESS_PRIV, ACCESS_READ, ACCESS_WRITE, DmaF
 from iommu_core.platform.memory import PAGE_SIZE
 from iommu_core.testing.env import DriverEnv
 
-from .conftest import RW, Nesting, gdte_for, make_env
+from .conftest import RW, Nesting, gdte_for, make_env, mapped_device
 from .test_nested import _invalidate
 
 GVA = 0x40_0000
@@ -284,13 +284,7 @@ def test_stale_nested_walk_until_parent_invalidation(env: DriverEnv) -> None:
 def test_host_pde_follows_the_pde_bit(env: DriverEnv) -> None:
     """INVALIDATE_IOMMU_PAGES with PDE=0 keeps the host page-directory entries; PDE=1
     drops those whose table maps part of the range."""
-    dev = env.add_device(pasid_bits=0)
-    env.claim(dev)
-    dom = env.paging_domain(dev)
-    env.core.iommu_group_replace_domain(dev.iommu_group, dom)
-    _va, pfns = env.user_pages(2)
-    for i, pfn in enumerate(pfns):
-        env.core.iommu_map(dom, VA1 + i * PAGE_SIZE, pfn * PAGE_SIZE, PAGE_SIZE, RW)
+    dev, dom = mapped_device(env, VA1)
     env.dma_read(dev, VA1, 4)
     hw = env.hw
     assert isinstance(hw, AmdIommuHw)

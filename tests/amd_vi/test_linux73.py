@@ -26,7 +26,7 @@ from iommu_core.platform.dma import DmaFault
 from iommu_core.platform.memory import PAGE_SIZE
 from iommu_core.testing.env import DriverEnv
 
-from .conftest import RW, Nesting, gdte_for, make_env
+from .conftest import Nesting, gdte_for, make_env, mapped_device
 
 
 def _cmds_after(env: DriverEnv, n: int) -> list[IommuCmd]:
@@ -68,13 +68,7 @@ def _pages_flags(env: DriverEnv, n: int) -> list[int]:
 def test_pde_bit_only_when_tables_are_freed(env: DriverEnv) -> None:
     """amd_iommu_iotlb_sync(): INVALIDATE_IOMMU_PAGES carries PDE only if the unmap
     freed page-table pages (flush-all always does)."""
-    dev = env.add_device(pasid_bits=0)
-    env.claim(dev)
-    dom = env.paging_domain(dev)
-    env.core.iommu_group_replace_domain(dev.iommu_group, dom)
-    _va, pfns = env.user_pages(2)
-    for i, pfn in enumerate(pfns):
-        env.core.iommu_map(dom, 0x10_0000 + i * PAGE_SIZE, pfn * PAGE_SIZE, PAGE_SIZE, RW)
+    dev, dom = mapped_device(env, 0x10_0000)
     start = len(env.hw.cmd_log)  # type: ignore[attr-defined]
     env.core.iommu_unmap(dom, 0x10_0000, PAGE_SIZE)  # the leaf table keeps a page
     assert _pages_flags(env, start) == [0]  # S=0 (one page), PDE=0, GN=0

@@ -45,6 +45,17 @@ def psc_key(vpn: int, level: int) -> int:
     return (vpn >> (9 * (level + 1))) << 3 | level
 
 
+def _lowest(psc: dict[int, PscEntry] | None, vpn: int, top: int
+            ) -> tuple[int, PscEntry] | None:
+    """The lowest level below ``top`` whose table on the way to ``vpn`` ``psc`` holds."""
+    if psc:
+        for level in range(top):
+            pe = psc.get(psc_key(vpn, level))
+            if pe is not None:
+                return level, pe
+    return None
+
+
 def _range_keys(d: Mapping[int, object], first: int, last: int, shift: int, low: int,
                 lowbits: int, variants: Iterable[int]) -> list[int]:
     """Keys ``(idx << 3) | low | v`` of ``d`` with ``idx`` in [first >> shift,
@@ -131,13 +142,7 @@ class VtdCaches:
 
     def fs_psc_get(self, tag: Tag, vpn: int, top: int) -> tuple[int, PscEntry] | None:
         """The lowest cached first-stage table on the way to ``vpn``."""
-        psc = self.fs_psc.get(tag)
-        if psc:
-            for level in range(top):
-                pe = psc.get(psc_key(vpn, level))
-                if pe is not None:
-                    return level, pe
-        return None
+        return _lowest(self.fs_psc.get(tag), vpn, top)
 
     def fs_psc_put(self, tag: Tag, key: int, pe: PscEntry) -> None:
         psc = self.fs_psc.get(tag)
@@ -147,13 +152,8 @@ class VtdCaches:
         psc[key] = pe
 
     def ss_psc_get(self, did: int, vpn: int, top: int) -> tuple[int, PscEntry] | None:
-        psc = self.ss_psc.get(did)
-        if psc:
-            for level in range(top):
-                pe = psc.get(psc_key(vpn, level))
-                if pe is not None:
-                    return level, pe
-        return None
+        """The lowest cached second-stage table on the way to ``vpn``."""
+        return _lowest(self.ss_psc.get(did), vpn, top)
 
     def ss_psc_put(self, did: int, key: int, pe: PscEntry) -> None:
         psc = self.ss_psc.get(did)
