@@ -21,8 +21,8 @@ import attrs
 
 from iommu_core.platform import dma_engine as E
 from iommu_core.platform import pci as P
-from iommufd import uapi_vfio as vf
 from iommu_sim.machine import Machine
+from iommufd import uapi_vfio as vf
 
 __all__ = ["DmaEngineError", "DmaResult", "VfioDmaEngine"]
 

@@ -364,12 +364,12 @@ def vfio_pci_set_irqs_ioctl(vdev: VfioPciCoreDevice, flags: int, index: int, sta
     elif index in (vf.VFIO_PCI_MSI_IRQ_INDEX, vf.VFIO_PCI_MSIX_IRQ_INDEX):
         if action == vf.VFIO_IRQ_SET_ACTION_TRIGGER:
             return vfio_pci_set_msi_trigger(vdev, index, start, count, flags, data)
-    elif index in (vf.VFIO_PCI_ERR_IRQ_INDEX, vf.VFIO_PCI_REQ_IRQ_INDEX):
-        if action == vf.VFIO_IRQ_SET_ACTION_TRIGGER:
-            if start != 0 or count > 1:
-                raise IommuError(errno.EINVAL, "one trigger at subindex 0")
-            which = "err_trigger" if index == vf.VFIO_PCI_ERR_IRQ_INDEX else "req_trigger"
-            return vfio_pci_set_ctx_trigger_single(vdev, which, count, flags, data)
+    elif (index in (vf.VFIO_PCI_ERR_IRQ_INDEX, vf.VFIO_PCI_REQ_IRQ_INDEX)
+          and action == vf.VFIO_IRQ_SET_ACTION_TRIGGER):
+        if start != 0 or count > 1:
+            raise IommuError(errno.EINVAL, "one trigger at subindex 0")
+        which = "err_trigger" if index == vf.VFIO_PCI_ERR_IRQ_INDEX else "req_trigger"
+        return vfio_pci_set_ctx_trigger_single(vdev, which, count, flags, data)
     raise IommuError(errno.ENOTTY, f"no action {action:#x} for interrupt index {index}")
 
 

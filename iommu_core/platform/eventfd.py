@@ -80,7 +80,7 @@ class EventFd(File):
             mask |= POLLIN | POLLRDNORM
         if self.count == ULLONG_MAX:
             mask |= POLLERR
-        if ULLONG_MAX - 1 > self.count:
+        if self.count < ULLONG_MAX - 1:
             mask |= POLLOUT
         return mask
 

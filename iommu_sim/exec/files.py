@@ -118,13 +118,20 @@ class RegisterShadow:
                 write32(self.base + o, int.from_bytes(cur[o : o + 4], "little"))
         regs = self._registers()
         if regs != cur:
-            run: list[int] = []
-            for o in self._diff(regs, cur) + [-8]:
-                if run and o != run[-1] + 4:
-                    self.view[run[0] : run[-1] + 4] = regs[run[0] : run[-1] + 4]
-                    run = []
-                run.append(o)
+            for a, b in _word_runs(self._diff(regs, cur)):
+                self.view[a:b] = regs[a:b]
         self.last = regs
+
+
+def _word_runs(offsets: list[int]) -> list[tuple[int, int]]:
+    """Ascending word offsets as [start, end) runs of consecutive words."""
+    runs: list[tuple[int, int]] = []
+    for o in offsets:
+        if runs and runs[-1][1] == o:
+            runs[-1] = (runs[-1][0], o + 4)
+        else:
+            runs.append((o, o + 4))
+    return runs
 
 
 class ExportTable:

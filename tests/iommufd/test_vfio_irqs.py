@@ -14,7 +14,7 @@ from iommu_core.platform import pci as P
 from iommu_sim import Machine
 from iommufd import uapi_vfio as vf
 
-from .test_vfio_pci import CFG, DEV, Vfio, errno_of
+from .test_vfio_pci import DEV, Vfio, errno_of
 
 INTX, MSI, MSIX, ERR, REQ = (vf.VFIO_PCI_INTX_IRQ_INDEX, vf.VFIO_PCI_MSI_IRQ_INDEX,
                              vf.VFIO_PCI_MSIX_IRQ_INDEX, vf.VFIO_PCI_ERR_IRQ_INDEX,

@@ -430,3 +430,31 @@ def test_a_device_config_can_leave_the_engine_out() -> None:
                                                             0x1000),)}]})
     assert e.value.errno == errno.EINVAL
     m.shutdown()
+
+
+def test_a_page_request_is_answered_then_the_transfer_restarted() -> None:
+    # Nested on an SMMUv3 with ATS and PRI: the engine's read of a page the guest never
+    # mapped becomes a page request on the fault fd, not an abort; the VMM answers it and
+    # the program starts the transfer again.
+    from tests.arm_smmu_v3.test_machine import GVA, RW, nested_setup
+    from tests.arm_smmu_v3.vmm import Vmm
+
+    vmm = Vmm()
+    fault_id, ffd = vmm.fault_alloc()
+    _parent, _viommu, nested, s1 = nested_setup(vmm, ats=True, fault_id=fault_id)
+    vmm.attach(nested)
+    eng = VfioDmaEngine(vmm.m, vmm.vfds[DEV])
+    eng.enable()
+    r = eng.run(GVA + 0x7000, 0, 5, irq=True)
+    assert r.kind == E.ERR_PAGE_REQUEST and r.err_addr == GVA + 0x7000
+    assert eng.interrupts() == 1
+    pf = u.iommu_hwpt_pgfault.from_buffer_copy(vmm.m.read(ffd, 40))
+    assert pf.addr == GVA + 0x7000 and pf.dev_id == vmm.dev_id
+    vmm.m.mem_write(vmm.ram_va + 0x30000, b"paged")
+    s1.map(GVA + 0x7000, 0x30000, 4096, RW)  # type: ignore[attr-defined]
+    resp = u.iommu_hwpt_page_response(cookie=pf.cookie, code=u.IOMMUFD_PAGE_RESP_SUCCESS)
+    vmm.m.write(ffd, bytes(resp))
+    assert eng.dma_read(GVA + 0x7000, 5) == b"paged"
+    eng.close()
+    vmm.close()
+    assert vmm.m.kernel_pages_in_use == 0
