@@ -521,8 +521,11 @@ class PciFunction:
         self.cfg.data[off] = (self.cfg.data[off] & ~1) | int(on)
 
     def _msi_send(self) -> None:
+        """The message is written; with no handler on the vector it is lost (spurious),
+        not kept: MSI is an edge."""
         self._set_msi_pending(False)
-        self.msi_irq.assert_irq()
+        if self.msi_irq.handler is not None:
+            self.msi_irq.assert_irq()
 
     def _update_intx(self) -> None:
         """Status.Interrupt follows the device's level; the pin is asserted while Interrupt

@@ -210,8 +210,12 @@ class ExportTable:
         length = (length + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
         if os.fstat(ex.own_fd).st_size < offset + length:
             os.ftruncate(ex.own_fd, offset + length)
-        if offset in ex.shadows:
-            return
+        old = ex.shadows.get(offset)
+        if old is not None:
+            if len(old.view) >= length:
+                return
+            old.sync()  # a longer mapping of the same registers: one page set, grown
+            old.view.release()
         host = mmap.mmap(ex.own_fd, length, mmap.MAP_SHARED,
                          mmap.PROT_READ | mmap.PROT_WRITE, offset=offset)
         ex.shadows[offset] = RegisterShadow(region.mmio, region.mmio_offset, host)
