@@ -213,15 +213,22 @@ def _fd(data: bytes, i: int = 0) -> int:
     return int.from_bytes(data[4 * i : 4 * i + 4], "little", signed=True)
 
 
+def _now(flags: int, data: bytes, i: int = 0) -> bool:
+    """DATA_NONE, or DATA_BOOL with entry ``i`` true: act on it now."""
+    return bool(flags & vf.VFIO_IRQ_SET_DATA_NONE
+                or (flags & vf.VFIO_IRQ_SET_DATA_BOOL and data[i]))
+
+
+def _intx_one(vdev: VfioPciCoreDevice, start: int, count: int, what: str) -> None:
+    if not _is_intx(vdev) or start != 0 or count != 1:
+        raise IommuError(errno.EINVAL, f"INTx {what} needs INTx enabled, start 0, count 1")
+
+
 def vfio_pci_set_intx_unmask(vdev: VfioPciCoreDevice, start: int, count: int, flags: int,
                              data: bytes) -> int:
-    if not _is_intx(vdev) or start != 0 or count != 1:
-        raise IommuError(errno.EINVAL, "INTx unmask needs INTx enabled, start 0, count 1")
-    if flags & vf.VFIO_IRQ_SET_DATA_NONE:
+    _intx_one(vdev, start, count, "unmask")
+    if _now(flags, data):
         vfio_pci_intx_unmask(vdev)
-    elif flags & vf.VFIO_IRQ_SET_DATA_BOOL:
-        if data[0]:
-            vfio_pci_intx_unmask(vdev)
     elif flags & vf.VFIO_IRQ_SET_DATA_EVENTFD:
         ctx = vdev.ctx[0]
         fd = _fd(data)
@@ -241,13 +248,9 @@ def vfio_pci_set_intx_unmask(vdev: VfioPciCoreDevice, start: int, count: int, fl
 
 def vfio_pci_set_intx_mask(vdev: VfioPciCoreDevice, start: int, count: int, flags: int,
                            data: bytes) -> int:
-    if not _is_intx(vdev) or start != 0 or count != 1:
-        raise IommuError(errno.EINVAL, "INTx mask needs INTx enabled, start 0, count 1")
-    if flags & vf.VFIO_IRQ_SET_DATA_NONE:
+    _intx_one(vdev, start, count, "mask")
+    if _now(flags, data):
         vfio_pci_intx_mask(vdev)
-    elif flags & vf.VFIO_IRQ_SET_DATA_BOOL:
-        if data[0]:
-            vfio_pci_intx_mask(vdev)
     elif flags & vf.VFIO_IRQ_SET_DATA_EVENTFD:
         raise IommuError(errno.ENOTTY, "a mask eventfd is not implemented (as in Linux)")
     return 0
@@ -275,7 +278,7 @@ def vfio_pci_set_intx_trigger(vdev: VfioPciCoreDevice, start: int, count: int, f
         return 0
     if not _is_intx(vdev):
         raise IommuError(errno.EINVAL, "INTx is not enabled")
-    if flags & vf.VFIO_IRQ_SET_DATA_NONE or (flags & vf.VFIO_IRQ_SET_DATA_BOOL and data[0]):
+    if _now(flags, data):
         vfio_send_intx_eventfd(vdev)
     return 0
 
@@ -306,8 +309,7 @@ def vfio_pci_set_msi_trigger(vdev: VfioPciCoreDevice, index: int, start: int, co
         ctx = vdev.ctx.get(i)
         if ctx is None or ctx.trigger is None:
             continue
-        if flags & vf.VFIO_IRQ_SET_DATA_NONE or (flags & vf.VFIO_IRQ_SET_DATA_BOOL
-                                                 and data[i - start]):
+        if _now(flags, data, i - start):
             ctx.trigger.eventfd_signal()
     return 0
 

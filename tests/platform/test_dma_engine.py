@@ -21,19 +21,12 @@ from iommu_sim import Machine
 from iommu_sim.dma_engine import DmaEngineError, DmaResult, VfioDmaEngine
 from iommufd import uapi as u
 from iommufd import uapi_vfio as vf
+from tests.iommufd.test_vfio_pci import errno_of
 
 DEV = "0000:00:01.0"
 IOVA = 0x10000
 VENDORS = ["arm_smmu_v3", "intel_vtd", "amd_vi"]
 CFG = 7 << 40
-
-
-def errno_of(fn: Any, *args: Any) -> int:
-    try:
-        fn(*args)
-    except OSError as e:
-        return int(e.errno or 0)
-    return 0
 
 
 class Vm:

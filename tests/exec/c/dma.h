@@ -211,6 +211,71 @@ static inline uint64_t guest_map(struct guest *g, uint64_t root, uint64_t va, ui
 	return leaf;
 }
 
+/* -- a VMM: /dev/iommu, the device bound (argv[1], by default vfio0), an IOAS and `size`
+ * bytes of shared memory mapped in it at `iova` (guest RAM at IOVA = GPA when 0) ---------- */
+struct vmm {
+	int fd;
+	struct dev d;
+	uint32_t ioas;
+	struct guest g;
+};
+
+static inline void vmm_start(struct vmm *v, int argc, char **argv, uint64_t size,
+			     uint64_t iova)
+{
+	v->fd = open("/dev/iommu", O_RDWR);
+	CHECK(v->fd >= 0);
+	dev_bind(&v->d, argc > 1 ? argv[1] : "/dev/vfio/devices/vfio0", v->fd);
+	v->ioas = ioas_alloc(v->fd);
+	v->g.size = v->g.next = size;
+	v->g.ram = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	CHECK(v->g.ram != MAP_FAILED);
+	CHECK(map_fixed(v->fd, v->ioas, v->g.ram, size, iova) == 0);
+}
+
+/* A nest parent over the IOAS: the stage the VMM owns */
+static inline uint32_t nest_parent(struct vmm *v)
+{
+	return hwpt_alloc(v->fd, v->d.devid, v->ioas, IOMMU_HWPT_ALLOC_NEST_PARENT,
+			  IOMMU_HWPT_DATA_NONE, NULL, 0);
+}
+
+static inline void vmm_end(struct vmm *v)
+{
+	dev_close(&v->d);
+	close(v->fd);
+	munmap(v->g.ram, v->g.size);
+}
+
+/* Nested, attached and enabled: the device reads and writes `va` through the guest's
+ * table, whose leaf for it (at GPA `leaf`) maps `old_gpa`; the guest moves the page to
+ * `new_gpa` without telling the IOMMU and the device still reads the old one, until
+ * `invalidate` forwards the guest's invalidation. */
+static inline void nested_stale_flow(struct vmm *v, uint64_t va, uint64_t leaf,
+				     uint64_t page_bits, uint64_t old_gpa, uint64_t new_gpa,
+				     void (*invalidate)(struct vmm *v, uint64_t va))
+{
+	char *ram = (char *)v->g.ram;
+	strcpy(ram + old_gpa, "the guest's old page");
+	CHECK(strcmp(dev_read(&v->d, va, 21), "the guest's old page") == 0);
+	dev_write(&v->d, va + 0x100, "from the device", 16);
+	CHECK(strcmp(ram + old_gpa + 0x100, "from the device") == 0);
+	strcpy(ram + new_gpa, "the guest's new page");
+	*guest_u64(&v->g, leaf) = new_gpa | page_bits;
+	CHECK(strcmp(dev_read(&v->d, va, 21), "the guest's old page") == 0);  /* the IOTLB */
+	invalidate(v, va);
+	CHECK(strcmp(dev_read(&v->d, va, 21), "the guest's new page") == 0);
+}
+
+/* A transfer from `va`, which nothing maps: an IOMMU fault; returns its code. */
+static inline uint32_t dev_fault(struct dev *d, uint64_t va)
+{
+	CHECK(dma_run(d, va, 0, 8, 0) == DMA_STATUS_ERROR);
+	uint32_t e = rd32(d, DMA_ERROR);
+	CHECK(DMA_ERR_KIND(e) == ERR_FAULT && *(volatile uint64_t *)(d->bar + DMA_ERR_ADDR) == va);
+	return DMA_ERR_CODE(e);
+}
+
 /* ARM LPAE stage 1: table = valid|table; page = valid|page, AP[1] (EL0), SH outer, AF, nG */
 #define LPAE_TABLE	0x3ull
 #define LPAE_PAGE	0xe43ull

@@ -1,8 +1,9 @@
 /* Nesting on an ARM SMMUv3, the device doing the DMA: a nest parent over guest RAM, a
  * vIOMMU and a vDEVICE, a guest stage-1 table and CD in guest RAM, a nested HWPT from the
- * guest's vSTE. The device reads through both stages; the guest moves its page and the
- * device still reads the old one (the SMMU's TLB) until the VMM forwards the guest's
- * TLBI_NH_VA through IOMMU_HWPT_INVALIDATE on the vIOMMU. */
+ * guest's vSTE. The device reads and writes through both stages; the guest moves its page
+ * and the device still reads the old one (the SMMU's TLB) until the VMM forwards the
+ * guest's TLBI_NH_VA through IOMMU_HWPT_INVALIDATE on the vIOMMU. A stage-1 fault reaches
+ * the device's status and the vIOMMU's vEVENTQ. */
 #include "dma.h"
 
 #define GUEST	0x100000ull		/* 1 MiB of guest RAM at IOVA = GPA 0 */
@@ -32,76 +33,55 @@
 #define CMDQ_OP_TLBI_NH_VA 0x12ull
 #define CMDQ_TLBI_1_LEAF 1ull
 
+static uint32_t viommu;
+
+static void invalidate(struct vmm *v, uint64_t va)
+{
+	struct iommu_viommu_arm_smmuv3_invalidate inv = {
+		.cmd = { CMDQ_OP_TLBI_NH_VA | ((uint64_t)ASID << 48), va | CMDQ_TLBI_1_LEAF } };
+	hwpt_invalidate(v->fd, viommu, IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3, &inv,
+			sizeof(inv), 1);
+}
+
 int main(int argc, char **argv)
 {
-	const char *cdev = argc > 1 ? argv[1] : "/dev/vfio/devices/vfio0";
-	int fd = open("/dev/iommu", O_RDWR);
-	CHECK(fd >= 0);
-	struct dev d;
-	dev_bind(&d, cdev, fd);
-	uint32_t ioas = ioas_alloc(fd);
-	struct guest g = { .size = GUEST, .next = GUEST };
-	g.ram = mmap(NULL, GUEST, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-	CHECK(g.ram != MAP_FAILED);
-	CHECK(map_fixed(fd, ioas, g.ram, GUEST, 0) == 0);
-
-	uint32_t parent = hwpt_alloc(fd, d.devid, ioas, IOMMU_HWPT_ALLOC_NEST_PARENT,
-				     IOMMU_HWPT_DATA_NONE, NULL, 0);
-	uint32_t viommu = viommu_alloc(fd, IOMMU_VIOMMU_TYPE_ARM_SMMUV3, d.devid, parent);
-	vdevice_alloc(fd, viommu, d.devid, VSID);
+	struct vmm v;
+	vmm_start(&v, argc, argv, GUEST, 0);
+	viommu = viommu_alloc(v.fd, IOMMU_VIOMMU_TYPE_ARM_SMMUV3, v.d.devid, nest_parent(&v));
+	vdevice_alloc(v.fd, viommu, v.d.devid, VSID);
 
 	/* the guest: a stage-1 table mapping GVA -> GPA 0x10000, and its CD */
-	uint64_t root = guest_page(&g);
-	uint64_t leaf = guest_map(&g, root, GVA, 0x10000, LPAE_TABLE, LPAE_PAGE);
-	uint64_t *cd = guest_u64(&g, CD_GPA);
+	uint64_t root = guest_page(&v.g);
+	uint64_t leaf = guest_map(&v.g, root, GVA, 0x10000, LPAE_TABLE, LPAE_PAGE);
+	uint64_t *cd = guest_u64(&v.g, CD_GPA);
 	cd[0] = CD0_T0SZ(16) | CD0_IRGN0_WBWA | CD0_ORGN0_WBWA | CD0_SH0_ISH | CD0_EPD1 |
 		CD0_V | CD0_IPS_48 | CD0_AA64 | CD0_R | CD0_A | CD0_ASET | CD0_ASID(ASID);
 	cd[1] = root;
 	cd[3] = MAIR;
-	strcpy((char *)g.ram + 0x10000, "guest data at GPA 0x10000");
-
 	struct iommu_hwpt_arm_smmuv3 ste = {
 		.ste = { STE0_V | STE0_CFG_S1 | CD_GPA, STE1_S1DSS_SSID0 } };
-	uint32_t nested = hwpt_alloc(fd, d.devid, viommu, 0, IOMMU_HWPT_DATA_ARM_SMMUV3,
+	uint32_t nested = hwpt_alloc(v.fd, v.d.devid, viommu, 0, IOMMU_HWPT_DATA_ARM_SMMUV3,
 				     &ste, sizeof(ste));
-	dev_attach(&d, nested);
-	dev_enable(&d);
+	dev_attach(&v.d, nested);
+	dev_enable(&v.d);
 
-	/* through stage 1 (the guest's table) and stage 2 (the parent) */
-	CHECK(strcmp(dev_read(&d, GVA, 27), "guest data at GPA 0x10000") == 0);
-	dev_write(&d, GVA + 0x100, "from the device", 16);
-	CHECK(strcmp((char *)g.ram + 0x10100, "from the device") == 0);
+	nested_stale_flow(&v, GVA, leaf, LPAE_PAGE, 0x10000, 0x20000, invalidate);
 
-	/* the guest moves its page without telling the SMMU: the TLB still has the old one */
-	strcpy((char *)g.ram + 0x20000, "the guest's new page.....");
-	*guest_u64(&g, leaf) = 0x20000 | LPAE_PAGE;
-	CHECK(strcmp(dev_read(&d, GVA, 27), "guest data at GPA 0x10000") == 0);
-
-	/* the guest's TLBI_NH_VA, forwarded: now the device sees the new page */
-	struct iommu_viommu_arm_smmuv3_invalidate inv = {
-		.cmd = { CMDQ_OP_TLBI_NH_VA | ((uint64_t)ASID << 48), GVA | CMDQ_TLBI_1_LEAF } };
-	hwpt_invalidate(fd, viommu, IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3, &inv,
-			sizeof(inv), 1);
-	CHECK(strcmp(dev_read(&d, GVA, 26), "the guest's new page.....") == 0);
-
-	/* a GVA the guest never mapped: a stage-1 translation fault, in the device's status
-	 * and, as the SMMU reports it, an event for the guest on the vIOMMU's vEVENTQ */
+	/* a GVA the guest never mapped: F_TRANSLATION in the device's status and, as the SMMU
+	 * reports it, an event for the guest (its vSID) on the vIOMMU's vEVENTQ */
 	struct iommu_veventq_alloc q = { .size = sizeof(q), .viommu_id = viommu,
 		.type = IOMMU_VEVENTQ_TYPE_ARM_SMMUV3, .veventq_depth = 16 };
-	CHECK(ioctl(fd, IOMMU_VEVENTQ_ALLOC, &q) == 0);
-	CHECK(dma_run(&d, GVA + 0x200000, 0, 8, 0) == DMA_STATUS_ERROR);
-	CHECK(DMA_ERR_KIND(rd32(&d, DMA_ERROR)) == ERR_FAULT);
-	CHECK(DMA_ERR_CODE(rd32(&d, DMA_ERROR)) == 0x10);  /* F_TRANSLATION */
+	CHECK(ioctl(v.fd, IOMMU_VEVENTQ_ALLOC, &q) == 0);
+	CHECK(dev_fault(&v.d, GVA + 0x200000) == 0x10);
 	struct pollfd p = { .fd = q.out_veventq_fd, .events = POLLIN };
 	CHECK(poll(&p, 1, 10000) == 1);
 	struct { struct iommufd_vevent_header h; struct iommu_vevent_arm_smmuv3 e; } ev;
 	CHECK(read(q.out_veventq_fd, &ev, sizeof(ev)) == sizeof(ev));
-	CHECK((ev.e.evt[0] & 0xff) == 0x10 && ev.e.evt[0] >> 32 == VSID);  /* the vSID */
+	CHECK((ev.e.evt[0] & 0xff) == 0x10 && ev.e.evt[0] >> 32 == VSID);
 	CHECK(ev.e.evt[2] == GVA + 0x200000);
 	close(q.out_veventq_fd);
 
-	dev_close(&d);
-	close(fd);
+	vmm_end(&v);
 	printf("dma_nested_smmu ok\n");
 	return 0;
 }

@@ -8,67 +8,57 @@
 
 int main(int argc, char **argv)
 {
-	const char *cdev = argc > 1 ? argv[1] : "/dev/vfio/devices/vfio0";
-	int fd = open("/dev/iommu", O_RDWR);
-	CHECK(fd >= 0);
-	struct dev d;
-	dev_bind(&d, cdev, fd);
-	uint32_t ioas = ioas_alloc(fd);
-	size_t len = 16 * 4096;
-	char *mem = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-	CHECK(mem != MAP_FAILED);
+	struct vmm vm;
+	vmm_start(&vm, argc, argv, 16 * 4096, IOVA);
+	struct dev *d = &vm.d;
+	char *mem = (char *)vm.g.ram;
 	strcpy(mem + 0x3000, "written by the program");
-	CHECK(map_fixed(fd, ioas, mem, len, IOVA) == 0);
 	char *heap = aligned_alloc(4096, 2 * 4096);  /* private memory, pinned as well */
 	CHECK(heap != NULL);
 	memset(heap, 0, 2 * 4096);
-	CHECK(map_fixed(fd, ioas, heap, 2 * 4096, 2 * IOVA) == 0);
-	uint32_t hwpt = hwpt_alloc(fd, d.devid, ioas, 0, IOMMU_HWPT_DATA_NONE, NULL, 0);
-	dev_attach(&d, hwpt);
-	dev_enable(&d);
+	CHECK(map_fixed(vm.fd, vm.ioas, heap, 2 * 4096, 2 * IOVA) == 0);
+	uint32_t hwpt = hwpt_alloc(vm.fd, d->devid, vm.ioas, 0, IOMMU_HWPT_DATA_NONE, NULL, 0);
+	dev_attach(d, hwpt);
+	dev_enable(d);
 
 	/* liveness: the register is the device's, not the page's */
-	wr32(&d, DMA_SCRATCH, 0x12345678);
+	wr32(d, DMA_SCRATCH, 0x12345678);
 	uint32_t v;
-	CHECK(pread(d.fd, &v, 4, DMA_SCRATCH) == 4 && v == ~0x12345678u);
+	CHECK(pread(d->fd, &v, 4, DMA_SCRATCH) == 4 && v == ~0x12345678u);
 
 	/* memory -> buffer, buffer -> memory (shared and private): the program sees it */
-	CHECK(strcmp(dev_read(&d, IOVA + 0x3000, 23), "written by the program") == 0);
-	dev_write(&d, IOVA + 0x4010, "written by the device", 22);
+	CHECK(strcmp(dev_read(d, IOVA + 0x3000, 23), "written by the program") == 0);
+	dev_write(d, IOVA + 0x4010, "written by the device", 22);
 	CHECK(strcmp(mem + 0x4010, "written by the device") == 0);
-	dev_write(&d, 2 * IOVA + 0x1008, "into the heap", 14);
+	dev_write(d, 2 * IOVA + 0x1008, "into the heap", 14);
 	CHECK(strcmp(heap + 0x1008, "into the heap") == 0);
 
 	/* the same through pread/pwrite of the region: no mapping needed */
 	uint64_t src = IOVA + 0x3000, dst = 0x40, n = 7;
 	uint32_t cmd = DMA_CMD_START, st;
-	CHECK(pwrite(d.fd, &src, 8, DMA_SRC) == 8 && pwrite(d.fd, &dst, 8, DMA_DST) == 8);
-	CHECK(pwrite(d.fd, &n, 8, DMA_LEN) == 8 && pwrite(d.fd, &cmd, 4, DMA_CMD) == 4);
+	CHECK(pwrite(d->fd, &src, 8, DMA_SRC) == 8 && pwrite(d->fd, &dst, 8, DMA_DST) == 8);
+	CHECK(pwrite(d->fd, &n, 8, DMA_LEN) == 8 && pwrite(d->fd, &cmd, 4, DMA_CMD) == 4);
 	char got[8] = {0};
-	CHECK(pread(d.fd, &st, 4, DMA_STATUS) == 4 && st == DMA_STATUS_DONE);
-	CHECK(pread(d.fd, got, 7, DMA_BUF + 0x40) == 7 && memcmp(got, "written", 7) == 0);
+	CHECK(pread(d->fd, &st, 4, DMA_STATUS) == 4 && st == DMA_STATUS_DONE);
+	CHECK(pread(d->fd, got, 7, DMA_BUF + 0x40) == 7 && memcmp(got, "written", 7) == 0);
 	uint64_t efd_count;
-	CHECK(read(d.efd, &efd_count, 8) == -1 && errno == EAGAIN);  /* no IRQ was asked */
+	CHECK(read(d->efd, &efd_count, 8) == -1 && errno == EAGAIN);  /* no IRQ was asked */
 
 	/* an IOVA nothing maps: the IOMMU refuses, the status says why and where */
-	uint32_t count = rd32(&d, DMA_COUNT);
-	CHECK(dma_run(&d, 0x900000, 0, 16, 0) == DMA_STATUS_ERROR);
-	uint32_t e = rd32(&d, DMA_ERROR);
-	CHECK(DMA_ERR_KIND(e) == ERR_FAULT && DMA_ERR_CODE(e) != 0);
-	CHECK(*(volatile uint64_t *)(d.bar + DMA_ERR_ADDR) == 0x900000);
-	CHECK(rd32(&d, DMA_COUNT) == count + 1);
+	uint32_t count = rd32(d, DMA_COUNT);
+	CHECK(dev_fault(d, 0x900000) != 0);
+	CHECK(rd32(d, DMA_COUNT) == count + 1);
 
 	/* bad programming: a length past the buffer is refused and nothing else happens */
-	wr64(&d, DMA_SRC, IOVA);
-	wr64(&d, DMA_LEN, 0x1001);
-	wr32(&d, DMA_CMD, DMA_CMD_START | DMA_CMD_IRQ);
-	CHECK(pread(d.fd, &st, 4, DMA_STATUS) == 4 && st == DMA_STATUS_ERROR);
-	CHECK(DMA_ERR_KIND(rd32(&d, DMA_ERROR)) == ERR_LENGTH);
-	CHECK(rd32(&d, DMA_COUNT) == count + 1);
-	CHECK(read(d.efd, &efd_count, 8) == -1 && errno == EAGAIN);
+	wr64(d, DMA_SRC, IOVA);
+	wr64(d, DMA_LEN, 0x1001);
+	wr32(d, DMA_CMD, DMA_CMD_START | DMA_CMD_IRQ);
+	CHECK(pread(d->fd, &st, 4, DMA_STATUS) == 4 && st == DMA_STATUS_ERROR);
+	CHECK(DMA_ERR_KIND(rd32(d, DMA_ERROR)) == ERR_LENGTH);
+	CHECK(rd32(d, DMA_COUNT) == count + 1);
+	CHECK(read(d->efd, &efd_count, 8) == -1 && errno == EAGAIN);
 
-	dev_close(&d);
-	close(fd);
+	vmm_end(&vm);
 	printf("dma_paging ok\n");
 	return 0;
 }
