@@ -74,8 +74,6 @@ class RegisterShadow:
     effects), and a word stored twice between two syncs is written once, with its last
     value."""
 
-    _CHUNK = 64
-
     def __init__(self, mmio: Any, base: int, host: mmap.mmap) -> None:
         self.mmio = mmio
         self.base = base
@@ -97,15 +95,19 @@ class RegisterShadow:
         return b"".join(self.mmio.read32(self.base + o).to_bytes(4, "little")
                         for o in range(0, n, 4))
 
-    @classmethod
-    def _diff(cls, a: bytes, b: bytes) -> list[int]:
-        """Offsets of the 32-bit words that differ, ascending."""
+    @staticmethod
+    def _diff(a: bytes, b: bytes, start: int = 0, end: int = -1, chunk: int = 512
+              ) -> list[int]:
+        """Offsets of the 32-bit words that differ in [start, end), ascending: equal
+        chunks are skipped whole, differing ones searched in smaller chunks."""
+        end = len(a) if end < 0 else end
+        if chunk <= 4:
+            return [o for o in range(start, end, 4) if a[o : o + 4] != b[o : o + 4]]
         out = []
-        c = cls._CHUNK
-        for base in range(0, len(a), c):
-            if a[base : base + c] != b[base : base + c]:
-                out += [o for o in range(base, min(base + c, len(a)), 4)
-                        if a[o : o + 4] != b[o : o + 4]]
+        for base in range(start, end, chunk):
+            top = min(base + chunk, end)
+            if a[base:top] != b[base:top]:
+                out += RegisterShadow._diff(a, b, base, top, chunk // 8)
         return out
 
     def sync(self) -> None:
