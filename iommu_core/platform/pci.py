@@ -664,6 +664,11 @@ def pci_save_state(pdev: PciFunction) -> PciSavedState:
     pri = pdev.ext_caps.get(PCI_EXT_CAP_ID_PRI)
     if pri is not None:
         regs.append((pri + PCI_PRI_ALLOC_REQ, 4, pdev.config_read(pri + PCI_PRI_ALLOC_REQ, 4)))
+    if pdev.msi_cap:  # pci_restore_msi_state: the message and mask, then the control
+        m = pdev.msi_cap
+        regs += [(m + r, n, pdev.config_read(m + r, n))
+                 for r, n in ((PCI_MSI_ADDRESS_LO, 4), (PCI_MSI_ADDRESS_HI, 4),
+                              (PCI_MSI_DATA_64, 2), (PCI_MSI_MASK_64, 4), (PCI_MSI_FLAGS, 2))]
     return PciSavedState(tuple(regs))
 
 

@@ -451,3 +451,11 @@ def test_a_page_request_is_answered_then_the_transfer_restarted() -> None:
     eng.close()
     vmm.close()
     assert vmm.m.kernel_pages_in_use == 0
+
+
+def test_a_reset_keeps_msi_working(vm: Vm) -> None:
+    # pci_try_reset_function restores the MSI state vfio set up (pci_restore_msi_state)
+    vm.m.ioctl(vm.vfd, vf.VFIO_DEVICE_RESET, 0)
+    assert vm.pdev.msi_enabled()
+    vm.eng.enable(msi=False)  # the reset restored Bus Master too; idempotent
+    assert vm.eng.run(IOVA, 0, 4, irq=True).ok and vm.eng.interrupts() == 1
