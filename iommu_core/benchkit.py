@@ -1,9 +1,10 @@
-"""The measurements of issue #14, vendor-neutral, through a Machine's ioctl ABI and DMA
-only: a driver's ``bench`` module (``drivers/intel_vtd/bench.py``,
-``drivers/amd_vi/bench.py``) names its Machine, device and formats and builds its nested
-setup; this module measures. Every figure is a ratio of two timings in one process (GC
-paused, the two sides in alternation, best of several repetitions; see
-:mod:`iommu_core.timing`):
+"""The measurements of issue #14 (ratios through a Machine's ioctl ABI and DMA only),
+vendor-neutral: a driver's ``bench`` module (``drivers/intel_vtd/bench.py``,
+``drivers/amd_vi/bench.py``) names its Machine, device and page-table format and builds
+its nested setup; this module measures.
+
+Every figure is a ratio of two timings in one process (GC paused, the two sides in
+alternation, best of several repetitions; see :mod:`iommu_core.timing`):
 
 * ``inval_cached_ratio``: a 4 KiB ``IOMMU_IOAS_MAP`` + ``IOMMU_IOAS_UNMAP`` with a paging
   domain attached and ``cached`` distinct pages cached (DMA reads over a mapping of

@@ -1,5 +1,7 @@
-"""AMD-Vi measurements of issue #14 (:mod:`iommu_core.benchkit` measures; this module
-names the Machine and the v1 format, and builds the nested setup):
+"""AMD-Vi's setup for the measurements of issue #14: the Machine, the v1 format and the
+nested setup (:mod:`iommu_core.benchkit` measures).
+
+The figures:
 
 * ``inval_cached_ratio``: a 4 KiB ``IOMMU_IOAS_MAP`` + ``IOMMU_IOAS_UNMAP`` with a v1
   paging domain attached and 65,536 distinct pages cached (warmed by DMA reads over a

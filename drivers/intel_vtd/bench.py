@@ -1,5 +1,7 @@
-"""VT-d measurements of issue #14 (:mod:`iommu_core.benchkit` measures; this module
-names the Machine and the first-stage format, and builds the nested setup):
+"""VT-d's setup for the measurements of issue #14: the Machine, the first-stage format
+and the nested setup (:mod:`iommu_core.benchkit` measures).
+
+The figures:
 
 * ``inval_cached_ratio``: a 4 KiB ``IOMMU_IOAS_MAP`` + ``IOMMU_IOAS_UNMAP`` with a
   first-stage paging domain attached and 65,536 distinct pages cached (warmed by DMA

@@ -495,8 +495,10 @@ class Supervisor:
         by_value: frozenset[int] = getattr(f, "by_value_ioctls", frozenset())
         if tracer.enabled:
             with tracer.span("user", "ioctl",
-                             f"pid {task.pid} fd {_s32(a[0])} request {request:#x}"):
-                return self._ioctl(task, f, request, a[2], by_value)
+                             f"pid {task.pid} fd {_s32(a[0])} request {request:#x}") as node:
+                rc = self._ioctl(task, f, request, a[2], by_value)
+                node.result = str(rc)
+                return rc
         return self._ioctl(task, f, request, a[2], by_value)
 
     def _ioctl(self, task: ExecTask, f: File, request: int, arg: int,

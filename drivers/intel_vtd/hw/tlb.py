@@ -1,5 +1,7 @@
 """The unit's translation caches (VT-d 6.2.3/6.2.4), indexed by what invalidation
-descriptors name, so an invalidation costs what it removes:
+descriptors name, so an invalidation costs what it removes.
+
+The caches:
 
 * the IOTLB: per tag (DID, PASID, PGTT) the cached leaves, keyed by page-size class,
   input page and privilege;
