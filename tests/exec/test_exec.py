@@ -3,16 +3,13 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from iommu_core.platform.dma import DmaFault, device_dma_read
 from iommu_sim import Machine
 from iommu_sim.exec import HostUnsupported, exec_program
 
@@ -90,50 +87,20 @@ def test_cli_says_what_is_wrong_in_one_line() -> None:
 
 def test_tegra_vcmdq_program(cprog: Callable[[str], Path],
                              capfd: pytest.CaptureFixture[str]) -> None:
-    """A C VMM and guest invalidate through a VCMDQ (tests/exec/c/tegra_vcmdq.c). The
-    device's DMAs are this test's, on the program's request: a thread reads a byte from
-    the program's pipe, has the device read the guest's GVA and writes the 4 bytes back.
-    The program is blocked on that pipe meanwhile, so the supervisor only polls
-    registers while the thread runs."""
-    dev = "0000:00:01.0"
-    m = Machine.from_config({"iommus": [{"name": "smmu0", "driver": "arm_smmu_v3",
+    """A C VMM and guest invalidate through a Tegra241 VCMDQ (tests/exec/c/tegra_vcmdq.c),
+    the device's DMA engine showing stale and fresh; the program exits with the VINTF page
+    still mapped."""
+    m = Machine.from_config({"iommus": [{"name": "u0", "driver": "arm_smmu_v3",
                                          "tegra241_cmdqv": True}],
-                             "devices": [{"name": dev, "iommu": "smmu0"}]})
-    req_r, req_w = os.pipe()
-    resp_r, resp_w = os.pipe()
-    os.set_inheritable(req_w, True)
-    os.set_inheritable(resp_r, True)
-    hw = m.platform.iommus["smmu0"]
-    device = m.device(dev)
-    reads: list[bytes] = []
-
-    def device_side() -> None:
-        while os.read(req_r, 1) == b"r":
-            try:
-                data = device_dma_read(hw, m.platform.mem, device, 0x7F00_0000_0000, 4)
-            except DmaFault:
-                data = b"FLT!"
-            reads.append(data)
-            os.write(resp_w, data)
-
-    t = threading.Thread(target=device_side, daemon=True)
-    t.start()
+                             "devices": [{"name": DEV, "iommu": "u0"}]})
     try:
-        code = exec_program(m, str(cprog("tegra_vcmdq")),
-                            [m.vfio_cdev(dev), str(req_w), str(resp_r)])
+        code = exec_program(m, str(cprog("tegra_vcmdq")), [])
     except HostUnsupported as e:
         pytest.skip(str(e))
-    finally:
-        for fd in (req_w, resp_r):
-            os.close(fd)
-        t.join(5)
-        for fd in (req_r, resp_w):
-            os.close(fd)
     out, err = capfd.readouterr()
     assert code == 0, out + err
-    assert "tegra_vcmdq ok" in out
-    assert reads == [b"OLD!", b"OLD!", b"NEW!", b"NEW!", b"OLD!"]
-    cmdqv = hw.cmdqv  # type: ignore[attr-defined]
-    assert cmdqv is not None and sum(cmdqv.refused) == 1
+    assert "tegra_vcmdq ok" in out and "internal error" not in err
+    cmdqv = m.platform.iommus["u0"].cmdqv  # type: ignore[attr-defined]
+    assert cmdqv is not None and sum(cmdqv.refused) == 1 and sum(cmdqv.executed) > 4
     assert m.kernel_pages_in_use == m.kernel_pages_baseline
     assert m.platform.alloc.pin_total() == 0
