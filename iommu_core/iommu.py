@@ -103,6 +103,16 @@ class IommuCore:
                 self.platform.remove_device(dev)
                 raise
 
+    def iommu_mock_device_add(self, dev: Device) -> None:
+        """``iommu_mock_device_add``: the fwspec, then ``device_add``, whose bus notifier
+        probes the device. The notifier ignores a probe failure (``iommu_bus_notifier``
+        returns NOTIFY_DONE): the device is then simply not behind an IOMMU."""
+        self.platform.kzalloc("struct iommu_fwspec")
+        self.platform.add_device(dev)
+        if dev.iommu_name in self.iommus:
+            with contextlib.suppress(IommuError):
+                self.probe_device(dev)
+
     def remove_device(self, dev: Device) -> None:
         if dev.iommu is not None:
             self.release_device(dev)
@@ -115,6 +125,7 @@ class IommuCore:
         if iommu is None:
             raise IommuError(errno.ENODEV, f"{dev.name}: IOMMU {dev.iommu_name} not present")
         ops = iommu.ops
+        self.platform.kzalloc("struct dev_iommu")  # dev_iommu_get
         max_pasids = 0
         if dev.pasid_bits and iommu.max_pasid_bits:
             max_pasids = 1 << min(dev.pasid_bits, iommu.max_pasid_bits)
@@ -129,6 +140,7 @@ class IommuCore:
             raise
         try:
             group = ops.device_group(dev)
+            self.platform.kzalloc("struct group_device")  # iommu_group_alloc_device
             group.devices.append(dev)
             dev.iommu_group = group
             self.groups[group.id] = group
@@ -178,6 +190,7 @@ class IommuCore:
 
     # -- groups --------------------------------------------------------------------------
     def iommu_group_alloc(self, name: str = "") -> IommuGroup:
+        self.platform.kzalloc("struct iommu_group")
         gid = next(self._group_ids)
         return IommuGroup(id=gid, name=name or str(gid))
 
