@@ -11,7 +11,7 @@ exporter); they answer EOPNOTSUPP like an unknown op.
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import attrs
@@ -223,13 +223,27 @@ def iommufd_test_md_check_refs(ucmd: Ucmd, cmd: st.iommu_test_cmd) -> int:
     if length % PAGE_SIZE or uptr % PAGE_SIZE:
         raise IommuError(errno.EINVAL, "length or uptr not page aligned")
     mm = ucmd.ictx.current.mm
-    while length:
-        pins = mm.page_pin_count(uptr)  # get_user_pages_fast, then the page's count
-        if not mm.is_compound(uptr) and pins != refs:
-            raise IommuError(errno.EIO, f"page at {uptr:#x} has {pins} pins, "
-                             f"expected {refs}")
-        uptr += PAGE_SIZE
-        length -= PAGE_SIZE
+    alloc = mm.alloc
+    # get_user_pages_fast of every page, then each page's count: by runs (a page whose
+    # count differs is looked at alone); page by page when one is missing, so that the
+    # pages before it are checked first, as the kernel does
+    npages = length // PAGE_SIZE
+    runs: Iterable[tuple[int, int]]
+    try:
+        runs = mm.get_user_pages(uptr, npages)
+    except IommuError:
+        runs = ((mm.get_user_page(uptr + (i << PAGE_SHIFT)), 1) for i in range(npages))
+    va = uptr
+    for pfn, n in runs:
+        for s, e, pins in alloc.pin_spans(pfn, n):
+            if pins == refs:
+                continue
+            for p in range(s, e):
+                at = va + ((p - pfn) << PAGE_SHIFT)
+                if not mm.is_compound(at):
+                    raise IommuError(errno.EIO, f"page at {at:#x} has {pins} pins, "
+                                     f"expected {refs}")
+        va += n << PAGE_SHIFT
     return 0
 
 

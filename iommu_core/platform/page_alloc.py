@@ -172,6 +172,20 @@ class PageAllocator:
     def pin_count(self, pfn: int) -> int:
         return self._pins.get(pfn, 0) or 0
 
+    def pin_spans(self, pfn: int, count: int) -> list[tuple[int, int, int]]:
+        """``[pfn, pfn+count)`` cut into (start, end, pins) spans, unpinned ones with 0."""
+        out: list[tuple[int, int, int]] = []
+        pos = pfn
+        for s, e, n in self._pins.overlapping(pfn, pfn + count):
+            s, e = max(s, pfn), min(e, pfn + count)
+            if s > pos:
+                out.append((pos, s, 0))
+            out.append((s, e, n))
+            pos = e
+        if pos < pfn + count:
+            out.append((pos, pfn + count, 0))
+        return out
+
     def pin_count_in(self, pfn: int, count: int) -> int:
         """Frames of ``[pfn, pfn+count)`` holding a pin."""
         return self._pins.covered(pfn, pfn + count)

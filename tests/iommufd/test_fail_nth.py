@@ -286,3 +286,18 @@ def test_fail_nth_sweep_vendor(driver: str) -> None:
         if done:
             break
     assert n > 30
+
+
+def test_doc_example_runs() -> None:
+    """docs/fault_injection.rst: the first example does what it says."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "fault_injection.rst").read_text()
+    block = re.findall(r"\.\. code-block:: python\n\n((?:   .*\n|\n)+)", text)[0]
+    ns: dict[str, Any] = {}
+    exec(compile("\n".join(line[3:] for line in block.splitlines()), "doc", "exec"), ns)
+    m: Machine = ns["m"]
+    assert m.fail_nth == 0 and m.task.files.open_fds() == []
+    assert m.kernel_pages_in_use == m.kernel_pages_baseline
+    m.shutdown()
