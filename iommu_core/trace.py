@@ -9,6 +9,7 @@ while tracing is on.
 from __future__ import annotations
 
 import functools
+import html
 import json
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -18,6 +19,25 @@ from typing import Any, ParamSpec, Protocol, TypeVar
 import attrs
 
 LAYERS = ("user", "iommufd", "core", "driver", "hw")
+
+#: Functions that name what only a layer above knows (iommu_sim names ioctl request
+#: numbers): each is called with every new user-layer span and may rewrite its detail.
+_USER_NAMERS: list[Callable[[TraceNode], None]] = []
+
+
+def add_user_namer(fn: Callable[[TraceNode], None]) -> None:
+    """Register ``fn`` to name new user-layer spans (idempotent)."""
+    if fn not in _USER_NAMERS:
+        _USER_NAMERS.append(fn)
+
+
+#: How a notebook shows a trace: a layer above registers its HTML call tree; without one
+#: it is the text tree in a ``<pre>``.
+_HTML_RENDERER: list[Callable[[Sequence[TraceNode]], str]] = []
+
+
+def set_html_renderer(fn: Callable[[Sequence[TraceNode]], str]) -> None:
+    _HTML_RENDERER[:] = [fn]
 _COLORS = {"user": "1;37", "iommufd": "36", "core": "33", "driver": "32", "hw": "35",
            "error": "31"}
 
@@ -34,6 +54,9 @@ class TraceNode:
     result: str = ""
     error: str = ""
     t_ns: int = 0
+    #: What a recorder above the core adds to a span (JSON-ready: the entries a call
+    #: changed, a DMA's walk, a process id); None when nothing was added.
+    data: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"layer": self.layer, "name": self.name}
@@ -43,9 +66,22 @@ class TraceNode:
             d["result"] = self.result
         if self.error:
             d["error"] = self.error
+        if self.data:
+            d["data"] = self.data
         if self.children:
             d["children"] = [c.to_dict() for c in self.children]
         return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TraceNode:
+        """The node :meth:`to_dict` wrote (keys other than its own go to :attr:`data`, so a
+        recorder's tags, such as a process id, survive)."""
+        own = {"layer", "name", "detail", "result", "error", "data", "children"}
+        data = dict(d.get("data") or {})
+        data.update({k: v for k, v in d.items() if k not in own})
+        return cls(str(d.get("layer", "")), str(d.get("name", "")), str(d.get("detail", "")),
+                   [cls.from_dict(c) for c in d.get("children", ())],
+                   str(d.get("result", "")), str(d.get("error", "")), data=data or None)
 
 
 def _short(v: Any, limit: int = 60) -> str:
@@ -62,6 +98,7 @@ class Tracer:
         self._stack: list[TraceNode] = []
         self.max_nodes = 200_000
         self._count = 0
+        self._paused = False
 
     def start(self) -> None:
         self.enabled = True
@@ -80,8 +117,27 @@ class Tracer:
             return
         (self._stack[-1].children if self._stack else self.roots).append(node)
 
+    def here(self) -> list[TraceNode]:
+        """The list the next node joins: the open span's children, or the roots."""
+        return self._stack[-1].children if self._stack else self.roots
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Record nothing inside (a tool reading the state between two traced calls)."""
+        was = self.enabled
+        self.enabled, self._paused = False, True
+        try:
+            yield
+        finally:
+            self.enabled, self._paused = was, False
+
     def push(self, layer: str, name: str, detail: str = "") -> TraceNode:
         node = TraceNode(layer, name, detail, t_ns=time.perf_counter_ns())
+        if self._paused:
+            return node  # neither in the tree nor on the stack: pop ignores it
+        if layer == "user":
+            for namer in _USER_NAMERS:
+                namer(node)
         self._add(node)
         self._stack.append(node)
         return node
@@ -142,6 +198,11 @@ class Tracer:
         for r in self.roots:
             walk(r, "", True, 0)
         return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        if _HTML_RENDERER:
+            return _HTML_RENDERER[0](self.roots)
+        return f"<pre>{html.escape(self.render())}</pre>"
 
 
 class HasTracer(Protocol):

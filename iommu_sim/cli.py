@@ -6,9 +6,12 @@ Commands::
     decode   a structure a driver describes (STE, PASID entry, DTE, command...) or a PTE
     info     each IOMMU's IOMMU_GET_HW_INFO, decoded, side by side
     trace    run a Python script against a Machine and print (or save) its call tree
-    graph    the iommufd object graph and device/group/domain topology (DOT or Mermaid)
+    graph    the iommufd object graph and device/group/domain topology (DOT, Mermaid, SVG)
     run      run scenario files (TOML) and check their expectations
     exec     run a real Linux program against a Machine (docs/exec.rst)
+
+Bad input (a missing file, a bad config, an unknown name) is one line on stderr and exit
+status 2, never a traceback; a failed check is exit status 1.
 """
 
 from __future__ import annotations
@@ -16,15 +19,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from iommu_sim.render import name_ioctls, paint, render_tree, want_color
+from iommu_sim.render import paint, render_tree, want_color
 
 EXIT_OK = 0
 EXIT_FAIL = 1
 EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """Bad input: ``main`` prints it as one line and exits 2."""
 
 
 def _color(args: argparse.Namespace) -> bool:
@@ -48,10 +56,9 @@ def cmd_tour(args: argparse.Namespace) -> int:
 
     try:
         return run_tour(args.vendor, args.step, color=_color(args) and not args.json,
-                        as_json=args.json)
+                        as_json=args.json, html=args.html)
     except TourError as e:
-        print(f"iommu-sim tour: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        raise UsageError(str(e)) from None
 
 
 # -- decode ---------------------------------------------------------------------------------
@@ -59,8 +66,21 @@ def _words(items: Sequence[str]) -> list[int]:
     out = []
     for it in items:
         for tok in it.replace(",", " ").split():
-            out.append(int(tok.replace("_", ""), 16))
+            try:
+                w = int(tok.replace("_", ""), 16)
+            except ValueError:
+                raise UsageError(f"not a hex word: {tok!r}") from None
+            if w < 0:
+                raise UsageError(f"a word cannot be negative: {tok}")
+            out.append(w)
     return out
+
+
+def _write_svgs(path: str, svgs: Sequence[Any]) -> None:
+    from iommu_sim.draw.svg import stack
+
+    Path(path).write_text((svgs[0] if len(svgs) == 1 else stack(list(svgs))).to_string(),
+                          encoding="utf-8")
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
@@ -73,32 +93,34 @@ def cmd_decode(args: argparse.Namespace) -> int:
             print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[4])
         return EXIT_OK
     if not args.kind:
-        print("iommu-sim decode: give a kind (iommu-sim decode --list shows them)",
-              file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        words = _words(args.hex)
-    except ValueError as e:
-        print(f"iommu-sim decode: not a hex word: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        raise UsageError("give a kind (iommu-sim decode --list shows them)")
+    words = _words(args.hex)
     if not words:
-        print("iommu-sim decode: give at least one hex word (low word first)", file=sys.stderr)
-        return EXIT_USAGE
+        raise UsageError("give at least one hex word (low word first)")
     try:
         if args.kind == "pte":
             if not args.format:
-                print("iommu-sim decode pte: --format is needed (amd_v1, arm_lpae_s1, "
-                      "arm_lpae_s2, mock, vtd_ss, x86_64)", file=sys.stderr)
-                return EXIT_USAGE
-            params = dict(p.split("=", 1) for p in args.param)
-            d = [describe_pte(w, args.format, args.level,
-                              **{k: int(v, 0) for k, v in params.items()}) for w in words]
+                raise UsageError("pte: --format is needed (amd_v1, arm_lpae_s1, "
+                                 "arm_lpae_s2, mock, vtd_ss, x86_64)")
+            params = {}
+            for p in args.param:
+                k, eq, v = p.partition("=")
+                try:
+                    params[k] = int(v, 0)
+                except ValueError:
+                    raise UsageError(f"--param {p!r}: give NAME=INTEGER") from None
+                if not eq:
+                    raise UsageError(f"--param {p!r}: give NAME=INTEGER")
+            d = [describe_pte(w, args.format, args.level, **params) for w in words]
         else:
             kind = f"{args.kind}-legacy" if args.legacy else args.kind
             d = [decode(kind, words, args.vendor)]
-    except DecodeError as e:
-        print(f"iommu-sim decode: {e}", file=sys.stderr)
-        return EXIT_USAGE
+    except (DecodeError, TypeError) as e:
+        raise UsageError(str(e)) from None
+    if args.svg:
+        from iommu_sim.draw.bitfield import bitfield_svg
+
+        _write_svgs(args.svg, [bitfield_svg(x, ids=f"bf{i}") for i, x in enumerate(d)])
     if args.json:
         print(json.dumps([to_dict(x) for x in d], indent=1))
     else:
@@ -107,18 +129,33 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
 
 # -- info ---------------------------------------------------------------------------------------
-def _machine(args: argparse.Namespace) -> Any:
-    from iommu_sim.machine import Machine
-
-    cfg = getattr(args, "config", None)
-    if not cfg:
-        return Machine.default()
+def _machine(args: argparse.Namespace, cls: Any = None, **kwargs: Any) -> Any:
+    """The Machine of ``--config`` (TOML or JSON; a scenario's ``[machine]`` table works
+    too), else the default one; ``cls``: a Machine subclass."""
     import tomllib
 
-    text = Path(cfg).read_text(encoding="utf-8")
-    doc = json.loads(text) if cfg.endswith(".json") else tomllib.loads(text)
+    from iommu_sim.machine import Machine
+
+    cls = cls or Machine
+    cfg = getattr(args, "config", None)
+    if not cfg:
+        return cls.default(**kwargs)
+    try:
+        text = Path(cfg).read_text(encoding="utf-8")
+    except OSError as e:
+        raise UsageError(f"--config {cfg}: {e.strerror or e}") from None
+    try:
+        doc = json.loads(text) if cfg.endswith(".json") else tomllib.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as e:
+        what = "JSON" if cfg.endswith(".json") else "TOML"
+        raise UsageError(f"--config {cfg}: not valid {what}: {e}") from None
+    if not isinstance(doc, dict):
+        raise UsageError(f"--config {cfg}: expected a table of iommus and devices")
     doc = doc.get("machine", doc)
-    return Machine.from_config(doc)
+    try:
+        return cls.from_config(doc, **kwargs)
+    except OSError as e:
+        raise UsageError(f"--config {cfg}: {e.strerror or e}") from None
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -133,22 +170,39 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 # -- trace ----------------------------------------------------------------------------------------
-def cmd_trace(args: argparse.Namespace) -> int:
-    from iommu_sim.script import run_script
+def _filter(args: argparse.Namespace) -> Any:
+    from iommu_sim.trace_filter import TraceFilter
 
-    m = _machine(args)
+    try:
+        return TraceFilter.parse(args.layer or (), args.match or (), args.depth)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def _script(path: str) -> str:
+    if not Path(path).is_file():
+        raise UsageError(f"no script {path!r}")
+    return path
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    from iommu_sim.script import run_script, script_traceback
+    from iommu_sim.traced import TracedMachine
+
+    script = _script(args.script)
+    flt = _filter(args)
+    m = _machine(args, TracedMachine, views=bool(args.html))
     status = EXIT_OK
+    err = ""
     try:
         with m.trace() as tracer:
             try:
-                run_script(args.script, m)
+                run_script(script, m)
             except Exception as e:  # report the script's error after its trace
                 status = EXIT_FAIL
-                err = f"{type(e).__name__}: {e}"
-            else:
-                err = ""
-        roots = tracer.roots
-        name_ioctls(roots)
+                err = script_traceback(e, script)
+        roots = flt.apply(tracer.roots)
+        color = _color(args)
         if args.json:
             doc = [r.to_dict() for r in roots]
             if args.json == "-":
@@ -156,11 +210,19 @@ def cmd_trace(args: argparse.Namespace) -> int:
             else:
                 Path(args.json).write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
                 print(f"{len(roots)} top-level calls written to {args.json}")
-        else:
-            print(render_tree(roots, color=_color(args), fold=not args.no_fold))
+        if args.html:
+            from iommu_sim.draw.html import trace_page
+
+            page = trace_page(roots, title=f"iommu-sim trace {Path(script).name}")
+            Path(args.html).write_text(page, encoding="utf-8")
+            print(f"{len(roots)} top-level calls drawn in {args.html}")
+        if not args.json and not args.html:
+            print(render_tree(roots, color=color, fold=not args.no_fold))
         if err:
-            print(paint(f"iommu-sim trace: the script failed: {err}", "error",
-                        _color(args)), file=sys.stderr)
+            sys.stdout.flush()
+            print(paint("iommu-sim trace: the script failed:", "error", color),
+                  file=sys.stderr)
+            print(err.rstrip(), file=sys.stderr)
     finally:
         m.shutdown()
     return status
@@ -181,43 +243,58 @@ def _scenario_path(name: str) -> Path:
 
 
 def cmd_graph(args: argparse.Namespace) -> int:
-    from iommu_sim.graph import build_graph, to_dot, to_mermaid
-    from iommu_sim.machine import Machine
+    from iommu_sim.graph import build_graph, to_dot, to_mermaid, to_svg
     from iommu_sim.scenario import Runner, ScenarioError, ScenarioFailed, load
-    from iommu_sim.script import run_script
+    from iommu_sim.script import run_script, script_error_line
 
     runner = None
+    m = None
     try:
         if args.scenario:
-            runner = Runner(load(_scenario_path(args.scenario)))
-            for _ in runner.steps():
-                pass
+            try:
+                runner = Runner(load(_scenario_path(args.scenario)))
+                for _ in runner.steps():
+                    pass
+            except (FileNotFoundError, ScenarioError, ScenarioFailed) as e:
+                raise UsageError(str(e)) from None
             m = runner.machine
         else:
             m = _machine(args)
         if args.script:
-            run_script(args.script, m)
-    except (FileNotFoundError, ScenarioError, ScenarioFailed) as e:
-        print(f"iommu-sim graph: {e}", file=sys.stderr)
-        if runner is not None:
-            runner.close()
-        return EXIT_FAIL
-    try:
+            script = _script(args.script)
+            try:
+                run_script(script, m)
+            except Exception as e:
+                raise UsageError(f"the script failed: {script_error_line(e, script)}"
+                                 ) from None
         g = build_graph(m, kernel=not args.iommufd_only, entries=args.entries)
-        text = {"dot": to_dot, "mermaid": to_mermaid}.get(args.format)
+        text = {"dot": to_dot, "mermaid": to_mermaid, "svg": to_svg}.get(args.format)
         out = text(g) if text else json.dumps(g.to_dict(), indent=1) + "\n"
         if args.output:
             Path(args.output).write_text(out, encoding="utf-8")
         else:
             sys.stdout.write(out)
     finally:
-        if isinstance(m, Machine):
+        if runner is not None:
+            runner.close()
+        elif m is not None:
             m.shutdown()
     return EXIT_OK
 
 
 # -- run ------------------------------------------------------------------------------------------
+def _step_title(runner: Any, step: Any) -> str:
+    """The step's title, or its action and argument, with ``{NAME}`` variables filled in."""
+    text = step.title or f"{step.action} {step.arg}"
+    try:
+        return str(runner.string(step, text))
+    except Exception:  # a variable the step has not defined yet: show it as written
+        return str(text)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    import textwrap
+
     from iommu_sim.scenario import (
         Runner,
         ScenarioError,
@@ -228,13 +305,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     color = _color(args)
     if args.list:
-        for name, path in builtin_scenarios().items():
-            sc = load(path)
-            print(f"{name:<24} {sc.description.splitlines()[0] if sc.description else ''}")
+        shipped = builtin_scenarios()
+        width = max((len(n) for n in shipped), default=0) + 2
+        for name, path in shipped.items():
+            text = " ".join(load(path).description.split())
+            print(textwrap.fill(text, 92, initial_indent=name.ljust(width),
+                                subsequent_indent=" " * width, break_on_hyphens=False,
+                                break_long_words=False))
         return EXIT_OK
     if not args.files:
-        print("iommu-sim run: give scenario files (or --list)", file=sys.stderr)
-        return EXIT_USAGE
+        raise UsageError("give scenario files (or --list)")
     status = EXIT_OK
     report = []
     for f in args.files:
@@ -252,7 +332,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 done += 1
                 if args.verbose or args.trace:
                     mark = paint("ok", "ok", color)
-                    what = res.step.title or f"{res.step.action} {res.step.arg}"
+                    what = _step_title(runner, res.step)
                     extra = ""
                     if res.error is not None:
                         extra = f" (expected: {type(res.error).__name__} {res.error})"
@@ -278,9 +358,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 # -- the parser -------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
+    from iommu_sim import KERNEL, __version__
+
     p = argparse.ArgumentParser(
         prog="iommu-sim", description="The Linux IOMMU stack, simulated layer by layer.",
         epilog="Run 'iommu-sim COMMAND --help' for a command's options.")
+    p.add_argument("--version", action="version",
+                   version=f"iommu-sim {__version__} (follows Linux {KERNEL})")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("tour", help="a VMM's flow on each vendor, layer by layer",
@@ -293,6 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="paging, nested, stale, pasid, fault or 1-5 (repeatable; "
                    "default: all)")
     t.add_argument("--json", action="store_true", help="machine-readable output")
+    t.add_argument("--html", metavar="FILE", help="write one self-contained page with "
+                   "pictures (bit-field diagrams, walks) instead")
     _add_color(t)
     t.set_defaults(func=cmd_tour)
 
@@ -313,6 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the structure's legacy form (context-entry: legacy mode)")
     d.add_argument("--strict", action="store_true", help="exit 1 if the entry is invalid")
     d.add_argument("--json", action="store_true")
+    d.add_argument("--svg", metavar="FILE", help="also draw the structure's bit-field "
+                   "diagram in FILE")
     _add_color(d)
     d.set_defaults(func=cmd_decode)
 
@@ -327,14 +415,24 @@ def build_parser() -> argparse.ArgumentParser:
                        "main(machine)); everything it does is traced.")
     r.add_argument("script")
     r.add_argument("--json", metavar="FILE", help="write the call tree as JSON ('-': stdout)")
+    r.add_argument("--html", metavar="FILE", help="write one self-contained page: each call's "
+                   "tree, the entries it changed, each DMA's walk")
     r.add_argument("--config", help="a Machine config (TOML or JSON; default Machine)")
     r.add_argument("--no-fold", action="store_true", help="do not fold long runs of calls")
+    r.add_argument("--layer", action="append", metavar="L[,L]",
+                   help="show only these layers (user, iommufd, core, driver, hw)")
+    r.add_argument("--match", action="append", metavar="GLOB",
+                   help="show only calls whose name (or an identifier in their detail, "
+                   "such as an ioctl's name) matches, e.g. 'map_*'")
+    r.add_argument("--depth", type=int, metavar="N", help="show N levels (1: the top-level "
+                   "calls)")
     _add_color(r)
     r.set_defaults(func=cmd_trace)
 
     g = sub.add_parser("graph", help="the iommufd object graph and device/group/domain "
                        "topology")
-    g.add_argument("--format", choices=["dot", "mermaid", "json"], default="dot")
+    g.add_argument("--format", choices=["dot", "mermaid", "json", "svg"], default="dot",
+                   help="dot (default), mermaid, json, or svg (drawn here, no Graphviz)")
     g.add_argument("--scenario", help="run this scenario first (file or shipped name)")
     g.add_argument("--script", help="run this script first")
     g.add_argument("--config", help="a Machine config (TOML or JSON; default Machine)")
@@ -361,6 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--config", metavar="FILE", help="Machine config (TOML or JSON); "
                    "default: the default Machine")
     x.add_argument("--trace", metavar="FILE", help="write the layered call tree as JSON")
+    x.add_argument("--html", metavar="FILE", help="write the call tree as one page (each "
+                   "ioctl with its pid, its call tree)")
     x.add_argument("program", nargs=argparse.REMAINDER, help="-- PROGRAM [ARGS...]")
     x.set_defaults(func=cmd_exec)
     return p
@@ -374,26 +474,32 @@ def cmd_exec(args: argparse.Namespace) -> int:
     if program and program[0] == "--":
         program = program[1:]
     if not program:
-        print("iommu-sim exec: no program given (iommu-sim exec -- PROGRAM [ARGS...])",
-              file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        machine = _machine(args)
-    except (OSError, ValueError) as e:
-        print(f"iommu-sim exec: {args.config}: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        return exec_program(machine, program[0], program[1:],
-                            trace=Path(args.trace) if args.trace else None)
-    except HostUnsupported as e:
-        print(f"iommu-sim exec: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        raise UsageError("no program given (iommu-sim exec -- PROGRAM [ARGS...])")
+    machine = _machine(args)
+    with tempfile.TemporaryDirectory() as tmp:
+        # --html draws the recorded trace: record one (to --trace FILE, or aside).
+        trace = Path(args.trace) if args.trace else (
+            Path(tmp) / "trace.json" if args.html else None)
+        try:
+            rc = exec_program(machine, program[0], program[1:], trace=trace)
+        except HostUnsupported as e:
+            raise UsageError(str(e)) from None
+        if args.html and trace is not None:
+            from iommu_sim.draw.html import trace_page
+
+            page = trace_page(trace, title=f"iommu-sim exec {' '.join(program)}")
+            Path(args.html).write_text(page, encoding="utf-8")
+    return rc
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         rc: int = args.func(args)
+    except UsageError as e:
+        sys.stdout.flush()
+        print(f"iommu-sim {args.command}: {e}", file=sys.stderr)
+        return EXIT_USAGE
     except BrokenPipeError:  # `iommu-sim tour | head`
         sys.stderr.close()
         return EXIT_OK

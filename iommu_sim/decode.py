@@ -15,13 +15,13 @@ against a previous entry highlighted, which the tour uses) or as a dict for JSON
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from iommu_core.describe import Decoded, DecodedField, DescribeOps, Structure, fmt_value
 from iommu_sim.catalogue import UnknownVendor, catalogue
 
-__all__ = ["DecodeError", "Decoded", "decode", "describe_pte", "kinds", "render", "to_dict"]
+__all__ = ["DecodeError", "decode", "describe_pte", "from_dict", "kinds", "render", "to_dict"]
 
 
 class DecodeError(ValueError):
@@ -61,9 +61,12 @@ def decode(kind: str, words: Sequence[int], vendor: str | None = None,
         drv, struct = found[0]
     else:
         raise DecodeError(f"{kind} is ambiguous: give --vendor {'|'.join(names)}")
-    n = struct.layout.words
+    n, bits = struct.layout.words, struct.layout.word_bits
     if len(words) > n:
         raise DecodeError(f"{kind} has at most {n} words, got {len(words)}")
+    for i, w in enumerate(words):
+        if not 0 <= w < 1 << bits:
+            raise DecodeError(f"word {i} ({w:#x}) is not a {bits}-bit word")
     return struct.decode(words, unit, drv.vendor().name)
 
 
@@ -78,11 +81,52 @@ def describe_pte(value: int, fmt_name: str, level: int = 0, **params: int) -> De
         raise DecodeError(str(e)) from None
     if not 0 <= level < fmt.levels:
         raise DecodeError(f"{fmt_name} has levels 0..{fmt.levels - 1}")
+    if not 0 <= value < 1 << 64:
+        raise DecodeError(f"{value:#x} is not a 64-bit descriptor")
     desc = describe(value, fmt, level)
-    fields = tuple(DecodedField(f.name, "", f.value, f.meaning) for f in desc.fields)
+    where = _pte_bits(fmt, value, level)
+    fields = []
+    for f in desc.fields:
+        bits = where.get(f.name, [])
+        runs = _runs(bits)
+        text = ",".join(f"{hi}" if hi == lo else f"{hi}:{lo}" for hi, lo in runs)
+        hi, lo = runs[0] if len(runs) == 1 else (None, None)
+        fields.append(DecodedField(f.name, text, f.value, f.meaning, hi=hi, lo=lo))
     problems = (f"{desc.kind} descriptor",) if desc.kind == "invalid" else ()
-    return Decoded(f"{fmt.name} PTE", f"{desc.level} {desc.kind}", (value,), 64, fields,
-                   problems, structure="pte")
+    return Decoded(f"{fmt.name} PTE", f"{desc.level} {desc.kind}", (value,), 64,
+                   tuple(fields), problems, structure="pte")
+
+
+def _pte_bits(fmt: Any, value: int, level: int) -> dict[str, list[int]]:
+    """Which bits each field of the descriptor is read from, found by flipping each bit
+    and seeing which field's value changes (the format codecs know no bit positions). A
+    bit that changes the kind of descriptor belongs to the field that changed in both
+    readings, else to the first field (the valid or type bits)."""
+    from iommu_core.pgtable import describe
+
+    base = describe(value, fmt, level)
+    now = {f.name: f.value for f in base.fields}
+    out: dict[str, list[int]] = {}
+    for b in range(64):
+        other = describe(value ^ (1 << b), fmt, level)
+        then = {f.name: f.value for f in other.fields}
+        hit = [n for n in now if n in then and then[n] != now[n]]
+        if not hit and other.kind != base.kind and base.fields:
+            hit = [base.fields[0].name]
+        for n in hit:
+            out.setdefault(n, []).append(b)
+    return out
+
+
+def _runs(bits: list[int]) -> list[tuple[int, int]]:
+    """Sorted bit numbers as (hi, lo) runs, highest first."""
+    runs: list[tuple[int, int]] = []
+    for b in sorted(bits):
+        if runs and runs[-1][0] == b - 1:
+            runs[-1] = (b, runs[-1][1])
+        else:
+            runs.append((b, b))
+    return runs[::-1]
 
 
 # -- renderers -------------------------------------------------------------------------------
@@ -93,16 +137,39 @@ def _field_dict(f: DecodedField) -> dict[str, Any]:
         d["text"] = f.text
     if f.kernel:
         d["kernel"] = f.kernel
+    if f.hi is not None and f.lo is not None:
+        d["hi"], d["lo"] = f.hi, f.lo
     return d
 
 
 def to_dict(d: Decoded, previous: Decoded | None = None) -> dict[str, Any]:
-    """``d`` for JSON; ``changed`` marks the fields that differ from ``previous``."""
+    """``d`` for JSON (:func:`from_dict` reads it back); ``changed`` marks the fields that
+    differ from ``previous``."""
     ch = d.changed(previous)
-    return {"kind": d.kind, "summary": d.summary,
-            "words": [f"{w:#0{d.word_bits // 4 + 2}x}" for w in d.words],
-            "fields": [dict(_field_dict(f), changed=f.name in ch) for f in d.fields],
-            "problems": list(d.problems), "notes": list(d.notes)}
+    out = {"kind": d.kind, "summary": d.summary,
+           "words": [f"{w:#0{d.word_bits // 4 + 2}x}" for w in d.words],
+           "word_bits": d.word_bits,
+           "fields": [dict(_field_dict(f), changed=f.name in ch) for f in d.fields],
+           "problems": list(d.problems), "notes": list(d.notes), "refused": d.refused}
+    for key in ("structure", "vendor", "variant"):
+        if getattr(d, key):
+            out[key] = getattr(d, key)
+    return out
+
+
+def from_dict(doc: Mapping[str, Any]) -> Decoded:
+    """The :class:`~iommu_core.describe.Decoded` :func:`to_dict` wrote (a recorded trace's
+    entries, drawn again without the driver that decoded them)."""
+    fields = tuple(DecodedField(f["name"], f.get("bits", ""), int(f["value"]),
+                                f.get("meaning", ""), f.get("text", ""),
+                                bool(f.get("used", True)), f.get("kernel", ""),
+                                f.get("hi"), f.get("lo")) for f in doc.get("fields", ()))
+    words = tuple(int(w, 16) if isinstance(w, str) else int(w) for w in doc["words"])
+    return Decoded(kind=doc["kind"], summary=doc.get("summary", ""), words=words,
+                   word_bits=int(doc.get("word_bits", 64)), fields=fields,
+                   problems=tuple(doc.get("problems", ())), notes=tuple(doc.get("notes", ())),
+                   structure=doc.get("structure", ""), vendor=doc.get("vendor", ""),
+                   variant=doc.get("variant", ""), refused=bool(doc.get("refused", False)))
 
 
 def render(d: Decoded, previous: Decoded | None = None, color: bool = False,

@@ -22,11 +22,13 @@ from iommu_sim.catalogue import describe_ops
 from iommu_sim.introspect import device_config, domain_view
 from iommu_sim.machine import Machine
 
-__all__ = ["Graph", "build_graph", "to_dot", "to_mermaid"]
+__all__ = ["Edge", "Graph", "Node", "build_graph", "to_dot", "to_mermaid", "to_svg"]
 
 
 @attrs.define
 class Node:
+    """An object or a piece of topology. ``label``: its lines, separated by newlines."""
+
     id: str
     label: str
     kind: str  # iommu, device, group, domain, ioas, hwpt_paging, ...
@@ -35,6 +37,8 @@ class Node:
 
 @attrs.define
 class Edge:
+    """A reference from ``src`` to ``dst`` (``label``: what it is, "attached", "ioas"...)."""
+
     src: str
     dst: str
     label: str = ""
@@ -42,6 +46,8 @@ class Edge:
 
 @attrs.define
 class Graph:
+    """Nodes by id (in the order added), edges, and the clusters' titles."""
+
     nodes: dict[str, Node] = attrs.field(factory=dict)
     edges: list[Edge] = attrs.field(factory=list)
     clusters: dict[str, str] = attrs.field(factory=dict)  # id -> title
@@ -57,9 +63,13 @@ class Graph:
                 self.edges.append(e)
 
     def to_dict(self) -> dict[str, Any]:
+        """For JSON: labels are plain text (lines separated by newlines)."""
         return {"clusters": self.clusters,
                 "nodes": [attrs.asdict(n) for n in self.nodes.values()],
                 "edges": [attrs.asdict(e) for e in self.edges]}
+
+    def _repr_svg_(self) -> str:
+        return to_svg(self)
 
 
 def _sid(text: str) -> str:
@@ -74,13 +84,13 @@ def _domain_node(g: Graph, dom: Any, ids: dict[int, str], machine: Machine | Non
         kind = getattr(dom, "type_name", "domain")
         label = f"domain {getattr(dom, 'name', '?')}"
         if kind and kind not in label:
-            label += f"\\n{kind}"
+            label += f"\n{kind}"
         view = domain_view(machine, dom) if machine is not None else None
         if view is not None:
             for t in view.tables:
-                label += f"\\n{t.label}: {t.fmt} @ {t.root:#x}"
+                label += f"\n{t.label}: {t.fmt} @ {t.root:#x}"
             if view.tags:
-                label += "\\n" + " ".join(f"{k} {v:#x}" for k, v in view.tags)
+                label += "\n" + " ".join(f"{k} {v:#x}" for k, v in view.tags)
         g.add(Node(ids[key], label, "domain", "kernel"))
     return ids[key]
 
@@ -89,7 +99,7 @@ def _entries(g: Graph, machine: Machine, dev: Any, dn: str) -> None:
     """The chain of entries the hardware reads for ``dev``, as its driver describes it."""
     prev, label = dn, "reads"
     for i, e in enumerate(device_config(machine, dev)):
-        en = g.add(Node(f"{dn}_entry{i}", f"{e.label}\\n{e.decoded.summary}", "entry",
+        en = g.add(Node(f"{dn}_entry{i}", f"{e.label}\n{e.decoded.summary}", "entry",
                         "kernel"))
         g.edge(prev, en, label)
         prev, label = en, "points to"
@@ -108,7 +118,7 @@ def build_graph(machine: Machine, kernel: bool = True, entries: bool = False) ->
             if on_demand[drv] and not any(d.iommu_name == name
                                           for d in machine.platform.devices.values()):
                 continue  # a unit for devices made on demand, none made yet
-            g.add(Node(f"iommu_{_sid(name)}", f"{name}\\n{drv}", "iommu", "kernel"))
+            g.add(Node(f"iommu_{_sid(name)}", f"{name}\n{drv}", "iommu", "kernel"))
         for gid, grp in sorted(core.groups.items()):
             gn = g.add(Node(f"group_{gid}", f"group {gid}", "group", "kernel"))
             for dev in grp.devices:
@@ -145,11 +155,11 @@ def _iommufd_objects(g: Graph, ictx: Any, cl: str, doms: dict[int, str],
         label = f"{t} {o.id}"
         dev = getattr(o, "dev", None)
         if t == "DEVICE" and dev is not None:
-            label += f"\\n{dev.name}"
+            label += f"\n{dev.name}"
         if t == "HWPT_PAGING" and bool(getattr(o, "nest_parent", False)):
-            label += "\\nnest parent"
+            label += "\nnest parent"
         if t == "VDEVICE":
-            label += f"\\nvirt_id {getattr(o, 'virt_id', 0):#x}"
+            label += f"\nvirt_id {getattr(o, 'virt_id', 0):#x}"
         g.add(Node(_oid(cl, o), label, f"iommufd_{t.lower()}", cl))
     for o in objs:
         me = _oid(cl, o)
@@ -189,7 +199,8 @@ _DOT_SHAPES = {"iommu": "box3d", "device": "component", "group": "folder", "doma
 
 
 def _q(s: str) -> str:
-    return '"' + s.replace('"', '\\"') + '"'
+    """A DOT string: quotes and backslashes escaped, line breaks as ``\\n``."""
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
 def to_dot(g: Graph, name: str = "iommu_sim") -> str:
@@ -212,7 +223,7 @@ def to_dot(g: Graph, name: str = "iommu_sim") -> str:
 
 
 def _mq(s: str) -> str:
-    return '"' + s.replace('"', "'").replace("\\n", "<br/>") + '"'
+    return '"' + s.replace('"', "'").replace("\n", "<br/>") + '"'
 
 
 _MERMAID_SHAPES = {"iommufd_ioas": ("[(", ")]"), "iommufd_viommu": ("{{", "}}"),
@@ -236,3 +247,10 @@ def to_mermaid(g: Graph) -> str:
         else:
             lines.append(f"  {e.src} --> {e.dst}")
     return "\n".join(lines) + "\n"
+
+
+def to_svg(g: Graph, standalone: bool = True, title: str = "") -> str:
+    """The graph drawn as SVG (no Graphviz needed)."""
+    from iommu_sim.draw.graph import graph_svg
+
+    return graph_svg(g, title=title).to_string(standalone)

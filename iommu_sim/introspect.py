@@ -15,17 +15,27 @@ plain data any other renderer can draw.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from iommu_core.describe import ConfigEntry, Decoded, DeviceView, DomainView, WalkStage
+from iommu_core.describe import (
+    ConfigEntry,
+    Decoded,
+    DeviceView,
+    DomainView,
+    WalkLevel,
+    WalkStage,
+)
 from iommu_core.domain import IommuDomain
 from iommu_core.platform.bus import Device
 from iommu_sim.catalogue import describe_ops
+from iommu_sim.decode import from_dict as decoded_from_dict
 from iommu_sim.decode import to_dict as decoded_to_dict
 from iommu_sim.machine import Machine
 
-__all__ = ["ConfigEntry", "WalkStage", "device_config", "domain_view", "entry_to_dict",
-           "render_walk", "translation_walk", "walk_to_dict"]
+__all__ = ["ConfigEntry", "WalkStage", "device_config", "domain_view", "entry_from_dict",
+           "entry_to_dict", "render_walk", "translation_walk", "walk_from_dict",
+           "walk_to_dict"]
 
 
 def _view(machine: Machine, device: str | Device, pasid: int | None, iova: int | None
@@ -59,19 +69,63 @@ def domain_view(machine: Machine, domain: IommuDomain) -> DomainView | None:
     return describe_ops(machine.plugins, domain.owner.name).domain(domain)
 
 
-# -- renderers ----------------------------------------------------------------------------------
+# -- JSON (both ways: a recorded trace is drawn again from it) -------------------------------
 def entry_to_dict(e: ConfigEntry, previous: Decoded | None = None) -> dict[str, Any]:
     d = {"label": e.label, "addr": e.addr, **decoded_to_dict(e.decoded, previous)}
     if e.note:
         d["note"] = e.note
+    if e.table:
+        d["table"], d["index"] = e.table, e.index
+    if e.guest_addr is not None:
+        d["guest_addr"] = e.guest_addr
+    if e.stage2 is not None:
+        d["stage2"] = walk_to_dict(e.stage2)
     return d
 
 
+def entry_from_dict(d: Mapping[str, Any]) -> ConfigEntry:
+    s2 = d.get("stage2")
+    return ConfigEntry(d["label"], int(d["addr"]), decoded_from_dict(d), d.get("note", ""),
+                       int(d.get("table", 0)), int(d.get("index", 0)), d.get("guest_addr"),
+                       walk_from_dict(s2) if s2 else None)
+
+
 def walk_to_dict(st: WalkStage) -> dict[str, Any]:
-    return {"label": st.label, "format": st.fmt, "root": st.root, "input": st.input,
-            "result": st.result, "output": st.output,
-            "levels": [{"level": lv.level, "addr": lv.addr, "desc": lv.desc, "text": lv.text}
-                       for lv in st.levels]}
+    out: dict[str, Any] = {
+        "label": st.label, "format": st.fmt, "root": st.root, "input": st.input,
+        "result": st.result, "output": st.output,
+        "levels": [_level_dict(lv) for lv in st.levels]}
+    if st.fault:
+        out["fault"] = st.fault
+    if st.output is not None:
+        out.update(page_size=st.page_size, readable=st.readable, writable=st.writable)
+    if st.stage2_fault is not None:
+        out["stage2_fault"] = walk_to_dict(st.stage2_fault)
+    return out
+
+
+def _level_dict(lv: WalkLevel) -> dict[str, Any]:
+    d: dict[str, Any] = {"level": lv.level, "addr": lv.addr, "desc": lv.desc, "text": lv.text,
+                         "level_num": lv.level_num, "kind": lv.kind, "table": lv.table,
+                         "index": lv.index, "input_hi": lv.input_hi, "input_lo": lv.input_lo}
+    if lv.stage2 is not None:
+        d["stage2"] = walk_to_dict(lv.stage2)
+    return d
+
+
+def walk_from_dict(d: Mapping[str, Any]) -> WalkStage:
+    levels = tuple(
+        WalkLevel(lv["level"], int(lv["addr"]), int(lv["desc"]), lv.get("text", ""),
+                  int(lv.get("level_num", 0)), lv.get("kind", ""), int(lv.get("table", 0)),
+                  int(lv.get("index", 0)), int(lv.get("input_hi", 0)),
+                  int(lv.get("input_lo", 0)),
+                  walk_from_dict(lv["stage2"]) if lv.get("stage2") else None)
+        for lv in d.get("levels", ()))
+    s2f = d.get("stage2_fault")
+    return WalkStage(d["label"], d.get("format", ""), int(d["root"]), int(d["input"]), levels,
+                     d.get("result", ""), d.get("output"), d.get("fault", ""),
+                     int(d.get("page_size", 0)), bool(d.get("readable", False)),
+                     bool(d.get("writable", False)), walk_from_dict(s2f) if s2f else None)
 
 
 def render_walk(st: WalkStage, indent: str = "") -> str:

@@ -271,7 +271,7 @@ class Machine:
             task = copy_process(self.platform.tasks, parent)
         except IommuError as e:
             raise _oserror(e) from None
-        child = object.__new__(Machine)
+        child = object.__new__(type(self))
         child.__dict__.update(self.__dict__)
         child.task = task
         return child
@@ -581,3 +581,21 @@ class Machine:
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
+
+    # -- notebooks ---------------------------------------------------------------------
+    def __repr__(self) -> str:
+        units = ", ".join(f"{n} ({d})" for n, d in self.iommus.items())
+        return (f"<Machine: {units}; {len(self.devices)} devices; "
+                f"{len(self.task.files.open_fds())} open fds; "
+                f"{self.kernel_pages_in_use} kernel pages>")
+
+    def _repr_svg_(self) -> str:
+        """The object graph and topology, drawn (a notebook shows it)."""
+        from iommu_sim.graph import build_graph, to_svg
+
+        return to_svg(build_graph(self))
+
+    def _repr_html_(self) -> str:
+        from html import escape
+
+        return f"<p><code>{escape(repr(self))}</code></p>{self._repr_svg_()}"

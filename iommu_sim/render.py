@@ -35,7 +35,7 @@ def wrap(text: str, indent: str = "", width: int = 92) -> str:
                          subsequent_indent=indent)
 
 
-def _fold(children: Sequence[TraceNode], keep: int = 2, min_run: int = 5
+def fold_runs(children: Sequence[TraceNode], keep: int = 2, min_run: int = 5
           ) -> list[TraceNode | tuple[int, str]]:
     """Runs of ``min_run`` or more siblings with the same layer and name keep their first
     ``keep`` and last one; the rest become a ``(count, name)`` marker."""
@@ -82,7 +82,7 @@ def render_tree(roots: Sequence[TraceNode], color: bool = False, fold: bool = Tr
             return
         ext = "" if depth == 0 else ("   " if last else "│  ")
         kids: Sequence[TraceNode | tuple[int, str]] = (
-            _fold(node.children) if fold else node.children)
+            fold_runs(node.children) if fold else node.children)
         for i, c in enumerate(kids):
             walk(c, prefix + ext, i == len(kids) - 1, depth + 1)
 
@@ -91,20 +91,47 @@ def render_tree(roots: Sequence[TraceNode], color: bool = False, fold: bool = Tr
     return "\n".join(lines)
 
 
-def name_ioctls(nodes: Sequence[TraceNode]) -> None:
-    """Replace ``request 0x3b89`` in the user-layer ioctl spans by the request's name."""
+def name_ioctl(node: TraceNode) -> None:
+    """Replace ``request 0x3b89`` in a user-layer ioctl span by the request's name (the
+    Tracer calls it for every new span once :func:`install` ran)."""
+    if node.layer != "user" or node.name != "ioctl" or "request 0x" not in node.detail:
+        return
     from iommu_sim.uapi_index import ioctl_names_by_request
 
-    names = ioctl_names_by_request()
+    head, _, rest = node.detail.rpartition("request ")
+    num, _, tail = rest.partition(" ")
+    try:
+        name = ioctl_names_by_request().get(int(num, 16))
+    except ValueError:
+        name = None
+    if name:
+        node.detail = f"{head}{name}" + (f" {tail}" if tail else "")
+
+
+def name_ioctls(nodes: Sequence[TraceNode]) -> None:
+    """:func:`name_ioctl` over a recorded tree (one recorded before :func:`install`, or
+    read back from JSON)."""
     for n in nodes:
-        if n.layer == "user" and n.name == "ioctl" and "request 0x" in n.detail:
-            head, _, num = n.detail.rpartition("request ")
-            try:
-                name = names.get(int(num, 16))
-            except ValueError:
-                name = None
-            if name:
-                n.detail = f"{head}{name}"
+        name_ioctl(n)
+        name_ioctls(n.children)
+
+
+def _trace_html(roots: Sequence[TraceNode]) -> str:
+    from iommu_sim.draw.html import tree_html
+    from iommu_sim.draw.svg import LAYER_COLORS
+
+    css = "".join(f".l-{k}{{color:{v}}}" for k, v in LAYER_COLORS.items())
+    return (f"<style>{css} ul.tree{{list-style:none;padding-left:16px;font-family:monospace;"
+            f"font-size:12px}} ul.tree.top{{padding-left:0}}</style>{tree_html(roots)}")
+
+
+def install() -> None:
+    """Name ioctls in every trace as it is recorded, and show a trace in a notebook as a
+    foldable call tree."""
+    from iommu_core.trace import add_user_namer, set_html_renderer
+
+    add_user_namer(name_ioctl)
+    set_html_renderer(_trace_html)
 
 
 def tree_layers(roots: Sequence[TraceNode]) -> list[str]:

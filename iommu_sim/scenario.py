@@ -62,6 +62,7 @@ from iommu_sim.catalogue import catalogue, describe_ops
 from iommu_sim.expr import ExprError, evaluate
 from iommu_sim.guest import GuestRam, guest_table
 from iommu_sim.machine import Machine
+from iommu_sim.traced import TracedMachine
 from iommu_sim.uapi_index import find_ioctl, find_struct
 
 __all__ = [
@@ -239,7 +240,9 @@ class Runner:
         self.own_machine = machine is None
         if machine is None:
             cfg = scenario.machine
-            machine = Machine.default() if cfg is None else Machine.from_config(dict(cfg))
+            # Traced, the [user] lines also say what each call returned.
+            cls = TracedMachine if trace else Machine
+            machine = cls.default() if cfg is None else cls.from_config(dict(cfg))
         self.machine = machine
         self.trace = trace
         self.vars: dict[str, Any] = dict(scenario.vars)

@@ -42,11 +42,12 @@ from iommu_sim.introspect import (
     walk_to_dict,
 )
 from iommu_sim.machine import Machine
-from iommu_sim.render import fmt_value, name_ioctls, paint, render_tree, tree_layers, wrap
+from iommu_sim.render import fmt_value, paint, render_tree, tree_layers, wrap
 from iommu_sim.scenario import Runner, Scenario, Step, StepResult, chapter_ids, load
 from iommu_sim.uapi_index import find_ioctl
 
-__all__ = ["CHAPTERS", "TourError", "run_tour", "tour_records", "tour_vendors"]
+__all__ = ["CHAPTERS", "TourError", "TourStep", "run_tour", "summary_rows", "tour_records",
+           "tour_vendors"]
 
 #: The chapters the built-in tours share, in order (a driver's tour may have others).
 CHAPTERS = ("paging", "nested", "stale", "pasid", "fault")
@@ -112,6 +113,9 @@ def resolve_chapters(names: Iterable[str] | None, tours: Mapping[str, Sequence[s
 # ---------------------------------------------------------------------------------------
 @attrs.define
 class TourStep:
+    """One step of a tour as it ran: the call, its call tree, the entries it changed (new,
+    previous), and for a DMA the walk and the entries that led to it."""
+
     index: int
     chapter: str
     title: str
@@ -128,6 +132,8 @@ class TourStep:
     tlb_hit: bool | None
     shown: bool
     brief: str = ""
+    #: For a DMA: the entries the hardware read before the walk (the walk picture's start).
+    walk_entries: list[ConfigEntry] = attrs.field(factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -140,6 +146,7 @@ class TourStep:
             "structures": [dict(entry_to_dict(new, old.decoded if old else None),
                                 new=old is None) for new, old in self.structures],
             "walk": [walk_to_dict(st) for st in self.walk],
+            "walk_entries": [entry_to_dict(e) for e in self.walk_entries],
             "tlb_hit": self.tlb_hit,
         }
 
@@ -277,7 +284,6 @@ def tour_records(driver: str, chapters: Sequence[str]) -> tuple[Scenario, list[T
                 for k in keys:
                     snap[k] = device_config(m, k[0], k[1])
                 continue
-            name_ioctls(res.trace)
             structures: list[tuple[ConfigEntry, ConfigEntry | None]] = []
             for k in keys:
                 now = device_config(m, k[0], k[1])
@@ -289,6 +295,7 @@ def tour_records(driver: str, chapters: Sequence[str]) -> tuple[Scenario, list[T
                         structures.append((e, old))
                 snap[k] = now
             walk: list[Any] = []
+            walk_entries: list[ConfigEntry] = []
             tlb_hit = None
             if step.action in ("dma_read", "dma_write"):
                 dev = runner.string(step, step.arg)
@@ -296,6 +303,7 @@ def tour_records(driver: str, chapters: Sequence[str]) -> tuple[Scenario, list[T
                 pasid = (runner.int_value(step, step.spec["pasid"]) if "pasid" in step.spec
                          else None)
                 walk = translation_walk(m, dev, iova, pasid)
+                walk_entries = device_config(m, dev, pasid)
                 tlb_hit = res.error is None and not _has_hw_walk(res.trace)
             call, fields, result = _describe_call(runner, res)
             err = ""
@@ -309,7 +317,7 @@ def tour_records(driver: str, chapters: Sequence[str]) -> tuple[Scenario, list[T
                 action=step.action, call=call, call_fields=fields, result=result,
                 ok=True, error=err, trace=res.trace, structures=structures, walk=walk,
                 tlb_hit=tlb_hit, shown=bool(step.spec.get("show", False)),
-                brief=_brief(runner, step)))
+                brief=_brief(runner, step), walk_entries=walk_entries))
     finally:
         runner.close()
     return sc, records, time.perf_counter() - t0
@@ -383,8 +391,34 @@ def _print_step(r: TourStep, out: IO[str], color: bool) -> None:
         out.write(render_walk(st, "    ") + "\n")
 
 
+def summary_rows(done: Sequence[tuple[str, Sequence[str], Sequence[TourStep]]]
+                 ) -> list[list[str]]:
+    """One row per vendor toured: its steps, and what they did (header row first)."""
+    rows = [["vendor", "steps", "ioctls", "DMAs", "faults", "entries written"]]
+    for drv, chapters, records in done:
+        rows.append([drv, " ".join(chapters),
+                     str(sum(r.action == "ioctl" for r in records)),
+                     str(sum(r.action in ("dma_read", "dma_write") for r in records)),
+                     str(sum(r.error.startswith("DmaFault") for r in records)),
+                     str(sum(len(r.structures) for r in records))])
+    return rows
+
+
+def _summary_text(rows: list[list[str]], color: bool) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [paint("summary", "title", color)]
+    for k, r in enumerate(rows):
+        line = "  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True))
+        lines.append(paint(line.rstrip(), "dim", color) if k == 0 else line.rstrip())
+    lines.append("  more: --vendor V --step S (one step), --json, --html FILE (pictures)")
+    return "\n".join(lines)
+
+
 def run_tour(vendors: Sequence[str] | None = None, steps: Sequence[str] | None = None,
-             color: bool = False, as_json: bool = False, out: IO[str] | None = None) -> int:
+             color: bool = False, as_json: bool = False, out: IO[str] | None = None,
+             html: str | None = None) -> int:
+    """Print the tour (or its JSON); ``html``: write the tour's page to that file instead
+    and print where."""
     import sys
 
     out = out or sys.stdout
@@ -394,6 +428,8 @@ def run_tour(vendors: Sequence[str] | None = None, steps: Sequence[str] | None =
     doc: list[dict[str, Any]] = []
     t_all = time.perf_counter()
     shown: list[str] = []
+    done: list[tuple[str, Sequence[str], Sequence[TourStep]]] = []
+    pages: list[tuple[str, Scenario, Sequence[str], Sequence[TourStep]]] = []
     for drv in drivers:
         chapters = selected[drv]
         if not chapters:
@@ -401,6 +437,10 @@ def run_tour(vendors: Sequence[str] | None = None, steps: Sequence[str] | None =
         shown.append(drv)
         order = tours[drv]
         sc, records, elapsed = tour_records(drv, chapters)
+        done.append((drv, chapters, records))
+        if html is not None:
+            pages.append((drv, sc, order, records))
+            continue
         if as_json:
             doc.append({"vendor": drv, "scenario": sc.name, "description": sc.description,
                         "chapters": {c: sc.chapters.get(c, c) for c in chapters},
@@ -421,10 +461,21 @@ def run_tour(vendors: Sequence[str] | None = None, steps: Sequence[str] | None =
                           + "\n")
             _print_step(r, out, color)
         out.write("\n")
+    if html is not None:
+        from pathlib import Path
+
+        from iommu_sim.draw.html import tour_page
+
+        Path(html).write_text(tour_page(pages, summary_rows(done)), encoding="utf-8")
+        n = sum(len(recs) for _, _, recs in done)
+        out.write(f"wrote {html}: {len(pages)} vendor(s), {n} steps\n")
+        return 0
     if as_json:
         out.write(json.dumps({"tour": doc, "elapsed_s": round(time.perf_counter() - t_all, 3)},
                              indent=1) + "\n")
     else:
+        out.write(paint("═" * 92, "dim", color) + "\n")
+        out.write(_summary_text(summary_rows(done), color) + "\n")
         steps_shown = list(dict.fromkeys(c for d in shown for c in selected[d]))
         out.write(paint(f"tour done in {time.perf_counter() - t_all:.2f} s "
                         f"({', '.join(shown)}; steps: {', '.join(steps_shown)})", "dim", color)

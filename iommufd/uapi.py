@@ -61,7 +61,7 @@ _IOC_NONE: Final = 0
 _IOC_WRITE: Final = 1
 _IOC_READ: Final = 2
 
-#: A size argument of the _IOR/_IOW/_IOWR helpers: a byte count or a ctypes type.
+#: The size argument of the _IOR/_IOW/_IOWR helpers (a byte count or a ctypes type).
 IocSize: TypeAlias = "int | type[Any]"
 
 
@@ -1012,6 +1012,7 @@ class DataKind(enum.StrEnum):
     HW_QUEUE = "hw_queue"
 
 
+#: The ctypes type of a payload (a struct or a union).
 PayloadStruct: TypeAlias = "type[ctypes.Structure] | type[ctypes.Union]"
 
 

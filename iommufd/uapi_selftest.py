@@ -421,7 +421,7 @@ class iommu_test_cmd(UapiStruct):
 
 IOMMU_TEST_CMD: Final = _IO(IOMMUFD_TYPE, IOMMUFD_CMD_BASE + 32)
 
-#: The command's table row: ``min_size = offsetofend(iommu_test_cmd, last)`` = 68.
+#: The command's table row (``min_size = offsetofend(iommu_test_cmd, last)`` = 68).
 IOMMU_TEST_IOCTL: Final[IoctlDesc] = ioctl_op(
     "IOMMU_TEST_CMD", IOMMUFD_CMD_BASE + 32, iommu_test_cmd, "last")
 

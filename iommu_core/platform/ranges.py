@@ -82,6 +82,20 @@ class RangeMap(Generic[V]):
             cs, ce = max(s, start), min(e, end)
             yield cs, ce, (v + (cs - s) if linear else v)
 
+    def runs(self, first: int, count: int) -> list[tuple[int, int, V | None]]:
+        """``[first, first+count)`` as consecutive runs: (start, length, value at start, or
+        None for a hole)."""
+        out: list[tuple[int, int, V | None]] = []
+        pos = first
+        for s, e, v in self.overlapping(first, first + count):
+            if s > pos:
+                out.append((pos, s - pos, None))
+            out.append((s, e - s, v))
+            pos = e
+        if pos < first + count:
+            out.append((pos, first + count - pos, None))
+        return out
+
     def gaps(self, start: int, end: int) -> Iterator[tuple[int, int]]:
         """Sub-ranges of ``[start, end)`` no run covers, in order."""
         pos = start

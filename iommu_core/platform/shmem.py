@@ -51,16 +51,7 @@ class ShmemObject:
 
     def lookup(self, first: int, count: int) -> list[tuple[int, int, int | None]]:
         """Runs over ``[first, first+count)``: (index, n, first pfn or None for a hole)."""
-        out: list[tuple[int, int, int | None]] = []
-        pos = first
-        for s, e, pfn in self.pages.overlapping(first, first + count):
-            if s > pos:
-                out.append((pos, s - pos, None))
-            out.append((s, e - s, pfn))
-            pos = e
-        if pos < first + count:
-            out.append((pos, first + count - pos, None))
-        return out
+        return self.pages.runs(first, count)
 
     def populate(self, first: int, count: int) -> list[tuple[int, int, int]]:
         """The frames of ``[first, first+count)``, allocating the missing ones (one run

@@ -95,7 +95,7 @@ class AnonObject(VmObject):
                 lo: int, hi: int) -> list[Run]:
         if populate:
             self.populate(first, count, lo, hi)
-        return _runs(self.pages, first, count)
+        return self.pages.runs(first, count)
 
     def unmap(self, first: int, count: int) -> None:
         for s, e, pfn in self.pages.remove(first, first + count):
@@ -161,9 +161,9 @@ class PrivateFileObject(VmObject):
                             mem.copy_frames(pfns[i - gs + k], src + k, 1)
                 for k, new in enumerate(pfns):
                     self.anon.pages.set(gs + k, gs + k + 1, new)
-            return _runs(self.anon.pages, first, count)
+            return self.anon.pages.runs(first, count)
         out: list[Run] = []
-        for i, n, pfn in _runs(self.anon.pages, first, count):
+        for i, n, pfn in self.anon.pages.runs(first, count):
             if pfn is not None:
                 out.append((i, n, pfn))
             elif populate:
@@ -206,19 +206,6 @@ class PfnMapObject(VmObject):
     def put(self) -> None:
         if self.region.close is not None:
             self.region.close()
-
-
-def _runs(pages: RangeMap[int], first: int, count: int) -> list[Run]:
-    out: list[Run] = []
-    pos = first
-    for s, e, pfn in pages.overlapping(first, first + count):
-        if s > pos:
-            out.append((pos, s - pos, None))
-        out.append((s, e - s, pfn))
-        pos = e
-    if pos < first + count:
-        out.append((pos, first + count - pos, None))
-    return out
 
 
 @attrs.define(eq=False)

@@ -1,13 +1,16 @@
 """The driver conformance kit, a pytest plugin.
 
-Run it against every installed driver (entry point group ``iommu_sim.drivers``)::
+Run it against one installed driver (entry point group ``iommu_sim.drivers``), or all::
 
-    pytest -p iommu_core.testing                      # all installed drivers
-    pytest -p iommu_core.testing --iommu-driver=mine  # one driver
+    pytest --iommu-driver=mine        # one driver (repeat the option for more)
+    pytest --iommu-conformance        # every installed driver
 
-The plugin is also registered under ``pytest11``; it only adds the suite when asked
-(``-p iommu_core.testing``, ``--iommu-driver`` or ``--iommu-conformance``), so it stays
-out of unrelated test runs. A project can also import the tests from
+The plugin is registered under ``pytest11``, so an installed iommu-sim loads it; it adds
+the suite only when asked (``--iommu-driver``, ``--iommu-conformance`` or ``-p
+iommu_core.testing``), so it stays out of unrelated test runs. A kit test's id, as pytest
+prints it, runs that test again (``pytest '/path/to/iommu_core/testing/conformance.py::
+test_replace_domain[mine]' --iommu-driver=mine``). An ``--iommu-driver`` that is not
+installed is a usage error. A project can also import the tests from
 :mod:`iommu_core.testing.conformance` into a test module of its own (and choose the
 drivers with ``pytestmark = pytest.mark.iommu_drivers("a", "b")``).
 
@@ -40,8 +43,8 @@ __all__ = [
 ]
 
 #: The kit's test modules: the driver contract, then the teaching contract.
-_KIT = (pathlib.Path(__file__).with_name("conformance.py"),
-        pathlib.Path(__file__).with_name("describe.py"))
+_KIT = (pathlib.Path(__file__).resolve().with_name("conformance.py"),
+        pathlib.Path(__file__).resolve().with_name("describe.py"))
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -53,6 +56,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    wanted = config.getoption("iommu_driver", default=[]) or []
+    if wanted:
+        have = installed_drivers()
+        missing = [d for d in wanted if d not in have]
+        if missing:
+            raise pytest.UsageError(
+                f"--iommu-driver: no installed IOMMU driver {', '.join(map(repr, missing))} "
+                f"(installed: {', '.join(sorted(have)) or 'none'})")
     config.addinivalue_line(
         "markers", "iommu_feature(name): the conformance suite a test belongs to "
         "(core, pasid, dirty_tracking, nesting, viommu, pri, identity, describe)")
@@ -67,6 +78,32 @@ def _requested(config: pytest.Config) -> bool:
     explicit = any(a == "iommu_core.testing" or a == "-piommu_core.testing" for a in args)
     return bool(explicit or config.getoption("iommu_driver")
                 or config.getoption("iommu_conformance"))
+
+
+def _kit_paths_given(config: pytest.Config) -> bool:
+    """Whether the command line names a kit module itself (a test id printed by an
+    earlier run): then exactly what it names runs."""
+    base = pathlib.Path(str(config.invocation_params.dir))
+    for a in config.invocation_params.args:
+        if a.startswith("-"):
+            continue
+        path = pathlib.Path(a.split("::", 1)[0])
+        try:
+            if (base / path).resolve() in _KIT:
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def _nodeid(path: pathlib.Path, rootpath: pathlib.Path) -> str:
+    """A kit module's test ids start with its path relative to the rootdir, as any test's
+    do, or (installed, outside it) its absolute path: either runs the test again when
+    given back to pytest."""
+    try:
+        return path.relative_to(rootpath.resolve()).as_posix()
+    except ValueError:
+        return path.as_posix()
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -87,13 +124,14 @@ def iommu_extra_plugins() -> list[object]:
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
                                   items: list[pytest.Item]) -> None:
-    if not _requested(config):
+    if not _requested(config) or _kit_paths_given(config):
         return
     have = {pathlib.Path(str(i.path)) for i in items}
     for path in _KIT:
         if path in have:
             continue
-        module = pytest.Module.from_parent(session, path=path)
+        module = pytest.Module.from_parent(session, path=path,
+                                           nodeid=_nodeid(path, config.rootpath))
         new: list[Any] = list(session.genitems(module))
         items.extend(new)
 

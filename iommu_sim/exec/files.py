@@ -104,6 +104,8 @@ class ExportTable:
         self.dir = tempfile.mkdtemp(prefix="iommu-sim-",
                                     dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
         self.by_key: dict[tuple[int, int], Exported] = {}
+        #: Register blocks mapped into the program (0: nothing to sync).
+        self.nshadows = 0
         self._by_name: dict[str, Exported] = {}
         self._by_write_fd: dict[int, Exported] = {}
         self._seq = 0
@@ -178,9 +180,12 @@ class ExportTable:
                          mmap.PROT_READ | mmap.PROT_WRITE, offset=offset)
         ex.shadows[offset] = RegisterShadow(region.mmio, region.mmio_offset, host)
         ex.regions[offset] = (host, region)
+        self.nshadows += 1
 
     def sync_registers(self) -> bool:
         """Replay the program's register stores; True if any register block is mapped."""
+        if not self.nshadows:
+            return False
         any_shadow = False
         for ex in list(self.by_key.values()):
             for sh in ex.shadows.values():
@@ -222,21 +227,23 @@ class ExportTable:
     def watch_fds(self) -> list[int]:
         return [self.inotify, *self._by_write_fd]
 
-    def poll_releases(self) -> list[Exported]:
-        """Exported files whose real open file is gone (each reported once)."""
-        gone: list[Exported] = []
-        if self._by_write_fd:
+    def poll_releases(self, ready: dict[int, int] | None = None) -> list[Exported]:
+        """Exported files whose real open file is gone (each reported once). ``ready``:
+        what a poll of :meth:`watch_fds` just said (else this polls them itself)."""
+        if ready is None:
             p = select.poll()
-            for w in self._by_write_fd:
-                p.register(w, select.POLLERR)
-            for w, ev in p.poll(0):
-                if ev & (select.POLLERR | select.POLLHUP):
-                    gone.append(self._by_write_fd[w])
+            for fd in self.watch_fds():
+                p.register(fd, select.POLLIN | select.POLLERR)
+            ready = dict(p.poll(0))
+        gone = [self._by_write_fd[w] for w, ev in ready.items()
+                if w in self._by_write_fd and ev & (select.POLLERR | select.POLLHUP)]
         names: set[str] = set()
-        while True:
+        while self.inotify in ready:
             try:
                 data = os.read(self.inotify, 65536)
             except BlockingIOError:
+                break
+            if not data:
                 break
             off = 0
             while off < len(data):
@@ -287,6 +294,7 @@ class ExportTable:
             self._by_name.pop(ex.name, None)
             for sh in ex.shadows.values():
                 sh.view.release()
+            self.nshadows -= len(ex.shadows)
             ex.shadows.clear()
             for host, _region in ex.regions.values():
                 if _region.mmio is not None:

@@ -126,31 +126,35 @@ def _code(st: int) -> int:
 
 
 def _serve(sup: Supervisor, listener: Listener, pid: int) -> int:
-    """Serve notifications until every watched process is gone; the main one's status."""
+    """Serve notifications until every watched process is gone; the main one's status.
+    Each round first takes what happened (files released, processes gone), then one
+    notification: a program's close() comes before its next watched call, so a release
+    is always seen before the calls that follow it."""
     status: int | None = None
     ticking = False
+    poller = select.poll()
+    watched: set[int] = set()
     while True:
-        p = select.poll()
-        p.register(listener.fd, select.POLLIN)
-        for fd in sup.watch_fds():
-            p.register(fd, select.POLLIN | select.POLLERR)
+        want = {listener.fd, *sup.watch_fds()}
+        for fd in watched - want:
+            poller.unregister(fd)
+        for fd in want - watched:
+            poller.register(fd, select.POLLIN | select.POLLERR)
+        watched = want
         try:
-            events = p.poll(2 if ticking else (1000 if status is None else 100))
+            events = poller.poll(2 if ticking else (1000 if status is None else 100))
         except InterruptedError:
             continue
-        hup = False
-        for fd, ev in events:
-            if fd != listener.fd:
-                continue
-            if ev & select.POLLIN:
-                n = listener.recv()
-                if n is not None:
-                    sup.handle(n)
-            elif ev & (select.POLLHUP | select.POLLERR):
-                hup = True
-        if not any(fd == listener.fd for fd, _ev in events):
-            sup.reap()
-        ticking = sup.tick()
+        ready = dict(events)
+        lev = ready.pop(listener.fd, 0)
+        if ready:
+            sup.reap(ready)
+        if lev & select.POLLIN:
+            n = listener.recv()
+            if n is not None:
+                sup.handle(n)
+        else:
+            ticking = sup.tick()
         if status is None:
             try:
                 got, st = os.waitpid(pid, os.WNOHANG)
@@ -158,11 +162,12 @@ def _serve(sup: Supervisor, listener: Listener, pid: int) -> int:
                 got, st = pid, 0
             if got == pid:
                 status = _code(st)
-        if hup and status is not None:
+        if lev & (select.POLLHUP | select.POLLERR) and not lev & select.POLLIN:
+            if status is None:
+                _, st = os.waitpid(pid, 0)
+                status = _code(st)
             return status
-        if hup and status is None:
-            _, st = os.waitpid(pid, 0)
-            return _code(st)
+        ticking = ticking or bool(sup.exports.nshadows)
 
 
 def _errno_name(e: int) -> str:

@@ -14,6 +14,11 @@ from collections.abc import Iterable
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
 _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
+# syscall(2) and ioctl(2) are variadic: every integer argument is passed as a full long,
+# or its upper half is whatever the register held.
+_L = ctypes.c_long
+_ONE = _L(1)
+_ZERO = _L(0)
 
 # x86_64 system call numbers of the host interfaces used here.
 SYS_seccomp = 317
@@ -110,8 +115,8 @@ def install_filter(prog: ctypes.Array[_SockFilter]) -> int:
     fprog = _SockFprog(len(prog), ctypes.cast(prog, ctypes.POINTER(_SockFilter)))
     if os.geteuid() != 0 and _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         raise _err("prctl(PR_SET_NO_NEW_PRIVS)")
-    fd = _syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER,
-                  ctypes.byref(fprog))
+    fd = _syscall(_L(SYS_seccomp), _L(SECCOMP_SET_MODE_FILTER),
+                  _L(SECCOMP_FILTER_FLAG_NEW_LISTENER), ctypes.byref(fprog))
     if fd < 0:
         raise _err("seccomp(SECCOMP_SET_MODE_FILTER, NEW_LISTENER)")
     return int(fd)
@@ -119,7 +124,7 @@ def install_filter(prog: ctypes.Array[_SockFilter]) -> int:
 
 def notif_sizes() -> tuple[int, int, int]:
     sizes = (ctypes.c_uint16 * 3)()
-    if _syscall(SYS_seccomp, SECCOMP_GET_NOTIF_SIZES, 0, ctypes.byref(sizes)) != 0:
+    if _syscall(_L(SYS_seccomp), _L(SECCOMP_GET_NOTIF_SIZES), _L(0), ctypes.byref(sizes)) != 0:
         raise _err("seccomp(SECCOMP_GET_NOTIF_SIZES)")
     return sizes[0], sizes[1], sizes[2]
 
@@ -138,7 +143,7 @@ class Listener:
         """The next notification (None if the target went away before it was read)."""
         n = self._notif
         ctypes.memset(ctypes.addressof(n), 0, ctypes.sizeof(n))
-        if _libc.ioctl(self.fd, SECCOMP_IOCTL_NOTIF_RECV, ctypes.byref(n)) != 0:
+        if _libc.ioctl(self.fd, _L(SECCOMP_IOCTL_NOTIF_RECV), ctypes.byref(n)) != 0:
             e = ctypes.get_errno()
             if e in (errno.ENOENT, errno.EINTR):
                 return None
@@ -152,14 +157,14 @@ class Listener:
         r.val = 0 if (error or cont) else val
         r.error = -error if error else 0
         r.flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE if cont else 0
-        if _libc.ioctl(self.fd, SECCOMP_IOCTL_NOTIF_SEND, ctypes.byref(r)) != 0:
+        if _libc.ioctl(self.fd, _L(SECCOMP_IOCTL_NOTIF_SEND), ctypes.byref(r)) != 0:
             e = ctypes.get_errno()
             if e != errno.ENOENT:  # the target was killed meanwhile
                 raise OSError(e, f"SECCOMP_IOCTL_NOTIF_SEND: {os.strerror(e)}")
 
     def id_valid(self, nid: int) -> bool:
         v = ctypes.c_uint64(nid)
-        return bool(_libc.ioctl(self.fd, SECCOMP_IOCTL_NOTIF_ID_VALID, ctypes.byref(v)) == 0)
+        return bool(_libc.ioctl(self.fd, _L(SECCOMP_IOCTL_NOTIF_ID_VALID), ctypes.byref(v)) == 0)
 
     def addfd(self, nid: int, srcfd: int, newfd: int | None = None, cloexec: bool = False,
               send: bool = False) -> int:
@@ -172,14 +177,14 @@ class Listener:
             SECCOMP_ADDFD_FLAG_SEND if send else 0)
         a.newfd = newfd or 0
         a.newfd_flags = os.O_CLOEXEC if cloexec else 0
-        fd = _libc.ioctl(self.fd, SECCOMP_IOCTL_NOTIF_ADDFD, ctypes.byref(a))
+        fd = _libc.ioctl(self.fd, _L(SECCOMP_IOCTL_NOTIF_ADDFD), ctypes.byref(a))
         if fd < 0:
             raise _err("SECCOMP_IOCTL_NOTIF_ADDFD")
         return int(fd)
 
 
 def pidfd_open(pid: int) -> int:
-    fd = _syscall(SYS_pidfd_open, pid, 0)
+    fd = _syscall(_L(SYS_pidfd_open), _L(pid), _L(0))
     if fd < 0:
         raise _err(f"pidfd_open({pid})")
     return int(fd)
@@ -187,10 +192,36 @@ def pidfd_open(pid: int) -> int:
 
 def pidfd_getfd(pidfd: int, targetfd: int) -> int:
     """A duplicate of the target's fd in this process (the same open file)."""
-    fd = _syscall(SYS_pidfd_getfd, pidfd, targetfd, 0)
+    fd = _syscall(_L(SYS_pidfd_getfd), _L(pidfd), _L(targetfd), _L(0))
     if fd < 0:
         raise _err(f"pidfd_getfd(fd {targetfd})")
     return int(fd)
+
+
+#: One local and one remote iovec, reused by every call (the supervisor is one thread).
+_LOCAL = _Iovec()
+_REMOTE = _Iovec()
+_LOCAL_P = ctypes.byref(_LOCAL)
+_REMOTE_P = ctypes.byref(_REMOTE)
+#: A scratch buffer for small transfers (ioctl structs), grown on demand.
+_SCRATCH = ctypes.create_string_buffer(4096)
+
+
+def _vm_rw(nr: int, pid: int, addr: int, n: int) -> None:
+    """One process_vm_readv/writev of ``n`` bytes between the scratch buffer and ``addr``."""
+    _LOCAL.base = ctypes.addressof(_SCRATCH)
+    _LOCAL.len = n
+    _REMOTE.base = addr
+    _REMOTE.len = n
+    got = _syscall(_L(nr), _L(pid), _LOCAL_P, _ONE, _REMOTE_P, _ONE, _ZERO)
+    if got != n:
+        raise _err("process_vm_rw") if got < 0 else OSError(errno.EFAULT, "short transfer")
+
+
+def _scratch(n: int) -> None:
+    global _SCRATCH
+    if n > len(_SCRATCH):
+        _SCRATCH = ctypes.create_string_buffer(max(n, 2 * len(_SCRATCH)))
 
 
 def vm_read(pid: int, addr: int, n: int) -> bytes:
@@ -198,14 +229,9 @@ def vm_read(pid: int, addr: int, n: int) -> bytes:
     for a hole, ESRCH for a process that is gone)."""
     if n == 0:
         return b""
-    buf = ctypes.create_string_buffer(n)
-    local = _Iovec(ctypes.cast(buf, ctypes.c_void_p), n)
-    remote = _Iovec(addr, n)
-    got = _syscall(SYS_process_vm_readv, pid, ctypes.byref(local), 1, ctypes.byref(remote),
-                   1, 0)
-    if got != n:
-        raise _err("process_vm_readv") if got < 0 else OSError(errno.EFAULT, "short read")
-    return buf.raw
+    _scratch(n)
+    _vm_rw(SYS_process_vm_readv, pid, addr, n)
+    return ctypes.string_at(_SCRATCH, n)
 
 
 def vm_write(pid: int, addr: int, data: bytes | bytearray | memoryview) -> None:
@@ -213,13 +239,9 @@ def vm_write(pid: int, addr: int, data: bytes | bytearray | memoryview) -> None:
     n = len(data)
     if n == 0:
         return
-    src = (ctypes.c_char * n).from_buffer_copy(bytes(data))
-    local = _Iovec(ctypes.cast(src, ctypes.c_void_p), n)
-    remote = _Iovec(addr, n)
-    got = _syscall(SYS_process_vm_writev, pid, ctypes.byref(local), 1, ctypes.byref(remote),
-                   1, 0)
-    if got != n:
-        raise _err("process_vm_writev") if got < 0 else OSError(errno.EFAULT, "short write")
+    _scratch(n)
+    ctypes.memmove(_SCRATCH, bytes(data), n)
+    _vm_rw(SYS_process_vm_writev, pid, addr, n)
 
 
 def read_iovecs(pid: int, addr: int, count: int) -> list[tuple[int, int]]:

@@ -325,7 +325,6 @@ class Supervisor:
         nid = n.id
         self.nid = nid
         self.epoch += 1
-        self.reap()
         self.exports.sync_registers()
         task = self.task_of(n.pid)
         handler = self.handlers.get(n.data.nr)
@@ -367,18 +366,22 @@ class Supervisor:
         self.exports.sync_tokens()
         return mapped
 
-    def reap(self) -> None:
-        """Process what happened since the last call: files released, processes gone."""
-        for ex in self.exports.poll_releases():
+    def reap(self, ready: dict[int, int] | None = None) -> None:
+        """Process what happened since the last call: files released, processes gone.
+        ``ready``: what a poll of :meth:`watch_fds` said (else this polls them)."""
+        if ready is None:
+            p = select.poll()
+            for fd in self.watch_fds():
+                p.register(fd, select.POLLIN | select.POLLERR)
+            ready = dict(p.poll(0))
+        if not ready:
+            return
+        for ex in self.exports.poll_releases(ready):
             ex.file.fput()
         self.windows.gc()
-        if self.procs:
-            p = select.poll()
-            fds = {proc.pidfd: proc for proc in self.procs.values()}
-            for fd in fds:
-                p.register(fd, select.POLLIN)
-            for fd, _ev in p.poll(0):
-                self.proc_died(fds[fd])
+        for proc in list(self.procs.values()):
+            if proc.pidfd in ready:
+                self.proc_died(proc)
 
     def watch_fds(self) -> list[int]:
         return [*self.exports.watch_fds(), *(p.pidfd for p in self.procs.values())]
@@ -492,8 +495,10 @@ class Supervisor:
         by_value: frozenset[int] = getattr(f, "by_value_ioctls", frozenset())
         if tracer.enabled:
             with tracer.span("user", "ioctl",
-                             f"pid {task.pid} fd {_s32(a[0])} request {request:#x}"):
-                return self._ioctl(task, f, request, a[2], by_value)
+                             f"pid {task.pid} fd {_s32(a[0])} request {request:#x}") as node:
+                rc = self._ioctl(task, f, request, a[2], by_value)
+                node.result = str(rc)
+                return rc
         return self._ioctl(task, f, request, a[2], by_value)
 
     def _ioctl(self, task: ExecTask, f: File, request: int, arg: int,

@@ -79,7 +79,7 @@ def test_cli_graph(tmp_path: object, capsys: pytest.CaptureFixture[str]) -> None
     assert main(["graph", "--format", "json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["nodes"] and doc["edges"]
-    assert main(["graph", "--scenario", "no_such"]) == 1
+    assert main(["graph", "--scenario", "no_such"]) == 2  # bad input: a usage error
 
 
 def test_entries_show_what_each_device_reads() -> None:

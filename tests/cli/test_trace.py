@@ -89,4 +89,10 @@ def test_trace_failing_script(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert main(["trace", str(s), "--no-color"]) == 1
     cap = capsys.readouterr()
     assert "[user] ioctl fd 3 IOMMU_HWPT_ALLOC" in cap.out
-    assert "the script failed: OSError" in cap.err
+    # The script's own traceback: its file and line, the failing call, the error.
+    assert "the script failed:" in cap.err
+    assert f'File "{s}", line 2, in <module>' in cap.err
+    assert "machine.ioctl(3, 0x3b89, bytearray(4))" in cap.err
+    assert cap.err.rstrip().endswith("OSError: [Errno 22] IOMMU_HWPT_ALLOC: size 0 below the "
+                                     "minimum 24")
+    assert "runpy" not in cap.err and "iommu_sim/cli.py" not in cap.err

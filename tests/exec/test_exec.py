@@ -13,7 +13,8 @@ import pytest
 from iommu_sim import Machine
 from iommu_sim.exec import HostUnsupported, exec_program
 
-PROGRAMS = ["paging", "fork", "fault_poll", "crash", "memfd", "fail_nth"]
+PROGRAMS = ["paging", "private", "fork", "fault_poll", "crash", "memfd", "stress",
+            "fail_nth"]
 
 
 def run(cprog: Callable[[str], Path], name: str, **kw: object) -> tuple[Machine, int]:

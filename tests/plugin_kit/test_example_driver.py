@@ -1,73 +1,84 @@
-"""The out-of-tree example driver (examples/flat_iommu) as a new user meets it: installed
-as its own package, found through its ``iommu_sim.drivers`` entry point, its own tests
-and the conformance kit run in its directory with the README's command.
+"""The out-of-tree example driver (examples/flat_iommu) as a new user meets it: a package
+of its own, found through its ``iommu_sim.drivers`` entry point, its own tests and the
+conformance kit run in its directory with the README's command.
 
-The package is installed (editable) once per environment. Several checkouts may share an
-environment, so the commands run with this checkout's code first on the path (its
-iommu-sim and its example), whichever checkout the installed metadata points at: the
-entry point names a module, not a file."""
+Nothing is installed into the environment running this suite: the example is put on the
+path of a fresh interpreter together with a ``.dist-info`` written from its
+``pyproject.toml``, which is what ``importlib.metadata`` reads when it finds an
+installed package's entry points. This checkout's iommu-sim comes first on that path,
+whatever else the environment has installed."""
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
-from importlib import metadata
+import tomllib
 
 import pytest
 
-from iommu_core.testing import installed_drivers
-
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "flat_iommu"
-DIST = "iommu-sim-flat-iommu"
 
 
-def _installed() -> bool:
-    """Installed as an editable checkout of the example (this one or another)."""
-    try:
-        dist = metadata.distribution(DIST)
-    except metadata.PackageNotFoundError:
-        return False
-    url = json.loads(dist.read_text("direct_url.json") or "{}").get("url", "")
-    path = pathlib.Path(url.removeprefix("file://"))
-    return bool(url) and path.name == EXAMPLE.name and (path / "pyproject.toml").exists()
+def _dist_info(site: pathlib.Path) -> pathlib.Path:
+    """The metadata ``pip install`` would write for the example: its name, version and
+    entry points (from its pyproject.toml), in ``site``."""
+    project = tomllib.loads((EXAMPLE / "pyproject.toml").read_text())["project"]
+    name, version = project["name"], project["version"]
+    dist = site / f"{re.sub(r'[-_.]+', '_', name)}-{version}.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\n"
+                                   f"Version: {version}\n")
+    lines = []
+    for group, eps in project.get("entry-points", {}).items():
+        lines += [f"[{group}]", *(f"{k} = {v}" for k, v in eps.items()), ""]
+    (dist / "entry_points.txt").write_text("\n".join(lines))
+    return dist
 
 
-def _env() -> dict[str, str]:
-    """This checkout's iommu-sim and example first on the path."""
+@pytest.fixture(scope="module")
+def example_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """An environment for a subprocess in which the example is importable and its
+    entry point registered; this checkout's iommu-sim first."""
+    site = tmp_path_factory.mktemp("example-site")
+    _dist_info(site)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
-        [str(ROOT), str(EXAMPLE), *filter(None, [env.get("PYTHONPATH", "")])])
+        [str(ROOT), str(EXAMPLE), str(site), *filter(None, [env.get("PYTHONPATH", "")])])
+    env.pop("IOMMU_SIM_ONLY_BUILTIN", None)
     return env
 
 
-@pytest.fixture(scope="session")
-def flat_iommu_installed() -> None:
-    """``pip install -e examples/flat_iommu --no-deps`` once, if it is not there yet."""
-    if not _installed():
-        proc = subprocess.run(
-            [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "-e", str(EXAMPLE)],
-            capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, f"pip install failed:\n{proc.stdout}\n{proc.stderr}"
-    assert _installed()
-
-
-def test_entry_point_is_discovered(flat_iommu_installed: None) -> None:
-    ep = installed_drivers().get("flat_iommu")
-    assert ep is not None, sorted(installed_drivers())
-    assert ep.value == "flat_iommu.plugin:plugin"
-
-
-def test_example_passes_its_tests_and_the_kit(flat_iommu_installed: None) -> None:
-    # Exactly the README's command, in the example's directory, in a fresh interpreter
-    # (the editable install is only importable from a new process).
+def test_entry_point_is_discovered(example_env: dict[str, str]) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "iommu_core.testing",
-         "--iommu-driver=flat_iommu", "-p", "no:cacheprovider"],
-        cwd=EXAMPLE, capture_output=True, text=True, timeout=300, env=_env())
+        [sys.executable, "-c", "from iommu_core.testing import installed_drivers; "
+         "ep = installed_drivers()['flat_iommu']; print(ep.value); "
+         "import flat_iommu; print(flat_iommu.__file__)"],
+        capture_output=True, text=True, timeout=120, env=example_env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    value, where = proc.stdout.split()
+    assert value == "flat_iommu.plugin:plugin"
+    assert pathlib.Path(where).is_relative_to(EXAMPLE)  # this checkout's example
+
+
+def readme_test_command() -> list[str]:
+    text = (EXAMPLE / "README.md").read_text()
+    block = text.split("## Install and test", 1)[1]
+    (cmd,) = [ln for ln in re.findall(r"```sh\n(.*?)```", block, re.S)[0].splitlines()
+              if "pytest" in ln]
+    return cmd.split()
+
+
+def test_example_passes_its_tests_and_the_kit(example_env: dict[str, str]) -> None:
+    # Exactly the README's command, in the example's directory, in a fresh interpreter.
+    cmd = readme_test_command()
+    assert cmd[:3] == ["python", "-m", "pytest"] and "-p" not in cmd, cmd
+    proc = subprocess.run([sys.executable, *cmd[1:], "-p", "no:cacheprovider"],
+                          cwd=EXAMPLE, capture_output=True, text=True, timeout=300,
+                          env=example_env)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     # The example's own tests ran...

@@ -466,4 +466,19 @@ def teardown_iommufd(m: Machine, fd: int, buffer: int) -> None:
         f"{m.kernel_pages_in_use - m.kernel_pages_baseline} kernel pages leaked")
 
 
+
+
+def mock_viommu_region(t: Iommufd) -> tuple[int, int, int]:
+    """A mock vIOMMU with its mmap-able page, on a fresh IOAS and mock device:
+    (out_mmap_length, out_mmap_offset, the value it holds)."""
+    ioas = t.ioas_alloc()
+    _stdev, _hwpt, dev = t.mock_domain(ioas)
+    parent = t.hwpt_alloc(dev, ioas, uapi.IOMMU_HWPT_ALLOC_NEST_PARENT)
+    data = st.iommu_viommu_selftest(in_data=0xBEEF)
+    va = t.user_struct(data)
+    t.viommu_alloc(dev, parent, st.IOMMU_VIOMMU_TYPE_SELFTEST, va, sz(data))
+    out = uapi.from_bytes(st.iommu_viommu_selftest, t.m.mem_read(va, sz(data)))
+    return int(out.out_mmap_length), int(out.out_mmap_offset), 0xBEEF
+
+
 __all__ = ["st", "uapi", "vf"]

@@ -70,12 +70,19 @@ static inline int access_create(int fd, uint32_t ioas)
 	return c.create_access.out_access_fd;
 }
 
-/* A CPU copy through the IOAS (the mock's emulated device) */
-static inline int access_rw(int fd, int afd, uint64_t iova, void *buf, size_t len, int wr)
+/* A CPU copy through the IOAS (the mock's emulated device); the slow path goes through
+ * the pinned pages instead of the user mapping */
+static inline int access_rw_flags(int fd, int afd, uint64_t iova, void *buf, size_t len,
+				  unsigned int flags)
 {
 	struct iommu_test_cmd c = { .size = sizeof(c), .op = IOMMU_TEST_OP_ACCESS_RW,
 		.id = afd, .access_rw = { .iova = iova, .length = len, .uptr = (uintptr_t)buf,
-					  .flags = wr ? MOCK_ACCESS_RW_WRITE : 0 } };
+					  .flags = flags } };
 	return ioctl(fd, IOMMU_TEST_CMD, &c);
+}
+
+static inline int access_rw(int fd, int afd, uint64_t iova, void *buf, size_t len, int wr)
+{
+	return access_rw_flags(fd, afd, iova, buf, len, wr ? MOCK_ACCESS_RW_WRITE : 0);
 }
 #endif
