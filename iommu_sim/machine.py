@@ -247,7 +247,7 @@ class Machine:
         the Nth point this task's system calls reach fail (a slab or page allocation
         with ENOMEM, an iommufd point with its own errno), as writing the proc file does:
         a negative or non-integer value is EINVAL, one above UINT_MAX ERANGE; an exited
-        task is ESRCH. A forked child starts at 0. See docs/fault_injection.rst."""
+        task is ESRCH. A forked child starts at 0 (:doc:`/fault_injection`)."""
         if self.task.exited:
             raise OSError(errno.ESRCH, f"task {self.task.pid} has exited")
         return self.task.fail_nth
