@@ -27,13 +27,12 @@ from iommufd import uapi
 from iommufd import uapi_selftest as st
 from iommufd import uapi_vfio as vf
 from iommufd.ioas import IommufdIoas
+from iommufd.main import IommufdFile
 from iommufd.private import IommufdCtx
+from tests.fault_sweep import INJECTED_ERRNOS, fail_nth_sweep
 from tests.iommufd.invariants import check_ictx, ictx_of
 from tests.iommufd.test_robustness import _SETTINGS, IommufdStateMachine
 from tests.selftest.utils import MOCK_APERTURE_START, PAGE_SIZE, Iommufd, new_machine
-
-#: What an injected point answers (allocations, lookups, pins, reserved regions...).
-INJECTED_ERRNOS = {errno.ENOMEM, errno.ENOENT, errno.EFAULT, errno.EINVAL}
 
 
 def snapshot(m: Machine, ictx: IommufdCtx) -> dict[str, Any]:
@@ -131,41 +130,26 @@ def flow_pasid_viommu(m: Machine, t: Iommufd, buf: int, call: Callable[..., Any]
     call(t.pasid_detach, stdev, 300)
 
 
+def _check_ictxs(m: Machine, n: int) -> None:
+    for fd in m.task.files.open_fds():
+        if isinstance(m.task.files.get(fd), IommufdFile):
+            check_ictx(m, ictx_of(m, fd))
+
+
 @pytest.mark.parametrize("flow", [flow_nested, flow_pasid_viommu], ids=lambda f: f.__name__)
 def test_fail_nth_sweep(flow: Flow) -> None:
-    """N = 1, 2, ...: the N-th point of the flow fails, cleanly, until none is left."""
-    n = 0
-    while True:
-        n += 1
-        assert n < 500, "the flow never ran out of fault points"
-        m = new_machine()
+    """N = 1, 2, ...: the N-th point of the flow fails, cleanly and changing nothing,
+    until none is left."""
+
+    def run(m: Machine, arm: Callable[[], None]) -> None:
         buf = m.mmap(16 * PAGE_SIZE)
         m.mem_write(buf, b"\x5a" * 16 * PAGE_SIZE)
         t = Iommufd(m)
         ictx = ictx_of(m, t.fd)
-        m.fail_nth = n
+        arm()
+        flow(m, t, buf, lambda fn, *args: checked_call(m, ictx, fn, *args))
 
-        def call(fn: Callable[..., Any], *args: Any, ictx: IommufdCtx = ictx,
-                 m: Machine = m) -> Any:
-            return checked_call(m, ictx, fn, *args)
-
-        try:
-            flow(m, t, buf, call)
-        except OSError:
-            assert m.fail_nth == 0, f"N={n}: failed without the armed point firing"
-            done = False
-        else:
-            done = m.fail_nth != 0
-        m.fail_nth = 0
-        check_ictx(m, ictx)
-        m.close_all()
-        assert m.mm.pinned_pages == 0, f"N={n}: pages left pinned"
-        assert m.kernel_pages_in_use == m.kernel_pages_baseline, (
-            f"N={n}: {m.kernel_pages_in_use - m.kernel_pages_baseline} kernel pages leaked")
-        m.shutdown()
-        if done:
-            break
-    assert n > 30, "the flow allocates: many points must have fired"
+    assert fail_nth_sweep(new_machine, run, _check_ictxs) > 30
 
 
 # ======================================================================================
@@ -260,32 +244,22 @@ def test_fail_nth_sweep_vendor(driver: str) -> None:
     """The vendor drivers' allocations (masters, device state, domains, CD and PASID
     tables, vIOMMUs) fail cleanly too, and their unwinding frees what they took."""
     dev = VENDORS[driver][0]
-    n = 0
-    while True:
-        n += 1
-        assert n < 500, "the flow never ran out of fault points"
-        m = Machine.from_config({"iommus": [{"name": "io0", "driver": driver}],
-                                 "devices": [{"name": dev, "iommu": "io0"}]})
-        m.fail_nth = n
-        try:
-            vendor_flow(m, driver, lambda fn, *a: fn(*a))
-        except OSError as e:
-            assert e.errno in INJECTED_ERRNOS, f"N={n}: {e!r}"
-            assert m.fail_nth == 0, f"N={n}: {e!r} without the armed point firing"
-            done = False
-        else:
-            done = m.fail_nth != 0
-        m.fail_nth = 0
-        m.close_all()
+
+    def make() -> Machine:
+        return Machine.from_config({"iommus": [{"name": "io0", "driver": driver}],
+                                    "devices": [{"name": dev, "iommu": "io0"}]})
+
+    def run(m: Machine, arm: Callable[[], None]) -> None:
+        arm()
+        vendor_flow(m, driver, lambda fn, *a: fn(*a))
+
+    def group_released(m: Machine, n: int) -> None:
+        _check_ictxs(m, n)
         group = m.device(dev).iommu_group
+        m.close_all()
         assert group.owner is None and group.domain is group.default_domain, f"N={n}"
-        assert m.mm.pinned_pages == 0, f"N={n}: pages left pinned"
-        assert m.kernel_pages_in_use == m.kernel_pages_baseline, (
-            f"N={n}: {m.kernel_pages_in_use - m.kernel_pages_baseline} kernel pages leaked")
-        m.shutdown()
-        if done:
-            break
-    assert n > 30
+
+    assert fail_nth_sweep(make, run, group_released) > 30
 
 
 def test_doc_example_runs() -> None:

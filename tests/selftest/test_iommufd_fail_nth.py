@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from iommu_sim import Machine
+from tests.fault_sweep import INJECTED_ERRNOS
 from tests.selftest.utils import (
     MOCK_APERTURE_START,
     PAGE_SIZE,
@@ -32,10 +33,6 @@ from tests.selftest.utils import (
 
 #: iommufd_fail_nth.c's BUFFER_SIZE.
 BUFFER_SIZE = 2 * 1024 * 1024
-#: What an injected point may answer: allocations ENOMEM, an object lookup ENOENT, a pin
-#: EFAULT, the reserved-region and access checks EINVAL (and bind after a device probe
-#: that failed, as the bus notifier swallows it).
-INJECTED_ERRNOS = {errno.ENOMEM, errno.ENOENT, errno.EFAULT, errno.EINVAL}
 #: fail_nth_next's ASSERT_GT(1000, iteration) in 7.3.
 MAX_ITERATIONS = 1000
 
@@ -86,6 +83,15 @@ Flow = Callable[[Fixture, FailNth, Globals], None]
 def open_iommufd(f: Fixture) -> Iommufd:
     f.fd = f.m.open("/dev/iommu")
     return f.t
+
+
+def open_ioas(f: Fixture) -> tuple[Iommufd, int]:
+    """The common start: the iommufd, an IOAS, a 32-byte temporary memory limit (pin
+    batches of 4 pages)."""
+    t = open_iommufd(f)
+    ioas_id = t.ioas_alloc()
+    t.set_temp_memory_limit(32)
+    return t, ioas_id
 
 
 def teardown(f: Fixture, g: Globals) -> None:
@@ -189,33 +195,27 @@ def basic(f: Fixture, nth: FailNth, g: Globals) -> None:
         t.unmap(ioas_id, iova, BUFFER_SIZE)
 
 
-def map_domain(f: Fixture, nth: FailNth, g: Globals) -> None:
-    """iopt_area_fill_domains() and iopt_area_fill_domain()."""
-    t = open_iommufd(f)
-    ioas_id = t.ioas_alloc()
-    t.set_temp_memory_limit(32)
+def _map_domain(f: Fixture, nth: FailNth, map_: Callable[[Iommufd, int], object]) -> None:
+    t, ioas_id = open_ioas(f)
     nth.enable()
     stdev_id, _hwpt, _idev = t.mock_domain(ioas_id)
-    t.map(ioas_id, g.buffer, 262144)
+    map_(t, ioas_id)
     t.destroy(stdev_id)
     t.mock_domain(ioas_id)
+
+
+def map_domain(f: Fixture, nth: FailNth, g: Globals) -> None:
+    """iopt_area_fill_domains() and iopt_area_fill_domain()."""
+    _map_domain(f, nth, lambda t, ioas_id: t.map(ioas_id, g.buffer, 262144))
 
 
 def map_file_domain(f: Fixture, nth: FailNth, g: Globals) -> None:
-    t = open_iommufd(f)
-    ioas_id = t.ioas_alloc()
-    t.set_temp_memory_limit(32)
-    nth.enable()
-    stdev_id, _hwpt, _idev = t.mock_domain(ioas_id)
-    t.map_file(ioas_id, g.mfd, 0, 262144)
-    t.destroy(stdev_id)
-    t.mock_domain(ioas_id)
+    """iopt_area_fill_domains() and iopt_area_fill_domain(), of a memfd."""
+    _map_domain(f, nth, lambda t, ioas_id: t.map_file(ioas_id, g.mfd, 0, 262144))
 
 
 def map_two_domains(f: Fixture, nth: FailNth, g: Globals) -> None:
-    t = open_iommufd(f)
-    ioas_id = t.ioas_alloc()
-    t.set_temp_memory_limit(32)
+    t, ioas_id = open_ioas(f)
     stdev_id, _hwpt, _idev = t.mock_domain(ioas_id)
     nth.enable()
     stdev_id2, _hwpt2, _idev2 = t.mock_domain(ioas_id)
@@ -227,9 +227,7 @@ def map_two_domains(f: Fixture, nth: FailNth, g: Globals) -> None:
 
 
 def access_rw(f: Fixture, nth: FailNth, g: Globals) -> None:
-    t = open_iommufd(f)
-    ioas_id = t.ioas_alloc()
-    t.set_temp_memory_limit(32)
+    t, ioas_id = open_ioas(f)
     iova = t.map(ioas_id, g.buffer, 262144)
     nth.enable()
     f.access_id = t.access_create(ioas_id)
@@ -244,11 +242,9 @@ def access_rw(f: Fixture, nth: FailNth, g: Globals) -> None:
     f.access_id = 0
 
 
-def access_pin(f: Fixture, nth: FailNth, g: Globals) -> None:
-    """pages.c access functions."""
-    t = open_iommufd(f)
-    ioas_id = t.ioas_alloc()
-    t.set_temp_memory_limit(32)
+def _access_pin(f: Fixture, nth: FailNth, g: Globals, with_domain: bool) -> None:
+    t, ioas_id = open_ioas(f)
+    stdev_id = t.mock_domain(ioas_id)[0] if with_domain else 0
     iova = t.map(ioas_id, g.buffer, BUFFER_SIZE)
     f.access_id = t.access_create(ioas_id, st.MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES)
     nth.enable()
@@ -256,22 +252,18 @@ def access_pin(f: Fixture, nth: FailNth, g: Globals) -> None:
     t.access_unpin(f.access_id, access_pages_id)
     f.m.close(f.access_id)
     f.access_id = 0
+    if with_domain:
+        t.destroy(stdev_id)
+
+
+def access_pin(f: Fixture, nth: FailNth, g: Globals) -> None:
+    """pages.c access functions."""
+    _access_pin(f, nth, g, with_domain=False)
 
 
 def access_pin_domain(f: Fixture, nth: FailNth, g: Globals) -> None:
     """iopt_pages_fill_xarray()."""
-    t = open_iommufd(f)
-    ioas_id = t.ioas_alloc()
-    t.set_temp_memory_limit(32)
-    stdev_id, _hwpt, _idev = t.mock_domain(ioas_id)
-    iova = t.map(ioas_id, g.buffer, BUFFER_SIZE)
-    f.access_id = t.access_create(ioas_id, st.MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES)
-    nth.enable()
-    access_pages_id = t.access_pin(f.access_id, iova, BUFFER_SIZE, g.buffer)
-    t.access_unpin(f.access_id, access_pages_id)
-    f.m.close(f.access_id)
-    f.access_id = 0
-    t.destroy(stdev_id)
+    _access_pin(f, nth, g, with_domain=True)
 
 
 def device(f: Fixture, nth: FailNth, g: Globals) -> None:

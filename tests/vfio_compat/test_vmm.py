@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import errno
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from iommu_sim import DmaFault, Machine
+from tests.fault_sweep import fail_nth_sweep
 from tests.selftest.utils import (
     PAGE_SIZE,
     expect_errno,
@@ -143,41 +145,24 @@ def test_doc_example_runs() -> None:
 @pytest.mark.parametrize(("driver", "dev", "cc"), VENDORS, ids=[v[0] for v in VENDORS])
 def test_fail_nth_type1_flow(driver: str, dev: str, cc: int) -> None:
     """The model of iommufd_fail_nth.c over a type1 VMM on /dev/vfio/vfio with a real
-    VFIO device behind each vendor's IOMMU: with the Nth fault-injection point of the
-    task failing (``Machine.fail_nth``), every failure is a clean errno from the point
-    that fired, closing gives back every kernel page and pin, and the flow succeeds once
-    N passes its last point."""
-    n = 0
-    while True:
-        n += 1
-        assert n < 400, "the flow never ran out of fault points"
-        m = Machine.from_config({"iommus": [{"name": "io0", "driver": driver}],
-                                 "devices": [{"name": dev, "iommu": "io0"}]})
+    VFIO device behind each vendor's IOMMU (``Machine.fail_nth``)."""
+
+    def make() -> Machine:
+        return Machine.from_config({"iommus": [{"name": "io0", "driver": driver}],
+                                    "devices": [{"name": dev, "iommu": "io0"}]})
+
+    def flow(m: Machine, arm: Callable[[], None]) -> None:
         buf = m.mmap(16 * PS)
-        m.fail_nth = n
-        try:
-            c = Container(m, "/dev/vfio/vfio")
-            ioas = c.ioas_alloc()
-            bind_attach(m, c.fd, dev, ioas)
-            c.compat_set(ioas)
-            c.set_iommu(vf.VFIO_TYPE1_IOMMU)
-            c.map_dma(buf, IOVA, 16 * PS)
-            assert c.unmap_dma(IOVA + 3 * PS, 2 * PS) == 2 * PS
-            c.map_dma(buf + 3 * PS, IOVA + 3 * PS, PS)
-            m.dma_write(dev, IOVA + 3 * PS, b"dma")
-            assert m.mem_read(buf + 3 * PS, 3) == b"dma"
-        except OSError as e:
-            assert e.errno in (errno.ENOMEM, errno.ENOENT, errno.EFAULT, errno.EINVAL), (
-                f"N={n}: {e!r}")
-            assert m.fail_nth == 0, f"N={n}: {e!r} but the armed point did not fire"
-            done = False
-        else:
-            done = m.fail_nth != 0
-        m.fail_nth = 0
-        m.close_all()
-        assert m.mm.pinned_pages == 0, f"N={n}: pages left pinned"
-        assert m.kernel_pages_in_use == m.kernel_pages_baseline, f"N={n}: pages leaked"
-        m.shutdown()
-        if done:
-            break
-    assert n > 20
+        arm()
+        c = Container(m, "/dev/vfio/vfio")
+        ioas = c.ioas_alloc()
+        bind_attach(m, c.fd, dev, ioas)
+        c.compat_set(ioas)
+        c.set_iommu(vf.VFIO_TYPE1_IOMMU)
+        c.map_dma(buf, IOVA, 16 * PS)
+        assert c.unmap_dma(IOVA + 3 * PS, 2 * PS) == 2 * PS
+        c.map_dma(buf + 3 * PS, IOVA + 3 * PS, PS)
+        m.dma_write(dev, IOVA + 3 * PS, b"dma")
+        assert m.mem_read(buf + 3 * PS, 3) == b"dma"
+
+    assert fail_nth_sweep(make, flow) > 20
