@@ -4,6 +4,8 @@ behind them (what ACPI/DT firmware would describe)."""
 from __future__ import annotations
 
 import errno
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import attrs
@@ -39,6 +41,7 @@ class Platform:
         self.tracer = Tracer()
         #: The fault-injection knobs; the count itself is each task's ``fail_nth``.
         self.fault_attrs = FaultAttrs()
+        self._nofail = 0
         self.alloc.should_fail = self._should_fail_page
         self.iommus: dict[str, IommuHardware] = {}
         self.devices: dict[str, Device] = {}
@@ -52,7 +55,7 @@ class Platform:
         ``page``, ``iommufd``: :mod:`iommu_core.platform.fault_inject`) at ``site``. The
         current task's ``fail_nth`` counts points down; the one that reaches zero fails."""
         task = self.tasks.current
-        if task is None or not task.fail_nth:
+        if task is None or not task.fail_nth or self._nofail:
             return False
         task.fail_nth -= 1
         if task.fail_nth:
@@ -60,6 +63,16 @@ class Platform:
         if self.tracer.enabled:
             self.tracer.event("fault", f"fail-nth {what}", site)
         return True
+
+    @contextmanager
+    def nofail(self) -> Iterator[None]:
+        """A path the kernel requires to succeed (``__iommu_group_set_domain_nofail``,
+        detaches): what it allocates reaches no fault-injection point."""
+        self._nofail += 1
+        try:
+            yield
+        finally:
+            self._nofail -= 1
 
     def kzalloc(self, site: str) -> None:
         """A slab allocation the kernel makes here (the Python object stands for the
