@@ -19,6 +19,7 @@ from iommu_core.errors import IommuError
 from iommu_core.iommu import IommuCore
 from iommu_core.platform.bus import Device, make_pci_device
 from iommu_core.platform.dma import DmaFault, device_dma_read, device_dma_write
+from iommu_core.platform.eventfd import EventFd
 from iommu_core.platform.fault_inject import check_fail_nth
 from iommu_core.platform.files import File, FileTable
 from iommu_core.platform.memory import PAGE_SIZE
@@ -404,6 +405,19 @@ class Machine:
         try:
             f = ShmemFile(self.platform.alloc, os.fsdecode(name), flags & _U32)
             return task.files.install(f)
+        except IommuError as e:
+            raise _oserror(e) from None
+
+    def eventfd(self, initval: int = 0, flags: int = 0) -> int:
+        """``eventfd(2)`` (beyond the contract): a counter file to hand VFIO_DEVICE_SET_IRQS
+        (a device interrupt adds 1). ``read`` takes the counter as 8 bytes (EAGAIN at 0:
+        nothing could wake a blocked read), ``write`` adds 8 bytes' worth, ``poll`` says
+        POLLIN while it is not 0. ``flags``: EFD_SEMAPHORE, EFD_NONBLOCK, EFD_CLOEXEC."""
+        task = self._enter()
+        initval = _int(initval, "initval") & _U32  # unsigned int count
+        flags = _int(flags, "flags") & _U32
+        try:
+            return task.files.install(EventFd(initval, flags))
         except IommuError as e:
             raise _oserror(e) from None
 

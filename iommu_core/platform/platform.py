@@ -12,7 +12,7 @@ import attrs
 
 from iommu_core.errors import IommuError
 from iommu_core.platform.bus import Device
-from iommu_core.platform.dma import IommuHardware, IrqLine, Mmio
+from iommu_core.platform.dma import DmaPort, IommuHardware, IrqLine, Mmio
 from iommu_core.platform.fault_inject import PAGE, SLAB, FaultAttrs
 from iommu_core.platform.files import File, Opener
 from iommu_core.platform.memory import PhysicalMemory
@@ -114,10 +114,12 @@ class Platform:
             raise IommuError(errno.ENODEV, f"device {dev.name!r}: no IOMMU named "
                              f"{dev.iommu_name!r}")
         self.devices[dev.name] = dev
+        dev.dma_port = DmaPort(hw, self.mem, self.tracer)
         hw.attach_device(dev)
 
     def remove_device(self, dev: Device) -> None:
         self.devices.pop(dev.name, None)
+        dev.dma_port = None
         hw = self.iommus.get(dev.iommu_name)
         if hw is not None:
             hw.detach_device(dev)

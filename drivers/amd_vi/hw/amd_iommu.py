@@ -734,7 +734,7 @@ class AmdIommuHw(IommuHardware):
             if self._log_ppr(entry):
                 detail["tag"] = tag
                 raise DmaFault(dev.name, iova, pasid, access, "PPR_REQUEST", detail,
-                               page_request=True)
+                               page_request=True, code=f.ev_type)
         flags = f.flags | (EVENT_FLAG_RW if wr else 0)
         if pasid is not None:
             flags |= EVENT_FLAG_GN
@@ -743,4 +743,5 @@ class AmdIommuHw(IommuHardware):
         ev = EventLogEntry.make(f.ev_type, devid, domid_pasid, flags, iova)
         self._log_event(ev)
         detail["flags"] = flags
-        raise DmaFault(dev.name, iova, pasid, access, EVENT_NAMES[f.ev_type], detail)
+        raise DmaFault(dev.name, iova, pasid, access, EVENT_NAMES[f.ev_type], detail,
+                       code=f.ev_type)

@@ -646,10 +646,11 @@ class VtdHardware(IommuHardware):
             idx = self._post_page_request(dev, pasid, iova, access)
             if idx is not None:
                 detail["prg_index"] = idx
-                raise DmaFault(dev.name, iova, pasid, access, name, detail, page_request=True)
+                raise DmaFault(dev.name, iova, pasid, access, name, detail, page_request=True,
+                               code=f.code)
         detail["recorded"] = (not state["fpd"]
                               and self._record_fault(dev.rid, iova, f.code, access, pasid))
-        raise DmaFault(dev.name, iova, pasid, access, name, detail)
+        raise DmaFault(dev.name, iova, pasid, access, name, detail, code=f.code)
 
     # -- configuration decode -----------------------------------------------------------
     def _lookup_context(self, sid: int) -> CtxInfo:
