@@ -20,6 +20,7 @@ from iommu_core.iommu import IommuCore
 from iommu_core.platform.bus import Device, make_pci_device
 from iommu_core.platform.dma import DmaFault, device_dma_read, device_dma_write
 from iommu_core.platform.eventfd import EventFd
+from iommu_core.platform.fault_inject import check_fail_nth
 from iommu_core.platform.files import File, FileTable
 from iommu_core.platform.memory import PAGE_SIZE
 from iommu_core.platform.mm import TASK_SIZE
@@ -152,7 +153,8 @@ class Machine:
             res = self.platform.add_iommu(hw)
             ops.iommu_driver_probe(self.core, res)
         self.plugins.check_pending()
-        iommufd_init(self.core)
+        #: iommufd's per-machine state (``IommufdSubsys``).
+        self.iommufd = iommufd_init(self.core)
         for dspec in config.get("devices", []):
             d = dict(dspec)
             name, iommu = d.pop("name", None), d.pop("iommu", None)
@@ -239,6 +241,28 @@ class Machine:
         self.platform.tasks.current = task
         return task
 
+    @property
+    def fail_nth(self) -> int:
+        """This task's ``/proc/self/task/<tid>/fail-nth``: how many fault-injection points
+        are left before one fails (0: off, or the armed point fired). Assigning N makes
+        the Nth point this task's system calls reach fail (a slab or page allocation
+        with ENOMEM, an iommufd point with its own errno), as writing the proc file does:
+        a negative or non-integer value is EINVAL, one above UINT_MAX ERANGE; an exited
+        task is ESRCH. A forked child starts at 0 (:doc:`/fault_injection`)."""
+        if self.task.exited:
+            raise OSError(errno.ESRCH, f"task {self.task.pid} has exited")
+        return self.task.fail_nth
+
+    @fail_nth.setter
+    def fail_nth(self, n: int) -> None:
+        try:
+            n = check_fail_nth(n)
+        except IommuError as e:
+            raise _oserror(e) from None
+        if self.task.exited:
+            raise OSError(errno.ESRCH, f"task {self.task.pid} has exited")
+        self.task.fail_nth = n
+
     def fork(self) -> Machine:
         """``fork(2)``: a new task of this Machine, with the same methods. Its fd table is
         a copy naming the same open files; its memory a copy of this task's (MAP_SHARED
@@ -274,11 +298,11 @@ class Machine:
                           "string") from None
         if isinstance(p, bytes):
             p = os.fsdecode(p)
-        opener = self.platform.chrdevs.get(p)
-        if opener is None:
-            raise OSError(errno.ENOENT, f"{path}: no such device node")
         try:
-            return task.files.install(opener(task))
+            f = self.platform.open_chrdev(p, task)
+            if f is None:
+                raise OSError(errno.ENOENT, f"{path}: no such device node")
+            return task.files.install(f)
         except IommuError as e:
             raise _oserror(e) from None
 
@@ -497,6 +521,16 @@ class Machine:
     def dma_read(self, dev: str | Device, iova: int, n: int, pasid: int | None = None
                  ) -> bytes:
         """The device reads ``n`` bytes at ``iova`` through its IOMMU (DmaFault if not)."""
+        tasks = self.platform.tasks
+        cur = tasks.current
+        if cur is not None and cur.fail_nth:
+            # A device's DMA (and the faults it raises) runs in no task: fail-nth
+            # does not count what it does.
+            tasks.current = None
+            try:
+                return self.dma_read(dev, iova, n, pasid)
+            finally:
+                tasks.current = cur
         d = self._dma_dev(dev)
         # Plain in-range ints (the hot path) skip the full argument checks.
         if not (type(iova) is int and type(n) is int and 0 <= iova <= _U64
@@ -516,6 +550,15 @@ class Machine:
                   pasid: int | None = None) -> None:
         """The device writes ``data`` at ``iova`` through its IOMMU (DmaFault if not);
         a fault anywhere writes nothing."""
+        tasks = self.platform.tasks
+        cur = tasks.current
+        if cur is not None and cur.fail_nth:
+            tasks.current = None
+            try:
+                self.dma_write(dev, iova, data, pasid)
+                return
+            finally:
+                tasks.current = cur
         d = self._dma_dev(dev)
         buf = _buffer(data, "data")
         if not (type(iova) is int and 0 <= iova <= _U64 and len(buf) <= MAX_RW_COUNT

@@ -98,6 +98,7 @@ class VfioDeviceFile(File):
     """``struct vfio_device_file``: one open of the cdev."""
 
     def __init__(self, device: VfioDevice) -> None:
+        device.core.platform.kzalloc("struct vfio_device_file")
         self.device = device
         self.name = device.path
         self.tracer = device.tracer

@@ -785,6 +785,7 @@ def do_iommu_domain_alloc(dev_data: IommuDevData, flags: int, pd_mode: str
     iommu = dev_data.iommu
     drv = iommu.drv
     platform = iommu.platform
+    platform.kzalloc("struct protection_domain")
     dirty = bool(flags & IOMMU_HWPT_ALLOC_DIRTY_TRACKING)
     if pd_mode == PD_MODE_V1:
         iop = alloc_v1_pgtable(platform, drv.hpt_level)

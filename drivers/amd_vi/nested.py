@@ -124,10 +124,12 @@ def amd_iommu_alloc_domain_nested(viommu: IommufdViommu, flags: int, user_data: 
     drv = avi.iommu.drv
     validate_gdte_nested(drv, gdte)
     gdom_id = gdte[1] & 0xFFFF
+    avi.iommu.platform.kzalloc("struct nested_domain")
     info = avi.gdomid_array.get(gdom_id)
     if info is not None and info.users > 0:
         info.users += 1
     else:
+        avi.iommu.platform.kzalloc("struct guest_domain_mapping_info")
         hdom = drv.pdom_ids.alloc()  # ENOSPC, nothing inserted
         info = GuestDomainMappingInfo(users=1, hdom_id=hdom)
         avi.gdomid_array[gdom_id] = info

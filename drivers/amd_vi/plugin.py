@@ -113,6 +113,7 @@ class AmdViPlugin(AmdDescribe):
         if not dev.is_pci or not isinstance(iommu, AmdIommu) or iommu.iommu_dev is None:
             raise IommuError(errno.ENODEV, f"{dev.name}: not a PCI device behind an AMD-Vi unit")
         devid = dev.rid
+        iommu.platform.kzalloc("struct iommu_dev_data")
         dev_data = amd.IommuDevData(dev=dev, devid=devid, iommu=iommu)
         if iommu.drv.gt_ppr_supported():  # iommu_init_device
             dev_data.flags = amd.pdev_get_caps(dev)

@@ -286,6 +286,7 @@ def paging_domain_alloc(iommu: IntelIommu, first_stage: bool) -> DmarDomain:
         last = (1 << va_bits) - 1
         coherent = iommu.coherent  # iommu_paging_structure_coherency()
     kind = "fs" if first_stage else "ss"
+    iommu.core.platform.kzalloc("struct dmar_domain")
     domain = DmarDomain(iommu.ops, kind, PAGING_OPS, IOMMU_DOMAIN_UNMANAGED,
                         pgsize_bitmap=fmt.pgsize_bitmap,
                         geometry=Geometry(0, last, force_aperture=True))
@@ -530,6 +531,7 @@ def intel_iommu_probe_device(dev: Device) -> IommuDevice:
     iommu = idev.priv
     if not isinstance(iommu, IntelIommu) or not dev.is_pci:
         raise IommuError(errno.ENODEV, f"{dev.name}: not a PCI device behind a VT-d unit")
+    iommu.core.platform.kzalloc("struct device_domain_info")
     info = DeviceDomainInfo(dev, iommu)
     if iommu.sm_supported:
         pasid.intel_pasid_alloc_table(iommu, info)

@@ -60,6 +60,7 @@ def intel_iommu_domain_alloc_nested(dev: Device, parent: IommuDomain, flags: int
     if not isinstance(parent, DmarDomain) or parent.kind != "ss" or not parent.nested_parent:
         raise IommuError(errno.EINVAL, "parent is not a second-stage nest-parent domain")
     vtd = user_data.copy_struct(iommu_hwpt_vtd_s1, IOMMU_HWPT_DATA_VTD_S1, "__reserved")
+    iommu.core.platform.kzalloc("struct dmar_domain")
     domain = DmarDomain(iommu.ops, "nested", NESTED_OPS, IOMMU_DOMAIN_NESTED)
     domain.s2_domain = parent
     domain.s1_cfg = vtd

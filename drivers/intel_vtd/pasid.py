@@ -246,6 +246,7 @@ def intel_pasid_alloc_table(iommu: IntelIommu, info: DeviceDomainInfo) -> None:
     max_pasid = min(dev.max_pasids, iommu.pasid_max_id) if info.pasid_supported else 0
     size = max_pasid >> (PASID_PDE_SHIFT - 3)
     order = max(0, (size - 1).bit_length() - 12) if size else 0
+    iommu.core.platform.kzalloc("struct pasid_table")
     table = iommu.alloc.alloc_pages(order)
     info.pasid_table = PasidTable(table=table, order=order, max_pasid=1 << (order + 12 + 3))
 

@@ -13,7 +13,8 @@ import pytest
 from iommu_sim import Machine
 from iommu_sim.exec import HostUnsupported, exec_program
 
-PROGRAMS = ["paging", "private", "fork", "fault_poll", "crash", "memfd", "stress"]
+PROGRAMS = ["paging", "private", "fork", "fault_poll", "crash", "memfd", "stress",
+            "fail_nth"]
 DEV = "0000:00:01.0"
 VENDORS = ["arm_smmu_v3", "intel_vtd", "amd_vi"]
 #: Programs that make the device DMA (its DMA engine, through VFIO): the paging flow on
