@@ -115,7 +115,7 @@ class World:
         assert isinstance(hw, AmdIommuHw)
         self.hw = hw
         self.checked = 0
-        real = hw._exec_cmd
+        real = hw.exec_cmd
 
         def checked(words: tuple[int, ...]) -> bool:
             want = naive(snapshot(hw), words)
@@ -124,7 +124,7 @@ class World:
             self.checked += 1
             return ok
 
-        hw._exec_cmd = checked  # type: ignore[method-assign]
+        hw.exec_cmd = checked  # type: ignore[method-assign]
         self.dev = dev = env.add_device(pasid_bits=0)
         env.claim(dev)
         self.n = n = Nesting(env, dev, npages=32)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import collections
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, overload
 
 import attrs
@@ -102,6 +102,8 @@ from drivers.amd_vi.amd_iommu_types import (
     field_get,
 )
 from drivers.amd_vi.hw.config import AmdViFeatures
+from drivers.amd_vi.hw.viommu import AmdViommuHw
+from drivers.amd_vi.viommu_regs import CONTROL_VIOMMU_EN
 from iommu_core.pgtable import formats
 from iommu_core.pgtable.formats.base import PtFormat
 from iommu_core.pgtable.walk import Access, WalkFault, WalkResult, walk
@@ -216,30 +218,41 @@ class _XlateFault(Exception):
         self.illegal_dte = illegal_dte
 
 
-class AmdIommuMmio(Mmio):
-    """The unit's 512 KiB register window. 64-bit registers; 32-bit halves merge."""
+class Reg64Mmio(Mmio):
+    """A window of 64-bit registers (``read``/``write`` by 8-aligned offset); a 32-bit
+    store merges into its half of what ``read`` returns."""
 
-    def __init__(self, hw: AmdIommuHw) -> None:
-        self.hw = hw
+    def __init__(self, read: Callable[[int], int], write: Callable[[int, int], None]
+                 ) -> None:
+        self._read = read
+        self._write = write
 
     def read32(self, offset: int) -> int:
-        v = self.hw.reg_read(offset & ~7)
+        v = self._read(offset & ~7)
         return (v >> 32) & 0xFFFF_FFFF if offset & 4 else v & 0xFFFF_FFFF
 
     def write32(self, offset: int, value: int) -> None:
         base = offset & ~7
-        old = self.hw.regs.get(base, 0)
+        old = self._read(base)
         if offset & 4:
             new = (old & 0xFFFF_FFFF) | ((value & 0xFFFF_FFFF) << 32)
         else:
             new = (old & ~0xFFFF_FFFF & _ALL) | (value & 0xFFFF_FFFF)
-        self.hw.reg_write(base, new)
+        self._write(base, new)
 
     def read64(self, offset: int) -> int:
-        return self.hw.reg_read(offset & ~7)
+        return self._read(offset & ~7)
 
     def write64(self, offset: int, value: int) -> None:
-        self.hw.reg_write(offset & ~7, value & _ALL)
+        self._write(offset & ~7, value & _ALL)
+
+
+class AmdIommuMmio(Reg64Mmio):
+    """The unit's 512 KiB register window. 64-bit registers; 32-bit halves merge."""
+
+    def __init__(self, hw: AmdIommuHw) -> None:
+        super().__init__(lambda off: hw.regs.get(off, 0), hw.reg_write)
+        self.hw = hw
 
 
 class AmdIommuHw(IommuHardware):
@@ -286,6 +299,12 @@ class AmdIommuHw(IommuHardware):
         self._cmd_words: collections.deque[tuple[int, ...]] = collections.deque(maxlen=4096)
         self.stats: collections.Counter[str] = collections.Counter()
         self._in_cmd = False
+        #: The HW-vIOMMU (prototype): guest command buffers, with two register windows.
+        self.viommu: AmdViommuHw | None = None
+        if features.hw_viommu:
+            self.viommu = AmdViommuHw(self, features.viommu_guests)
+            self.mmio["vf"] = self.viommu.vf_mmio
+            self.mmio["vfctl"] = self.viommu.ctl_mmio
 
     # ===================================================================================
     # Registers
@@ -328,6 +347,11 @@ class AmdIommuHw(IommuHardware):
     def _ctl(self, bit: int) -> bool:
         return bool(self._control >> bit & 1)
 
+    @property
+    def viommu_enabled(self) -> bool:
+        """Guest command buffers run: the unit and CONTROL.VIOMMU_EN are on."""
+        return self._enabled and self._ctl(CONTROL_VIOMMU_EN)
+
     def _set_status(self, mask: int, on: bool = True) -> None:
         st = self.regs.get(MMIO_STATUS_OFFSET, 0)
         self.regs[MMIO_STATUS_OFFSET] = (st | mask) if on else (st & ~mask)
@@ -344,6 +368,8 @@ class AmdIommuHw(IommuHardware):
             self._cmdbuf_run()
         if old >> CONTROL_IOMMU_EN & 1 and not self._enabled:
             self._flush_all()  # a disabled unit keeps nothing cached
+        if self.viommu is not None and self.viommu_enabled:
+            self.viommu.consume_all()
 
     # ===================================================================================
     # Rings in memory
@@ -354,18 +380,28 @@ class AmdIommuHw(IommuHardware):
         n = field_get(RING_LEN_MASK, base_reg)
         return base_reg & RING_BASE_ADDR_MASK, (1 << n) * 16 if n >= 8 else 0
 
+    def ring_push(self, base_reg: int, head: int, tail: int, entry: bytes) -> int | None:
+        """Write a 16-byte record at ``tail`` of the log ``base_reg`` describes: the new
+        tail, or None when the log is full (or has no size) and nothing was written."""
+        base, size = self._ring(base_reg)
+        if size == 0:
+            return None
+        nxt = (tail + 16) % size
+        if nxt == head % size:
+            return None
+        self.mem.write(base + tail % size, entry)
+        return nxt
+
     def _log_write(self, base_off: int, head_off: int, tail_off: int, entry: bytes,
                    overflow_mask: int) -> bool:
-        base, size = self._ring(self.regs.get(base_off, 0))
-        if size == 0:
+        base_reg = self.regs.get(base_off, 0)
+        if not self._ring(base_reg)[1]:
             return False
-        head = self.regs.get(head_off, 0)
-        tail = self.regs.get(tail_off, 0)
-        nxt = (tail + 16) % size
-        if nxt == head:
+        nxt = self.ring_push(base_reg, self.regs.get(head_off, 0), self.regs.get(tail_off, 0),
+                             entry)
+        if nxt is None:
             self._set_status(overflow_mask)
             return False
-        self.mem.write(base + tail, entry)
         self.regs[tail_off] = nxt
         return True
 
@@ -401,36 +437,53 @@ class AmdIommuHw(IommuHardware):
     # ===================================================================================
     # Command buffer
     # ===================================================================================
-    def _cmdbuf_run(self) -> None:
-        """Consume commands from head to tail, in order, synchronously."""
-        if not self._ctl(CONTROL_CMDBUF_EN) or self._in_cmd:
-            return
-        base, size = self._ring(self.regs.get(MMIO_CMD_BUF_OFFSET, 0))
+    def run_ring(self, base_reg: int, get_head: Callable[[], int],
+                 set_head: Callable[[int], None], get_tail: Callable[[], int],
+                 execute: Callable[[tuple[int, ...], int], bool]) -> None:
+        """The command engine's fetch loop, for the host's buffer and every guest's:
+        ``execute(words, address)`` each command from head to tail in order; a command it
+        refuses stops the loop with head on it."""
+        base, size = self._ring(base_reg)
         if size == 0:
             return
+        while True:
+            head = get_head() % size
+            if head == get_tail() % size:
+                return
+            words = _CMD_WORDS.unpack(self.mem.read(base + head, 16))
+            if not execute(words, base + head):
+                return
+            set_head((head + 16) % size)
+
+    def _cmdbuf_run(self) -> None:
+        """Consume the host's commands from head to tail, in order, synchronously."""
+        if not self._ctl(CONTROL_CMDBUF_EN) or self._in_cmd:
+            return
         self._in_cmd = True
+        regs = self.regs
         try:
-            while True:
-                head = self.regs.get(MMIO_CMD_HEAD_OFFSET, 0) % size
-                tail = self.regs.get(MMIO_CMD_TAIL_OFFSET, 0) % size
-                if head == tail:
-                    return
-                words = _CMD_WORDS.unpack(self.mem.read(base + head, 16))
-                if not self._exec_cmd(words):
-                    # Illegal command: logged; processing stops with head on it.
-                    self._log_event(EventLogEntry.make(EVENT_TYPE_ILL_CMD, 0, 0, 0,
-                                                       base + head))
-                    return
-                self.regs[MMIO_CMD_HEAD_OFFSET] = (head + 16) % size
+            self.run_ring(regs.get(MMIO_CMD_BUF_OFFSET, 0),
+                          lambda: regs.get(MMIO_CMD_HEAD_OFFSET, 0),
+                          lambda h: regs.__setitem__(MMIO_CMD_HEAD_OFFSET, h),
+                          lambda: regs.get(MMIO_CMD_TAIL_OFFSET, 0), self._host_cmd)
         finally:
             self._in_cmd = False
+
+    def _host_cmd(self, words: tuple[int, ...], addr: int) -> bool:
+        if self.exec_cmd(words):
+            return True
+        # Illegal command: logged; processing stops with head on it.
+        self._log_event(EventLogEntry.make(EVENT_TYPE_ILL_CMD, 0, 0, 0, addr))
+        return False
 
     @property
     def cmd_log(self) -> CommandLog:
         """Every command consumed, oldest first (the last 4096): the tour and tests."""
         return CommandLog(self._cmd_words)
 
-    def _exec_cmd(self, d: tuple[int, ...]) -> bool:
+    def exec_cmd(self, d: tuple[int, ...]) -> bool:
+        """Execute one command (host's, or a guest's once its IDs are the host's);
+        False: an illegal command, nothing done."""
         op = d[1] >> 28
         self._cmd_words.append(d)
         self.stats[CMD_NAMES.get(op) or f"opcode {op:#x}"] += 1

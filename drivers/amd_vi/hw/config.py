@@ -52,12 +52,16 @@ class AmdViFeatures:
     glx: int = 1  # largest DTE.GLX supported
     gats: int = 1  # 1: 5-level guest tables supported
     hats: int = 2  # max host levels = hats + 4; 3 = host translation disabled
+    hw_viommu: bool = False  # the HW-vIOMMU (PROTOTYPE): guest command buffers
+    viommu_guests: int = 16  # GuestIDs of the HW-vIOMMU, 0 (the hypervisor's) included
 
     def __attrs_post_init__(self) -> None:
-        for name, hi in (("pasmax", 19), ("glx", 2), ("gats", 1), ("hats", 3)):
+        for name, lo, hi in (("pasmax", 0, 19), ("glx", 0, 2), ("gats", 0, 1), ("hats", 0, 3),
+                             ("viommu_guests", 2, 4096)):
             v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= hi:
-                raise IommuError(errno.EINVAL, f"amd_vi option {name}={v!r} outside 0..{hi}")
+            if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+                raise IommuError(errno.EINVAL, f"amd_vi option {name}={v!r} outside "
+                                 f"{lo}..{hi}")
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> AmdViFeatures:
