@@ -59,6 +59,7 @@ from iommu_core.platform.dma import IrqLine, Mmio
 from iommu_core.platform.memory import PAGE_SIZE
 
 if TYPE_CHECKING:
+    from drivers.amd_vi.hw_viommu import AmdHwViommuUnit
     from iommu_core.iommu import IommuCore
     from iommu_core.platform.platform import IommuResources
 
@@ -103,6 +104,8 @@ class AmdIommu:
         #: Event log records the interrupt handler consumed (iommu_print_event).
         self.events: collections.deque[EventLogEntry] = collections.deque(maxlen=1024)
         self.iommu_dev: IommuDevice | None = None
+        #: The HW-vIOMMU (prototype), when the unit has one.
+        self.hwv: AmdHwViommuUnit | None = None
 
     def __repr__(self) -> str:
         return f"<AmdIommu {self.name}>"
@@ -191,6 +194,7 @@ def amd_iommu_poll_events(iommu: AmdIommu) -> None:
 def amd_iommu_probe(drv: AmdIommuDriver, core: IommuCore, res: IommuResources
                     ) -> IommuDevice:
     """``init_iommu_one`` + ``early_enable_iommu`` + ``iommu_device_register``."""
+    from drivers.amd_vi.hw_viommu import amd_hw_viommu_probe
     from drivers.amd_vi.ppr import amd_iommu_enable_ppr_log, amd_iommu_poll_ppr_log
 
     iommu = AmdIommu(drv, core, res)
@@ -242,6 +246,7 @@ def amd_iommu_probe(drv: AmdIommuDriver, core: IommuCore, res: IommuResources
         amd_iommu_iopf_init(iommu)
         if "ppr" in iommu.irqs:
             iommu.irqs["ppr"].request_irq(lambda: amd_iommu_poll_ppr_log(iommu))
+    iommu.hwv = amd_hw_viommu_probe(iommu, res)
     iommu.feature_enable(CONTROL_IOMMU_EN)
     amd_iommu_flush_all_caches(iommu)
 
@@ -261,6 +266,7 @@ def amd_iommu_remove(iommu: AmdIommu) -> None:
     """Disable the unit, release its interrupts, free every page the probe allocated."""
     iommu.control = 0
     iommu.mmio.write64(MMIO_CONTROL_OFFSET, 0)
+    iommu.hwv = None
     for line in iommu.irqs.values():
         line.free_irq()
     for pa, order in ((iommu.dev_table, _DEV_TABLE_ORDER), (iommu.cmd_buf, _CMD_BUF_ORDER),

@@ -23,6 +23,12 @@ from drivers.amd_vi.amd_iommu_types import (
     IommuCmd,
     genmask,
 )
+from drivers.amd_vi.hw_viommu import (
+    AmdHwViommu,
+    amd_hw_viommu_destroy,
+    amd_hw_viommu_init,
+    amd_hw_viommu_supported,
+)
 from drivers.amd_vi.iommu import (
     IommuDevData,
     ProtectionDomain,
@@ -33,6 +39,7 @@ from drivers.amd_vi.iommu import (
 from drivers.amd_vi.nested import AmdViommu
 from drivers.amd_vi.uapi import (
     IOMMU_VIOMMU_INVALIDATE_DATA_AMD_PROTOTYPE,
+    IOMMU_VIOMMU_TYPE_AMD_HW_PROTOTYPE,
     iommu_viommu_amd_invalidate,
 )
 from iommu_core.errors import IommuError
@@ -74,8 +81,11 @@ def amd_iommufd_hw_info(dev: Device, data_type: int) -> tuple[bytes, int]:
 def amd_iommufd_get_viommu_size(dev: Device, viommu_type: int) -> int:
     """AMD-tree behaviour: only IOMMU_VIOMMU_TYPE_AMD (vtd_amd.md B9.4). No feature check
     (unlike SMMUv3): without GT/GIOSUP/GCR3TRPMODE no nest parent exists, so the core
-    fails on the HWPT (EINVAL), as Linux does."""
-    dev_iommu_priv_get(dev)
+    fails on the HWPT (EINVAL), as Linux does. The prototype HW type only on a unit with
+    the HW-vIOMMU (else 0: EOPNOTSUPP, as Tegra's type without a CMDQV)."""
+    dev_data = dev_iommu_priv_get(dev)
+    if viommu_type == IOMMU_VIOMMU_TYPE_AMD_HW_PROTOTYPE:
+        return 128 if amd_hw_viommu_supported(dev_data.iommu) else 0
     if viommu_type != IOMMU_VIOMMU_TYPE_AMD:
         return 0
     return 64  # sizeof(struct amd_iommu_viommu), any non-zero value
@@ -90,6 +100,9 @@ def amd_iommufd_viommu_init(viommu: IommufdViommu, parent: object,
     if (not isinstance(parent, ProtectionDomain) or parent.pd_mode != "v1"
             or parent.iop is None or parent.drv is not iommu.drv):
         raise IommuError(errno.EINVAL, "the parent must be an AMD v1 nest-parent domain")
+    if viommu.type == IOMMU_VIOMMU_TYPE_AMD_HW_PROTOTYPE:
+        amd_hw_viommu_init(iommu.drv.ops, viommu, iommu, parent, user_data)
+        return
     if user_data is not None:
         data = user_data.copy_struct(iommu_viommu_amd, IOMMU_VIOMMU_TYPE_AMD, "reserved")
         if data.reserved:
@@ -102,6 +115,8 @@ def amd_iommufd_viommu_init(viommu: IommufdViommu, parent: object,
 
 def amd_iommufd_viommu_destroy(viommu: IommufdViommu) -> None:
     avi = viommu.priv
+    if isinstance(avi, AmdHwViommu):
+        amd_hw_viommu_destroy(avi)
     if isinstance(avi, AmdViommu):
         if avi in avi.parent.viommu_list:
             avi.parent.viommu_list.remove(avi)
@@ -113,10 +128,17 @@ def amd_iommufd_vdevice_init(vdev: IommufdVdevice) -> None:
     """The vDeviceID is the guest's 16-bit DeviceID (BDF)."""
     if not 0 <= vdev.virt_id <= 0xFFFF:
         raise IommuError(errno.EINVAL, f"vDeviceID {vdev.virt_id:#x} is not 16-bit")
-    vdev.priv = dev_iommu_priv_get(vdev.dev)
+    dev_data = dev_iommu_priv_get(vdev.dev)
+    avi = vdev.viommu.priv
+    if isinstance(avi, AmdViommu):
+        avi.devid_mapped(vdev.virt_id, dev_data.devid)
+    vdev.priv = dev_data
 
 
 def amd_iommufd_vdevice_destroy(vdev: IommufdVdevice) -> None:
+    avi = vdev.viommu.priv
+    if vdev.priv is not None and isinstance(avi, AmdViommu):
+        avi.devid_unmapped(vdev.virt_id)
     vdev.priv = None
 
 

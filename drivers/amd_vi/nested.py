@@ -74,6 +74,19 @@ class AmdViommu:
     def __repr__(self) -> str:
         return f"<AmdViommu on {self.parent!r} gdomids {sorted(self.gdomid_array)}>"
 
+    # What a HW vIOMMU (hw_viommu.AmdHwViommu) also tells its unit; nothing here.
+    def domid_mapped(self, gdom_id: int, hdom_id: int) -> None:
+        """``gdom_id`` got ``hdom_id`` (its first user)."""
+
+    def domid_unmapped(self, gdom_id: int) -> None:
+        """``gdom_id``'s last user went; its hDomID is about to be flushed and freed."""
+
+    def devid_mapped(self, gdev_id: int, devid: int) -> None:
+        """A vDEVICE names DeviceID ``devid`` ``gdev_id``."""
+
+    def devid_unmapped(self, gdev_id: int) -> None:
+        """The vDEVICE of ``gdev_id`` went."""
+
 
 class NestedDomain(IommuDomain):
     """``struct nested_domain``."""
@@ -133,6 +146,7 @@ def amd_iommu_alloc_domain_nested(viommu: IommufdViommu, flags: int, user_data: 
         hdom = drv.pdom_ids.alloc()  # ENOSPC, nothing inserted
         info = GuestDomainMappingInfo(users=1, hdom_id=hdom)
         avi.gdomid_array[gdom_id] = info
+        avi.domid_mapped(gdom_id, hdom)
     ops = drv.ops.domain_ops(["attach_dev", "free"])
     ndom = NestedDomain(ops, avi, gdom_id, info, gdte)
     if avi.iommu.tracer.enabled:
@@ -197,6 +211,7 @@ def nested_domain_free(ndom: NestedDomain) -> None:
     if info.users == 0:
         if avi.gdomid_array.get(ndom.gdom_id) is info:
             del avi.gdomid_array[ndom.gdom_id]
+            avi.domid_unmapped(ndom.gdom_id)
         amd_iommu_flush_tlb_domid(avi.iommu, info.hdom_id)
         avi.iommu.drv.pdom_ids.free(info.hdom_id)
 

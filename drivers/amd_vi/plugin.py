@@ -13,6 +13,7 @@ import errno
 import weakref
 from typing import TYPE_CHECKING, Any
 
+from drivers.amd_vi import hw_viommu as amd_hwv
 from drivers.amd_vi import iommu as amd
 from drivers.amd_vi import iommufd as amd_iommufd
 from drivers.amd_vi import nested as amd_nested
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from iommu_core.group import IommuGroup
     from iommu_core.iommu import IommuCore
     from iommu_core.iommufd_driver import (
+        IommufdHwQueue,
         IommufdVdevice,
         IommufdViommu,
         UserData,
@@ -268,6 +270,22 @@ class AmdViPlugin(AmdDescribe):
     @hookimpl
     def viommu_vdevice_destroy(self, vdev: IommufdVdevice) -> bool:
         amd_iommufd.amd_iommufd_vdevice_destroy(vdev)
+        return True
+
+    # -- the HW-vIOMMU's queues (prototype) -----------------------------------------------
+    @hookimpl
+    def viommu_get_hw_queue_size(self, viommu: IommufdViommu, queue_type: int) -> int:
+        return amd_hwv.amd_hw_viommu_get_hw_queue_size(viommu, queue_type)
+
+    @hookimpl
+    def viommu_hw_queue_init_phys(self, hw_queue: IommufdHwQueue, index: int,
+                                  base_addr_pa: int) -> bool:
+        amd_hwv.amd_hw_viommu_hw_queue_init_phys(hw_queue, index, base_addr_pa)
+        return True
+
+    @hookimpl
+    def viommu_hw_queue_destroy(self, hw_queue: IommufdHwQueue) -> bool:
+        amd_hwv.amd_hw_viommu_hw_queue_destroy(hw_queue)
         return True
 
 
