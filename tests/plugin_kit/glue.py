@@ -13,16 +13,35 @@ import ctypes
 from typing import Any
 
 from drivers.amd_vi.amd_iommu_types import (
+    CMD_COMPL_WAIT,
+    CMD_INV_ALL,
     CMD_INV_IOMMU_PAGES_GN_MASK,
     CMD_INV_IOMMU_PAGES_PDE_MASK,
+    CONTROL_CMDBUF_EN,
+    CONTROL_EVT_LOG_EN,
     DTE_FLAG_GIOV,
     DTE_FLAG_GV,
     DTE_FLAG_V,
     GCR3_VALID,
+    MMIO_STATUS_EVT_INT_MASK,
     dte_gcr3_fields,
 )
 from drivers.amd_vi.iommu import build_inv_iommu_pages
-from drivers.amd_vi.uapi import IOMMU_VIOMMU_INVALIDATE_DATA_AMD_PROTOTYPE
+from drivers.amd_vi.uapi import (
+    IOMMU_HW_QUEUE_TYPE_AMD_CMDBUF_PROTOTYPE,
+    IOMMU_HW_QUEUE_TYPE_AMD_EVTLOG_PROTOTYPE,
+    IOMMU_VIOMMU_INVALIDATE_DATA_AMD_PROTOTYPE,
+    IOMMU_VIOMMU_TYPE_AMD_HW_PROTOTYPE,
+    iommu_viommu_amd_hw,
+)
+from drivers.amd_vi.viommu_regs import (
+    VF_CMD_HEAD,
+    VF_CMD_TAIL,
+    VF_CONTROL,
+    VF_EVT_HEAD,
+    VF_EVT_TAIL,
+    VF_STATUS,
+)
 from drivers.arm_smmu_v3.cd import arm_smmu_make_s1_cd
 from drivers.arm_smmu_v3.domain import arm_lpae_s1_cfg
 from drivers.arm_smmu_v3.regs import CMDQ_OP_CMD_SYNC, CMDQ_OP_TLBI_NH_ALL, CMDQ_OP_TLBI_NH_VA
@@ -235,6 +254,70 @@ class AmdGlue:
                            b"".join(w.to_bytes(8, "little") for w in gdte), stage1=s1,
                            invalidate=invalidate, viommu_type=u.IOMMU_VIOMMU_TYPE_AMD,
                            virt_id=dev.rid)
+
+    @hookimpl
+    def conformance_unit_options(self, suite: str) -> dict[str, Any] | None:
+        # HW queues are the HW-vIOMMU's (prototype): a unit with one. Its rings need
+        # 4 KiB alignment, not alignment to their length (aligned=False below).
+        return {"hw_viommu": True} if suite == "hw_queue" else None
+
+    @hookimpl
+    def conformance_hw_queue_setup(self, env: DriverEnv, dev: Device, guest: GuestRam
+                                   ) -> HwQueueSetup | None:
+        if not env.ops.get_viommu_size(dev, IOMMU_VIOMMU_TYPE_AMD_HW_PROTOTYPE):
+            return None  # no HW-vIOMMU on this unit
+        return HwQueueSetup(
+            viommu_type=IOMMU_VIOMMU_TYPE_AMD_HW_PROTOTYPE,
+            viommu_data=bytes(iommu_viommu_amd_hw()),
+            queue_type=IOMMU_HW_QUEUE_TYPE_AMD_CMDBUF_PROTOTYPE, length=PAGE, max_queues=1,
+            bad_lengths=(16, 2048, 3 * 1024), aligned=False, virt_id=dev.rid,
+            guest=AmdGuestCmdBuf(self.GDOMID))
+
+
+class AmdGuestCmdBuf:
+    """A guest kernel's command buffer on the AMD HW-vIOMMU (the guest runs amd_iommu
+    too): commands into its buffer in guest RAM, tail and event-log head through the VF
+    page the VMM mapped; the VMM gave it an event log as a second HW queue."""
+
+    def __init__(self, gdomid: int) -> None:
+        self.gdomid = gdomid
+
+    def _submit(self, q: GuestHwQueue, cmds: list[tuple[int, ...]]) -> None:
+        tail = q.state.get("tail", 0)
+        for c in cmds:
+            q.guest.write(q.gpa + tail, b"".join(w.to_bytes(4, "little") for w in c))
+            tail = (tail + 16) % q.length
+        q.state["tail"] = tail
+        q.write32(VF_CMD_TAIL, tail)
+
+    def enable(self, q: GuestHwQueue) -> None:
+        evt = q.guest.alloc_page()
+        q.env.hw_queue_alloc(q.hwq.viommu, IOMMU_HW_QUEUE_TYPE_AMD_EVTLOG_PROTOTYPE, 0,
+                             q.guest, evt, PAGE)
+        q.state["evt"] = evt
+        q.write32(VF_CONTROL, (1 << CONTROL_CMDBUF_EN) | (1 << CONTROL_EVT_LOG_EN))
+        q.state["tail"] = q.read32(VF_CMD_TAIL)
+
+    def invalidate(self, q: GuestHwQueue, iova: int, size: int) -> None:
+        # PDE too: the kit's guest remaps by unmap + map, which frees its tables
+        cmd = build_inv_iommu_pages(iova, iova + size - 1, self.gdomid, 0,
+                                    CMD_INV_IOMMU_PAGES_GN_MASK | CMD_INV_IOMMU_PAGES_PDE_MASK)
+        self._submit(q, [cmd.data, (0, CMD_COMPL_WAIT << 28, 0, 0)])
+
+    def submit_illegal(self, q: GuestHwQueue, iova: int, size: int) -> None:
+        # INVALIDATE_IOMMU_ALL would drop everything the unit caches: not a guest's.
+        self._submit(q, [(0, CMD_INV_ALL << 28, 0, 0), (0, CMD_COMPL_WAIT << 28, 0, 0)])
+
+    def error(self, q: GuestHwQueue) -> bool:
+        return bool(q.read32(VF_STATUS) & MMIO_STATUS_EVT_INT_MASK)
+
+    def recover(self, q: GuestHwQueue) -> None:
+        # The event handler: consume the log, clear the status, step over the command
+        # head stopped on, ring again.
+        q.write32(VF_EVT_HEAD, q.read32(VF_EVT_TAIL))
+        q.write32(VF_STATUS, q.read32(VF_STATUS))
+        q.write32(VF_CMD_HEAD, (q.read32(VF_CMD_HEAD) + 16) % q.length)
+        q.write32(VF_CMD_TAIL, q.state["tail"])
 
 
 GLUE: dict[str, object] = {
