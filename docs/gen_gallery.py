@@ -113,6 +113,8 @@ PATHS = {
     "path_trapped.svg": ("arm_smmu_v3", "stale", "the guest's TLBI_NH_VA, through the vIOMMU"),
     "path_tegra_vcmdq.svg": ("arm_smmu_v3", "accel", "the guest stores PROD = 2"),
     "path_tegra_vcmdq_error.svg": ("arm_smmu_v3", "accel", "the guest stores PROD = 4"),
+    "path_amd_hw_viommu.svg": ("amd_vi", "accel", "the guest stores its tail = 0x20"),
+    "path_amd_hw_viommu_error.svg": ("amd_vi", "accel", "the guest stores its tail = 0x30"),
 }
 
 

@@ -59,6 +59,14 @@ VFCTL_GPA_XLATE: Final = 0x028
 #: Guest-physical address of the command buffer: what an event names for a command.
 VFCTL_CMD_GPA: Final = 0x030
 
+VF_REG_NAMES: Final = {VF_CMD_HEAD: "CMD_HEAD", VF_CMD_TAIL: "CMD_TAIL",
+                      VF_EVT_HEAD: "EVT_HEAD", VF_EVT_TAIL: "EVT_TAIL", VF_STATUS: "STATUS",
+                      VF_CONTROL: "CONTROL"}
+VFCTL_REG_NAMES: Final = {VFCTL_CONTROL: "CONTROL", VFCTL_CMD_BUF: "CMD_BUF",
+                         VFCTL_EVT_LOG: "EVT_LOG", VFCTL_DOMID_MAP: "DOMID_MAP",
+                         VFCTL_DEVID_MAP: "DEVID_MAP", VFCTL_GPA_XLATE: "GPA_XLATE",
+                         VFCTL_CMD_GPA: "CMD_GPA"}
+
 MAP_ENTRIES: Final = 1 << 16
 MAP_ENTRY_SIZE: Final = 4
 MAP_TABLE_BYTES: Final = MAP_ENTRIES * MAP_ENTRY_SIZE

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 
-from drivers.amd_vi import amd_iommu_types, uapi
+from drivers.amd_vi import amd_iommu_types, uapi, viommu_regs
 from drivers.amd_vi.describe.hw_info import AmdHwInfo
 from drivers.amd_vi.describe.structures import STRUCTURES
 from drivers.amd_vi.describe.view import amd_describe_device, amd_describe_domain
@@ -59,7 +59,7 @@ class AmdDescribe:
 
     @hookimpl
     def describe_constants(self) -> Mapping[str, int]:
-        return module_constants(amd_iommu_types, uapi)
+        return module_constants(amd_iommu_types, uapi, viommu_regs)
 
     @hookimpl
     def describe_scenarios(self) -> list[ScenarioRef]:

@@ -62,6 +62,7 @@ from drivers.amd_vi.viommu_regs import (
     VF_EVT_HEAD,
     VF_EVT_TAIL,
     VF_PAGE,
+    VF_REG_NAMES,
     VF_STATUS,
     VFCTL_CMD_BUF,
     VFCTL_CMD_GPA,
@@ -72,6 +73,7 @@ from drivers.amd_vi.viommu_regs import (
     VFCTL_GPA_XLATE,
     VFCTL_GUEST_EN,
     VFCTL_INFO,
+    VFCTL_REG_NAMES,
 )
 from iommu_core.pgtable import formats
 from iommu_core.pgtable.walk import Access, WalkFault, walk
@@ -146,7 +148,7 @@ class AmdViommuHw:
             return
         if self.tracer.enabled:
             self.tracer.event("hw", "mmio_write", f"{self.hw.name} guest {gs.guest_id} VF "
-                              f"{reg:#x} <- {value:#x}")
+                              f"{VF_REG_NAMES.get(reg, hex(reg))} <- {value:#x}")
         if reg in (VF_CMD_HEAD, VF_EVT_HEAD):
             gs.vf[reg] = value & RING_PTR_MASK
         elif reg == VF_CMD_TAIL:
@@ -174,7 +176,7 @@ class AmdViommuHw:
             return
         if self.tracer.enabled:
             self.tracer.event("hw", "mmio_write", f"{self.hw.name} guest {gs.guest_id} "
-                              f"VFCTL {reg:#x} <- {value:#x}")
+                              f"VFCTL {VFCTL_REG_NAMES[reg]} <- {value:#x}")
         was = gs.enabled
         gs.ctl[reg] = value & _CTL_REGS[reg]
         if gs.enabled and not was:
