@@ -64,11 +64,13 @@ def machine(*devices: str, hw_viommu: bool = True, **options: Any) -> Machine:
 
 
 class HwvVm:
-    """One VM: its own iommufd, device, IOAS with NPAGES of guest RAM (one area per
-    page), nest parent, HW vIOMMU, vDEVICE."""
+    """One VM: its own iommufd, device, IOAS with NPAGES of guest RAM (in areas of
+    ``area`` bytes: a page each by default, so one can be unmapped), nest parent, HW
+    vIOMMU, vDEVICE."""
 
     def __init__(self, m: Machine, dev: str, gdevid: int = GDEVID,
-                 viommu_type: int = IOMMU_VIOMMU_TYPE_AMD_HW_PROTOTYPE) -> None:
+                 viommu_type: int = IOMMU_VIOMMU_TYPE_AMD_HW_PROTOTYPE,
+                 area: int = PAGE) -> None:
         self.m = m
         self.dev = dev
         self.fd = m.open("/dev/iommu")
@@ -80,9 +82,9 @@ class HwvVm:
         m.ioctl(self.fd, u.IOMMU_IOAS_ALLOC, ioas)
         self.ioas = int(ioas.out_ioas_id)
         self.ram = m.mmap(NPAGES * PAGE)
-        for i in range(NPAGES):
+        for off in range(0, NPAGES * PAGE, area):
             mp = u.iommu_ioas_map(size=sz(u.iommu_ioas_map), flags=7, ioas_id=self.ioas,
-                                  user_va=self.ram + i * PAGE, length=PAGE, iova=i * PAGE)
+                                  user_va=self.ram + off, length=area, iova=off)
             m.ioctl(self.fd, u.IOMMU_IOAS_MAP, mp)
         self.scratch = m.mmap(PAGE)
         self.parent = self.hwpt_alloc(self.ioas, u.IOMMU_HWPT_ALLOC_NEST_PARENT)

@@ -7,7 +7,7 @@ invalidated by them."""
 from __future__ import annotations
 
 import errno
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -29,10 +29,23 @@ from drivers.amd_vi.uapi import (
     IOMMU_VIOMMU_TYPE_AMD_HW_PROTOTYPE,
 )
 from drivers.amd_vi.viommu_regs import VF_CMD_TAIL, VF_CONTROL, VF_STATUS
+from iommu_core.platform.vma import TASK_SIZE
 from iommu_sim import Machine
 from iommufd import uapi as u
+from tests.fault_sweep import fail_nth_sweep
 
-from .hwv_vmm import CMDQ_GPA, GDEVID, GDOMID, GVA, PAGE, SEM_GPA, GuestCmdBuf, HwvVm, machine
+from .hwv_vmm import (
+    CMDQ_GPA,
+    GDEVID,
+    GDOMID,
+    GVA,
+    NPAGES,
+    PAGE,
+    SEM_GPA,
+    GuestCmdBuf,
+    HwvVm,
+    machine,
+)
 
 DEV = "0000:20:00.0"
 DEV2 = "0000:21:00.0"
@@ -234,3 +247,37 @@ def test_destroyed_queue_is_not_read(m: Machine, vm: HwvVm) -> None:
     q.invalidate()
     assert m.dma_read(DEV, GVA, 4) == b"OLD!"
     vm.unmap(CMDQ_GPA, PAGE)  # no longer pinned
+
+
+# -- failures and teardown ----------------------------------------------------------------------
+def _flow(m: Machine) -> None:
+    vm = HwvVm(m, DEV, area=NPAGES * PAGE)
+    vm.stale_guest()
+    q = GuestCmdBuf(vm)
+    q.invalidate()
+    assert m.dma_read(DEV, GVA, 4) == b"NEW!"
+
+
+def test_fail_nth_sweep() -> None:
+    """Every allocation of the flow (GuestID tables, the mmap, queue pins, nested
+    domains) fails cleanly: an injected errno, nothing left behind."""
+    def run(m: Machine, arm: Callable[[], None]) -> None:
+        arm()
+        _flow(m)
+
+    def unmap_all(m: Machine, n: int) -> None:
+        # The VF page's mapping holds the iommufd open past close_all, as in Linux.
+        m.munmap(0, TASK_SIZE)
+
+    assert fail_nth_sweep(lambda: machine(DEV), run, unmap_all) > 20
+
+
+def test_destroy_paths_reach_no_point() -> None:
+    m = machine(DEV)
+    _flow(m)
+    m.fail_nth = 1
+    m.close_all()
+    m.munmap(0, TASK_SIZE)
+    assert m.fail_nth == 1
+    assert m.kernel_pages_in_use == m.kernel_pages_baseline and m.mm.pinned_pages == 0
+    m.shutdown()
