@@ -5,7 +5,6 @@ the guest's amd_iommu driver then does by itself through that page."""
 
 from __future__ import annotations
 
-import ctypes
 from typing import Any
 
 from drivers.amd_vi.amd_iommu_types import (
@@ -16,10 +15,9 @@ from drivers.amd_vi.amd_iommu_types import (
     CONTROL_CMDBUF_EN,
     CONTROL_COMWAIT_EN,
     CONTROL_EVT_LOG_EN,
-    GCR3_VALID,
     EventLogEntry,
 )
-from drivers.amd_vi.iommu import build_inv_iommu_pages, build_inv_iotlb_pages, read_dte
+from drivers.amd_vi.iommu import build_inv_iommu_pages, build_inv_iotlb_pages
 from drivers.amd_vi.uapi import (
     IOMMU_HW_QUEUE_TYPE_AMD_CMDBUF_PROTOTYPE,
     IOMMU_HW_QUEUE_TYPE_AMD_EVTLOG_PROTOTYPE,
@@ -34,26 +32,20 @@ from drivers.amd_vi.viommu_regs import (
     VF_EVT_TAIL,
     VF_STATUS,
 )
-from iommu_core.pgtable import IoPageTable, formats
+from iommu_core.pgtable import IoPageTable
 from iommu_core.prot import IOMMU_READ, IOMMU_WRITE
 from iommu_sim import Machine
 from iommufd import uapi as u
-from iommufd import uapi_vfio as uv
 
 from .conftest import gdte_for
+from .vmm import GVA, PAGE, AmdVmm, sz
 
-PAGE = 4096
 NPAGES = 64
-GVA = 0x40_0000
 GDOMID = 0x33
 GDEVID = 0x0100
 CMDQ_GPA = 0x3E000  # the guest's command buffer and event log: top of its RAM
 EVTQ_GPA = 0x3F000
 SEM_GPA = 0x3D000  # the guest driver's completion-wait semaphore
-
-
-def sz(s: Any) -> int:
-    return ctypes.sizeof(s)
 
 
 def machine(*devices: str, hw_viommu: bool = True, **options: Any) -> Machine:
@@ -63,37 +55,20 @@ def machine(*devices: str, hw_viommu: bool = True, **options: Any) -> Machine:
         "devices": [{"name": d, "iommu": "amdvi0"} for d in devices]})
 
 
-class HwvVm:
-    """One VM: its own iommufd, device, IOAS with NPAGES of guest RAM (in areas of
-    ``area`` bytes: a page each by default, so one can be unmapped), nest parent, HW
-    vIOMMU, vDEVICE."""
+class HwvVm(AmdVmm):
+    """One VM: its own iommufd, device, NPAGES of guest RAM (in areas of ``area`` bytes),
+    nest parent, HW vIOMMU, vDEVICE."""
 
     def __init__(self, m: Machine, dev: str, gdevid: int = GDEVID,
                  viommu_type: int = IOMMU_VIOMMU_TYPE_AMD_HW_PROTOTYPE,
                  area: int = PAGE) -> None:
-        self.m = m
-        self.dev = dev
-        self.fd = m.open("/dev/iommu")
-        self.vfd = m.open(m.vfio_cdev(dev))
-        bind = uv.vfio_device_bind_iommufd(argsz=24, flags=0, iommufd=self.fd)
-        m.ioctl(self.vfd, uv.VFIO_DEVICE_BIND_IOMMUFD, bind)
-        self.dev_id = int(bind.out_devid)
-        ioas = u.iommu_ioas_alloc(size=sz(u.iommu_ioas_alloc))
-        m.ioctl(self.fd, u.IOMMU_IOAS_ALLOC, ioas)
-        self.ioas = int(ioas.out_ioas_id)
-        self.ram = m.mmap(NPAGES * PAGE)
-        for off in range(0, NPAGES * PAGE, area):
-            mp = u.iommu_ioas_map(size=sz(u.iommu_ioas_map), flags=7, ioas_id=self.ioas,
-                                  user_va=self.ram + off, length=area, iova=off)
-            m.ioctl(self.fd, u.IOMMU_IOAS_MAP, mp)
-        self.scratch = m.mmap(PAGE)
+        super().__init__(m, dev, NPAGES, area)
         self.parent = self.hwpt_alloc(self.ioas, u.IOMMU_HWPT_ALLOC_NEST_PARENT)
         self.viommu, self.guest_id, off, length = self.viommu_alloc(viommu_type)
         self.vf = m.mmap(length, self.fd, off) if length else 0
         vd = u.iommu_vdevice_alloc(size=sz(u.iommu_vdevice_alloc), viommu_id=self.viommu,
                                    dev_id=self.dev_id, virt_id=gdevid)
         m.ioctl(self.fd, u.IOMMU_VDEVICE_ALLOC, vd)
-        self._next = 0
 
     # -- the VMM -------------------------------------------------------------------------
     def viommu_alloc(self, vtype: int, data_len: int | None = None
@@ -111,23 +86,9 @@ class HwvVm:
         return (int(a.out_viommu_id), int(out.out_guest_id), int(out.out_vfmmio_mmap_offset),
                 int(out.out_vfmmio_mmap_length))
 
-    def hwpt_alloc(self, pt_id: int, flags: int = 0, data: bytes = b"", dtype: int = 0
-                   ) -> int:
-        if data:
-            self.m.mem_write(self.scratch, data)
-        a = u.iommu_hwpt_alloc(size=sz(u.iommu_hwpt_alloc), flags=flags, dev_id=self.dev_id,
-                               pt_id=pt_id, data_type=dtype, data_len=len(data),
-                               data_uptr=self.scratch if data else 0)
-        self.m.ioctl(self.fd, u.IOMMU_HWPT_ALLOC, a)
-        return int(a.out_hwpt_id)
-
     def nested(self, gcr3: int, gdomid: int = GDOMID) -> int:
         raw = b"".join(w.to_bytes(8, "little") for w in gdte_for(gcr3, gdomid))
         return self.hwpt_alloc(self.viommu, 0, raw, u.IOMMU_HWPT_DATA_AMD_GUEST)
-
-    def attach(self, pt_id: int) -> None:
-        at = uv.vfio_device_attach_iommufd_pt(argsz=16, flags=0, pt_id=pt_id)
-        self.m.ioctl(self.vfd, uv.VFIO_DEVICE_ATTACH_IOMMUFD_PT, at)
 
     def hw_queue(self, qtype: int, gpa: int, length: int = PAGE, index: int = 0) -> int:
         a = u.iommu_hw_queue_alloc(size=sz(u.iommu_hw_queue_alloc), viommu_id=self.viommu,
@@ -136,47 +97,13 @@ class HwvVm:
         self.m.ioctl(self.fd, u.IOMMU_HW_QUEUE_ALLOC, a)
         return int(a.out_hw_queue_id)
 
-    def destroy(self, obj: int) -> None:
-        self.m.ioctl(self.fd, u.IOMMU_DESTROY, u.iommu_destroy(size=sz(u.iommu_destroy),
-                                                               id=obj))
-
     def unmap(self, iova: int, length: int) -> None:
         um = u.iommu_ioas_unmap(size=sz(u.iommu_ioas_unmap), ioas_id=self.ioas, iova=iova,
                                 length=length)
         self.m.ioctl(self.fd, u.IOMMU_IOAS_UNMAP, um)
 
     def hdomid(self) -> int:
-        unit = self.m.core.iommus["amdvi0"].priv
-        return int(read_dte(unit, self.m.device(self.dev).rid).domid)
-
-    # -- guest RAM, as a TableMemory for the guest's own tables -----------------------------
-    def alloc_table(self, size: int) -> int:
-        gpa = self._next * PAGE
-        self._next += 1
-        return gpa
-
-    def free_table(self, addr: int, size: int) -> None: ...
-
-    def read(self, gpa: int, n: int) -> bytes:
-        return self.m.mem_read(self.ram + gpa, n)
-
-    def write(self, gpa: int, data: bytes) -> None:
-        self.m.mem_write(self.ram + gpa, data)
-
-    def read_u64(self, gpa: int) -> int:
-        return int.from_bytes(self.read(gpa, 8), "little")
-
-    def write_u64(self, gpa: int, v: int) -> None:
-        self.write(gpa, v.to_bytes(8, "little"))
-
-    def guest_tables(self) -> tuple[IoPageTable, int, int]:
-        """The guest's v2 table mapping GVA to a data page, and its GCR3 table."""
-        pt = IoPageTable(formats.x86_64(4), self)  # type: ignore[arg-type]
-        data = self.alloc_table(PAGE)
-        pt.map(GVA, data, PAGE, IOMMU_READ | IOMMU_WRITE)
-        gcr3 = self.alloc_table(PAGE)
-        self.write_u64(gcr3, pt.root | GCR3_VALID)
-        return pt, data, gcr3
+        return int(self.dte().domid)
 
     def stale_guest(self) -> tuple[IoPageTable, int, int]:
         """Attached to a nested domain; GVA cached at the OLD page while the guest's table

@@ -4,16 +4,8 @@ with no IOMMU_HWPT_INVALIDATE anywhere in the chapter and no kernel on the path.
 
 from __future__ import annotations
 
-from iommu_core.trace import TraceNode
 from iommu_sim.tour import tour_records
-
-
-def names(nodes: list[TraceNode]) -> list[str]:
-    out = []
-    for n in nodes:
-        out.append(f"{n.layer} {n.name}")
-        out += names(n.children)
-    return out
+from tests.arm_smmu_v3.test_tegra241_tour import names
 
 
 def test_accel_chapter() -> None:

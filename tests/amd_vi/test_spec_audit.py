@@ -4,27 +4,21 @@ bit landed and which commands the unit consumed)."""
 
 from __future__ import annotations
 
-import ctypes
 import errno
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from drivers.amd_vi.amd_iommu_types import DevTableEntry, dte_gcr3_fields
-from drivers.amd_vi.iommu import dev_iommu_priv_get, read_dte
+from drivers.amd_vi.amd_iommu_types import dte_gcr3_fields
+from drivers.amd_vi.iommu import dev_iommu_priv_get
 from iommu_sim import Machine
 from iommufd import uapi as u
-from iommufd import uapi_vfio as uv
 
 from .conftest import gdte_for
+from .vmm import PAGE, AmdVmm, sz
 
 DEV = "0000:30:00.0"
-PAGE = 4096
-
-
-def sz(s: Any) -> int:
-    return ctypes.sizeof(s)
 
 
 def errno_of(fn: Any, *a: Any, **kw: Any) -> int:
@@ -37,33 +31,13 @@ def bits(v: int, hi: int, lo: int) -> int:
     return (v >> lo) & ((1 << (hi - lo + 1)) - 1)
 
 
-class Vmm:
+class Vmm(AmdVmm):
     """iommufd + one VFIO device behind an AMD unit; guest RAM at IOVA 0 of an IOAS."""
 
     def __init__(self, **options: Any) -> None:
-        self.m = m = Machine.from_config({
+        super().__init__(Machine.from_config({
             "iommus": [{"name": "amdvi0", "driver": "amd_vi", **options}],
-            "devices": [{"name": DEV, "iommu": "amdvi0"}]})
-        self.fd = m.open("/dev/iommu")
-        self.vfd = m.open(m.vfio_cdev(DEV))
-        bind = uv.vfio_device_bind_iommufd(argsz=24, flags=0, iommufd=self.fd)
-        m.ioctl(self.vfd, uv.VFIO_DEVICE_BIND_IOMMUFD, bind)
-        self.dev_id = bind.out_devid
-        ioas = u.iommu_ioas_alloc(size=sz(u.iommu_ioas_alloc))
-        m.ioctl(self.fd, u.IOMMU_IOAS_ALLOC, ioas)
-        self.ioas = ioas.out_ioas_id
-        self.ram = m.mmap(8 * PAGE)
-        mp = u.iommu_ioas_map(size=sz(u.iommu_ioas_map), flags=7, ioas_id=self.ioas,
-                              user_va=self.ram, length=8 * PAGE, iova=0)
-        m.ioctl(self.fd, u.IOMMU_IOAS_MAP, mp)
-        self.scratch = m.mmap(PAGE)
-
-    @property
-    def unit(self) -> Any:
-        return self.m.core.iommus["amdvi0"].priv
-
-    def dte(self) -> DevTableEntry:
-        return read_dte(self.unit, self.m.device(DEV).rid)
+            "devices": [{"name": DEV, "iommu": "amdvi0"}]}), DEV, 8, 8 * PAGE)
 
     def hw_info(self, in_type: int | None = None) -> tuple[u.iommu_hw_info, bytes]:
         hi = u.iommu_hw_info(size=sz(u.iommu_hw_info), dev_id=self.dev_id, data_len=16,
@@ -72,16 +46,6 @@ class Vmm:
             hi.flags, hi.in_data_type = u.IOMMU_HW_INFO_FLAG_INPUT_TYPE, in_type
         self.m.ioctl(self.fd, u.IOMMU_GET_HW_INFO, hi)
         return hi, self.m.mem_read(self.scratch, 16)
-
-    def hwpt_alloc(self, pt_id: int, flags: int = 0, data: bytes = b"",
-                   dtype: int = u.IOMMU_HWPT_DATA_NONE) -> int:
-        if data:
-            self.m.mem_write(self.scratch, data)
-        a = u.iommu_hwpt_alloc(size=sz(u.iommu_hwpt_alloc), flags=flags, dev_id=self.dev_id,
-                               pt_id=pt_id, data_type=dtype, data_len=len(data),
-                               data_uptr=self.scratch if data else 0)
-        self.m.ioctl(self.fd, u.IOMMU_HWPT_ALLOC, a)
-        return int(a.out_hwpt_id)
 
     def viommu(self, hwpt: int, vtype: int = u.IOMMU_VIOMMU_TYPE_AMD) -> int:
         va = u.iommu_viommu_alloc(size=sz(u.iommu_viommu_alloc), type=vtype,
@@ -94,14 +58,6 @@ class Vmm:
         raw = gdte if isinstance(gdte, bytes) else b"".join(
             w.to_bytes(8, "little") for w in gdte)
         return self.hwpt_alloc(viommu, 0, raw, dtype)
-
-    def attach(self, pt_id: int) -> None:
-        at = uv.vfio_device_attach_iommufd_pt(argsz=16, flags=0, pt_id=pt_id)
-        self.m.ioctl(self.vfd, uv.VFIO_DEVICE_ATTACH_IOMMUFD_PT, at)
-
-    def destroy(self, obj: int) -> None:
-        self.m.ioctl(self.fd, u.IOMMU_DESTROY, u.iommu_destroy(size=sz(u.iommu_destroy),
-                                                                id=obj))
 
     def close(self) -> None:
         self.m.shutdown()
