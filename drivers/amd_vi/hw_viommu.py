@@ -17,11 +17,13 @@ the unit, in the shape Linux 7.3 gives the Tegra241 CMDQV (tegra241-cmdqv.c).
   checked against what the unit's rings take.
 
 From then on the guest moves its own tail: no ``IOMMU_HWPT_INVALIDATE``, no VMM trap; its
-errors land in its own event log (the model: :mod:`drivers.amd_vi.hw.viommu`).
+errors land in its own event log (the model: :mod:`drivers.amd_vi.hw.viommu`), and its
+interrupt reaches the VMM as an ``IOMMU_VEVENTQ_TYPE_AMD_HW_PROTOTYPE`` vEVENT.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 from typing import TYPE_CHECKING
 
@@ -37,7 +39,9 @@ from drivers.amd_vi.nested import AmdViommu
 from drivers.amd_vi.uapi import (
     IOMMU_HW_QUEUE_TYPE_AMD_CMDBUF_PROTOTYPE,
     IOMMU_HW_QUEUE_TYPE_AMD_EVTLOG_PROTOTYPE,
+    IOMMU_VEVENTQ_TYPE_AMD_HW_PROTOTYPE,
     IOMMU_VIOMMU_TYPE_AMD_HW_PROTOTYPE,
+    iommu_vevent_amd_hw,
     iommu_viommu_amd_hw,
 )
 from drivers.amd_vi.viommu_regs import (
@@ -52,6 +56,7 @@ from drivers.amd_vi.viommu_regs import (
     VF_EVT_HEAD,
     VF_EVT_TAIL,
     VF_PAGE,
+    VF_STATUS,
     VFCTL_CMD_BUF,
     VFCTL_CMD_GPA,
     VFCTL_CONTROL,
@@ -62,10 +67,12 @@ from drivers.amd_vi.viommu_regs import (
     VFCTL_GUEST_EN,
     VFCTL_INFO,
     VFCTL_INFO_GUESTS,
+    VFCTL_INT_PENDING_64,
     vf_page,
 )
 from iommu_core.errors import IommuError
 from iommu_core.platform.memory import PAGE_SIZE
+from iommu_core.platform.uaccess import struct_to_bytes
 
 if TYPE_CHECKING:
     from drivers.amd_vi.init import AmdIommu
@@ -94,15 +101,41 @@ class AmdHwViommuUnit:
         self.vf = vf
         self.vfctl = vfctl
         self.num_guests = field_get(VFCTL_INFO_GUESTS, vfctl.read64(VFCTL_INFO))
-        #: GuestID 0 is the hypervisor's.
-        self.guest_ids: set[int] = set()
+        #: The vIOMMUs by GuestID (GuestID 0 is the hypervisor's).
+        self.viommus: dict[int, AmdHwViommu | None] = {}
 
     def alloc_guest_id(self) -> int:
         for g in range(1, self.num_guests):
-            if g not in self.guest_ids:
-                self.guest_ids.add(g)
+            if g not in self.viommus:
+                self.viommus[g] = None  # reserved until the vIOMMU is set up
                 return g
         raise IommuError(errno.ENOSPC, f"{self.iommu.name}: no free GuestID")
+
+    def isr(self) -> None:
+        """The unit's ``vf`` interrupt: each pending guest's status goes to its vIOMMU as a
+        vEVENT, for the VMM to inject the guest's interrupt (dropped, EOPNOTSUPP, when the
+        VMM has no vEVENTQ of the type: the guest's status still says it)."""
+        for word in range((self.num_guests + 63) // 64):
+            off = VFCTL_INT_PENDING_64(word)
+            pending = self.vfctl.read64(off)
+            if not pending:
+                continue
+            self.vfctl.write64(off, pending)  # W1C before reading the guests' status
+            while pending:
+                bit = (pending & -pending).bit_length() - 1
+                pending &= pending - 1
+                avi = self.viommus.get(64 * word + bit)
+                if avi is None:
+                    continue
+                status = self.vf.read32(vf_page(avi.guest_id) + VF_STATUS)
+                tracer = self.iommu.tracer
+                if tracer.enabled:
+                    tracer.event("driver", "amd_hw_viommu_isr", f"{self.iommu.name} guest "
+                                 f"{avi.guest_id} status {status:#x}: vEVENT")
+                data = iommu_vevent_amd_hw(status=status)
+                with contextlib.suppress(IommuError):
+                    avi.core.report_event(IOMMU_VEVENTQ_TYPE_AMD_HW_PROTOTYPE,
+                                          struct_to_bytes(data))
 
     def ctl_write(self, guest_id: int, reg: int, value: int) -> None:
         self.vfctl.write64(vf_page(guest_id) + reg, value)
@@ -149,6 +182,9 @@ def amd_hw_viommu_probe(iommu: AmdIommu, res: IommuResources) -> AmdHwViommuUnit
     if vf is None or vfctl is None:
         return None
     unit = AmdHwViommuUnit(iommu, vf, vfctl)
+    irq = res.irqs.get("vf")
+    if irq is not None:
+        irq.request_irq(unit.isr)
     iommu.feature_enable(CONTROL_VIOMMU_EN)
     return unit
 
@@ -195,9 +231,10 @@ def amd_hw_viommu_init(ops: IommuOps, viommu: IommufdViommu, iommu: AmdIommu,
             alloc.free_pages(avi.devid_map, _MAP_ORDER)
             raise
     except IommuError:
-        unit.guest_ids.discard(g)
+        del unit.viommus[g]
         raise
     avi.guest_id = g
+    unit.viommus[g] = avi
     mem = iommu.mem
     mem.write(avi.domid_map, bytes(MAP_TABLE_BYTES))
     mem.write(avi.devid_map, bytes(MAP_TABLE_BYTES))
@@ -232,7 +269,7 @@ def amd_hw_viommu_destroy(avi: AmdHwViommu) -> None:
         if table:
             avi.iommu.alloc.free_pages(table, _MAP_ORDER)
     avi.domid_map = avi.devid_map = 0
-    unit.guest_ids.discard(g)
+    unit.viommus.pop(g, None)
 
 
 # ---------------------------------------------------------------------------------------

@@ -14,6 +14,8 @@ whose page the VMM mmaps from the iommufd, the guest's queues as HW queues):
 * ``IOMMU_VIOMMU_TYPE_AMD_HW_PROTOTYPE`` (0x80000003): ``iommu_viommu_amd_hw`` is all
   out: the GuestID the kernel allocated and the mmap offset/length of the guest's VF
   MMIO page;
+* ``IOMMU_VEVENTQ_TYPE_AMD_HW_PROTOTYPE`` (0x80000003): the guest's interrupt, for the
+  VMM to inject (``iommu_vevent_amd_hw``: the guest's status bits that raised it);
 * ``IOMMU_HW_QUEUE_TYPE_AMD_CMDBUF_PROTOTYPE`` (0x80000003) and
   ``IOMMU_HW_QUEUE_TYPE_AMD_EVTLOG_PROTOTYPE`` (0x80000004): the guest's command buffer
   and event log, index 0 only, a power-of-2 length of 4 KiB .. 512 KiB at a 4 KiB aligned
@@ -45,6 +47,7 @@ class iommu_viommu_amd_invalidate(UapiStruct):
 
 
 IOMMU_VIOMMU_TYPE_AMD_HW_PROTOTYPE: Final = 0x8000_0003
+IOMMU_VEVENTQ_TYPE_AMD_HW_PROTOTYPE: Final = 0x8000_0003
 IOMMU_HW_QUEUE_TYPE_AMD_CMDBUF_PROTOTYPE: Final = 0x8000_0003
 IOMMU_HW_QUEUE_TYPE_AMD_EVTLOG_PROTOTYPE: Final = 0x8000_0004
 
@@ -61,6 +64,14 @@ class iommu_viommu_amd_hw(UapiStruct):
                 ("out_vfmmio_mmap_length", ctypes.c_uint64)]
 
 
+class iommu_vevent_amd_hw(UapiStruct):
+    """A guest's interrupt: its VF STATUS (EVT_INT, EVT_OVERFLOW, COM_WAIT_INT) when the
+    unit raised it; the records are in the guest's event log, which the guest reads."""
+
+    status: int
+    _fields_ = [("status", ctypes.c_uint32), ("__reserved", ctypes.c_uint32)]
+
+
 #: What the plugin's ``iommufd_uapi_data_types`` hook declares. Like SMMUv3's, the whole
 #: array is copied: short entries are zero-filled (no minimum).
 PROTOTYPE_DATA_TYPES: Final = (
@@ -71,6 +82,9 @@ PROTOTYPE_DATA_TYPES: Final = (
     DataType(kind=DataKind.VIOMMU, name="IOMMU_VIOMMU_TYPE_AMD_HW_PROTOTYPE",
              value=IOMMU_VIOMMU_TYPE_AMD_HW_PROTOTYPE, struct=iommu_viommu_amd_hw,
              min_len=ctypes.sizeof(iommu_viommu_amd_hw)),
+    DataType(kind=DataKind.VEVENTQ, name="IOMMU_VEVENTQ_TYPE_AMD_HW_PROTOTYPE",
+             value=IOMMU_VEVENTQ_TYPE_AMD_HW_PROTOTYPE, struct=iommu_vevent_amd_hw,
+             min_len=ctypes.sizeof(iommu_vevent_amd_hw)),
     DataType(kind=DataKind.HW_QUEUE, name="IOMMU_HW_QUEUE_TYPE_AMD_CMDBUF_PROTOTYPE",
              value=IOMMU_HW_QUEUE_TYPE_AMD_CMDBUF_PROTOTYPE, struct=None, min_len=0),
     DataType(kind=DataKind.HW_QUEUE, name="IOMMU_HW_QUEUE_TYPE_AMD_EVTLOG_PROTOTYPE",

@@ -44,6 +44,16 @@ VF_CONTROL: Final = 0x028  # CMDBUF_EN, EVT_LOG_EN, COMWAIT_EN at the host's bit
 VFCTL_INFO: Final = 0x000
 VFCTL_INFO_GUESTS: Final = genmask(15, 0)
 
+#: Page 0: guests with an interrupt pending, bit g of word g // 64 (write 1 to clear). A
+#: guest's interrupt (an event record with its EVT_INT_EN, a COMPLETION_WAIT with I and its
+#: COMWAIT_EN) sets its bit and raises the unit's "vf" line; the hypervisor tells the VMM.
+VFCTL_INT_PENDING: Final = 0x100
+
+
+def VFCTL_INT_PENDING_64(i: int) -> int:
+    return VFCTL_INT_PENDING + 8 * i
+
+
 VFCTL_CONTROL: Final = 0x000
 VFCTL_GUEST_EN: Final = 1 << 0  # vImuEn: the guest's page and queues are live
 #: Guest command buffer / event log: host physical base (51:12) | length code (59:56), the

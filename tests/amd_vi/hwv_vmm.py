@@ -21,7 +21,9 @@ from drivers.amd_vi.iommu import build_inv_iommu_pages, build_inv_iotlb_pages
 from drivers.amd_vi.uapi import (
     IOMMU_HW_QUEUE_TYPE_AMD_CMDBUF_PROTOTYPE,
     IOMMU_HW_QUEUE_TYPE_AMD_EVTLOG_PROTOTYPE,
+    IOMMU_VEVENTQ_TYPE_AMD_HW_PROTOTYPE,
     IOMMU_VIOMMU_TYPE_AMD_HW_PROTOTYPE,
+    iommu_vevent_amd_hw,
     iommu_viommu_amd_hw,
 )
 from drivers.amd_vi.viommu_regs import (
@@ -96,6 +98,20 @@ class HwvVm(AmdVmm):
                                    length=length)
         self.m.ioctl(self.fd, u.IOMMU_HW_QUEUE_ALLOC, a)
         return int(a.out_hw_queue_id)
+
+    def veventq(self, depth: int = 8) -> int:
+        """A vEVENTQ for the guest's interrupts: its fd."""
+        a = u.iommu_veventq_alloc(size=sz(u.iommu_veventq_alloc), viommu_id=self.viommu,
+                                  type=IOMMU_VEVENTQ_TYPE_AMD_HW_PROTOTYPE,
+                                  veventq_depth=depth)
+        self.m.ioctl(self.fd, u.IOMMU_VEVENTQ_ALLOC, a)
+        return int(a.out_veventq_fd)
+
+    def vevents(self, efd: int) -> list[int]:
+        """The guest statuses the queued vEVENTs carry, oldest first."""
+        raw = self.m.read(efd, 16 * 16)
+        return [iommu_vevent_amd_hw.from_buffer_copy(raw[i + 8:i + 16]).status
+                for i in range(0, len(raw), 16)]
 
     def unmap(self, iova: int, length: int) -> None:
         um = u.iommu_ioas_unmap(size=sz(u.iommu_ioas_unmap), ioas_id=self.ioas, iova=iova,

@@ -17,6 +17,7 @@ from drivers.amd_vi.amd_iommu_types import (
     CMD_INV_IOMMU_PAGES,
     CMD_INV_IOTLB_PAGES,
     CONTROL_CMDBUF_EN,
+    CONTROL_EVT_INT_EN,
     EVENT_TYPE_ILL_CMD,
     EVENT_TYPE_IO_FAULT,
     MMIO_STATUS_COM_WAIT_INT_MASK,
@@ -226,6 +227,27 @@ def test_refused_command_invalidates_nothing(m: Machine, vm: HwvVm, what: str) -
     assert m.dma_read(DEV, GVA, 4) == b"NEW!"
     assert m.dma_read(DEV2, GVA, 4) == b"OLD!"
     assert not q.reg(VF_STATUS) & MMIO_STATUS_EVT_INT_MASK
+
+
+def test_guest_interrupt_as_vevent(m: Machine, vm: HwvVm) -> None:
+    """The guest's interrupt reaches its own VMM's vEVENTQ, and only that one."""
+    other = HwvVm(m, DEV2)
+    efd, efd_other = vm.veventq(), other.veventq()
+    q = GuestCmdBuf(vm)
+    q.submit([(0, CMD_INV_ALL << 28, 0, 0)])
+    assert vm.vevents(efd) == [], "EVT_INT_EN off: the guest polls"
+    q.events()
+    q.skip()
+    q.set_reg(VF_CONTROL, q.reg(VF_CONTROL) | (1 << CONTROL_EVT_INT_EN))
+    q.submit([(0, CMD_INV_ALL << 28, 0, 0)])
+    assert vm.vevents(efd) == [MMIO_STATUS_EVT_INT_MASK]
+    q.events()
+    q.skip()
+    cw = q.completion_wait()
+    q.submit([(cw[0] | 2, cw[1], cw[2], cw[3])])  # I, with COMWAIT_EN
+    assert vm.vevents(efd) == [MMIO_STATUS_COM_WAIT_INT_MASK]
+    assert other.vevents(efd_other) == []
+    assert not m.core.iommus["amdvi0"].priv.events
 
 
 def test_gdomid_unmapped_after_last_nested_domain(m: Machine, vm: HwvVm) -> None:

@@ -10,7 +10,8 @@ anything of another VM or of the host:
 * no physical page outside the guest's own RAM changes (no completion-wait store, no
   event record);
 * no register of another GuestID changes, nor the hypervisor's page of its own;
-* nothing lands in the host's event log; every failure is an errno.
+* nothing lands in the host's event log, nor in another VM's vEVENTQ; every failure is
+  an errno.
 """
 
 from __future__ import annotations
@@ -135,6 +136,7 @@ def run_guest(acts: list[tuple[Any, ...]]) -> None:
         a, b = HwvVm(m, DEV_A), HwvVm(m, DEV_B)  # both use gDomID 0x33, gDeviceID 0x100
         a.stale_guest()
         b.stale_guest()
+        efd_b = b.veventq()
         q = GuestCmdBuf(a)
         own = {a.hdomid()}
         guest_a = {m.mm.va_to_pa(a.ram + off) >> 12 for off in range(0, NPAGES * PAGE, PAGE)}
@@ -162,6 +164,7 @@ def run_guest(acts: list[tuple[Any, ...]]) -> None:
         assert {i.devid for i in list(hw.iotlb_invalidations)[n_iotlb:]} <= {
             m.device(DEV_A).rid}, "a device IOTLB invalidation reached another device"
         assert len(m.core.iommus["amdvi0"].priv.events) == host_events
+        assert b.vevents(efd_b) == [], "VM B's VMM heard A's guest interrupt"
         assert m.dma_read(DEV_B, GVA, 4) == b"OLD!", "VM B's stale entry went"
     finally:
         m.shutdown()

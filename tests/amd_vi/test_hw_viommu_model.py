@@ -11,6 +11,7 @@ from drivers.amd_vi.amd_iommu_types import (
     CMD_COMPL_WAIT,
     CMD_INV_IOMMU_PAGES,
     CONTROL_CMDBUF_EN,
+    CONTROL_EVT_INT_EN,
     CONTROL_EVT_LOG_EN,
     CONTROL_IOMMU_EN,
     EVENT_TYPE_ILL_CMD,
@@ -36,6 +37,7 @@ from drivers.amd_vi.viommu_regs import (
     VFCTL_EVT_LOG,
     VFCTL_GUEST_EN,
     VFCTL_INFO,
+    VFCTL_INT_PENDING_64,
     vf_page,
 )
 from iommu_core.testing.env import DriverEnv
@@ -182,3 +184,23 @@ def test_no_event_log_no_record(u: Unit) -> None:
     u.submit((0, 0xF << 28, 0, 0))
     assert u.vf(VF_CMD_HEAD) == 0 and u.vf(VF_STATUS) == 0
     assert u.mem.read(u.evt, 16) == bytes(16)
+
+
+def test_guest_interrupt_pending(u: Unit) -> None:
+    u.ctl(VFCTL_CONTROL, VFCTL_GUEST_EN)
+    u.vf(VF_CONTROL, (1 << CONTROL_CMDBUF_EN) | (1 << CONTROL_EVT_LOG_EN)
+         | (1 << CONTROL_EVT_INT_EN))
+    irq = u.hw.irqs["vf"]
+    fired: list[int] = []
+    handler = irq.handler
+    irq.request_irq(lambda: fired.append(u.v.ctl_mmio.read64(VFCTL_INT_PENDING_64(0))))
+    try:
+        u.submit((0, 0xF << 28, 0, 0))
+        assert fired == [1 << G]
+        u.v.ctl_mmio.write64(VFCTL_INT_PENDING_64(0), 1 << (G + 1))
+        assert u.v.ctl_mmio.read64(VFCTL_INT_PENDING_64(0)) == 1 << G, "W1C, bit by bit"
+        u.v.ctl_mmio.write64(VFCTL_INT_PENDING_64(0), 1 << G)
+        assert u.v.ctl_mmio.read64(VFCTL_INT_PENDING_64(0)) == 0
+    finally:
+        if handler is not None:
+            irq.request_irq(handler)

@@ -302,7 +302,8 @@ class AmdIommuHw(IommuHardware):
         #: The HW-vIOMMU (prototype): guest command buffers, with two register windows.
         self.viommu: AmdViommuHw | None = None
         if features.hw_viommu:
-            self.viommu = AmdViommuHw(self, features.viommu_guests)
+            self.irqs["vf"] = IrqLine(f"{name}-vf")
+            self.viommu = AmdViommuHw(self, features.viommu_guests, self.irqs["vf"])
             self.mmio["vf"] = self.viommu.vf_mmio
             self.mmio["vfctl"] = self.viommu.ctl_mmio
 

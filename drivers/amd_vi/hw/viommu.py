@@ -18,6 +18,9 @@ after the checks the spec puts on a guest's buffer:
   interrupt is the guest's (COM_WAIT_INT in its status), never the host's.
 
 Errors are records in the guest's event log (EVT_INT in its status), never in the host's;
+with the guest's EVT_INT_EN (or COMWAIT_EN, for a COMPLETION_WAIT with I) the guest's
+interrupt sets its bit in INT_PENDING and raises the unit's ``vf`` line, for the
+hypervisor to pass on;
 a refused command stops the guest's buffer with head on it, as the host's does. The model
 caches no map entry and no stage-2 translation, so what the driver writes to the maps is
 in force at once.
@@ -73,6 +76,7 @@ from drivers.amd_vi.viommu_regs import (
     VFCTL_GPA_XLATE,
     VFCTL_GUEST_EN,
     VFCTL_INFO,
+    VFCTL_INT_PENDING,
     VFCTL_REG_NAMES,
 )
 from iommu_core.pgtable import formats
@@ -80,6 +84,7 @@ from iommu_core.pgtable.walk import Access, WalkFault, walk
 
 if TYPE_CHECKING:
     from drivers.amd_vi.hw.amd_iommu import AmdIommuHw
+    from iommu_core.platform.dma import IrqLine
 
 #: What a guest's buffer may hold.
 GUEST_OPS = frozenset({CMD_INV_IOMMU_PAGES, CMD_INV_IOTLB_PAGES, CMD_COMPL_WAIT})
@@ -87,6 +92,8 @@ _GUEST_CONTROL = ((1 << CONTROL_CMDBUF_EN) | (1 << CONTROL_EVT_LOG_EN)
                   | (1 << CONTROL_EVT_INT_EN) | (1 << CONTROL_COMWAIT_EN))
 _GUEST_W1C = (MMIO_STATUS_EVT_OVERFLOW_MASK | MMIO_STATUS_EVT_INT_MASK
               | MMIO_STATUS_COM_WAIT_INT_MASK)
+_U64 = (1 << 64) - 1
+_PENDING_WORDS = 64  # 4096 GuestIDs
 _CTL_REGS = {VFCTL_CONTROL: VFCTL_GUEST_EN, VFCTL_CMD_BUF: RING_BASE_ADDR_MASK | RING_LEN_MASK,
              VFCTL_EVT_LOG: RING_BASE_ADDR_MASK | RING_LEN_MASK,
              VFCTL_DOMID_MAP: RING_BASE_ADDR_MASK, VFCTL_DEVID_MAP: RING_BASE_ADDR_MASK,
@@ -119,10 +126,13 @@ class GuestState:
 class AmdViommuHw:
     """The HW-vIOMMU part of one AMD-Vi unit (``guests`` GuestIDs, 0 the hypervisor's)."""
 
-    def __init__(self, hw: AmdIommuHw, guests: int) -> None:
+    def __init__(self, hw: AmdIommuHw, guests: int, irq: IrqLine) -> None:
         from drivers.amd_vi.hw.amd_iommu import Reg64Mmio
 
         self.hw = hw
+        self.irq = irq
+        #: GuestIDs with an interrupt pending (VFCTL_INT_PENDING).
+        self.pending = 0
         self.mem = hw.mem
         self.tracer = hw.tracer
         self.guests = [GuestState(g) for g in range(guests)]
@@ -167,10 +177,15 @@ class AmdViommuHw:
     def ctl_read(self, off: int) -> int:
         if off == VFCTL_INFO:
             return len(self.guests)
+        if VFCTL_INT_PENDING <= off < VFCTL_INT_PENDING + 8 * _PENDING_WORDS:
+            return (self.pending >> (off - VFCTL_INT_PENDING) * 8) & _U64
         gs, reg = self._guest(off)
         return 0 if gs is None else gs.ctl.get(reg, 0)
 
     def ctl_write(self, off: int, value: int) -> None:
+        if VFCTL_INT_PENDING <= off < VFCTL_INT_PENDING + 8 * _PENDING_WORDS:
+            self.pending &= ~((value & _U64) << (off - VFCTL_INT_PENDING) * 8)
+            return
         gs, reg = self._guest(off)
         if gs is None or reg not in _CTL_REGS:
             return
@@ -247,6 +262,8 @@ class AmdViommuHw:
                 self.mem.write_u64(spa, d[2] | (d[3] << 32))
         if d[0] & CMD_COMPL_WAIT_INT_MASK:
             gs.vf[VF_STATUS] = gs.vf.get(VF_STATUS, 0) | MMIO_STATUS_COM_WAIT_INT_MASK
+            if gs.gctl(CONTROL_COMWAIT_EN):
+                self._interrupt(gs)
 
     def gpa_to_spa(self, gs: GuestState, gpa: int) -> int | None:
         """A guest-physical address the unit writes, through the guest's stage 2 (the
@@ -284,6 +301,18 @@ class AmdViommuHw:
             return
         gs.vf[VF_EVT_TAIL] = nxt
         gs.vf[VF_STATUS] = st | MMIO_STATUS_EVT_INT_MASK
+        if gs.gctl(CONTROL_EVT_INT_EN):
+            self._interrupt(gs)
+
+    def _interrupt(self, gs: GuestState) -> None:
+        """The guest's interrupt: its pending bit, and the unit's line to the host."""
+        self.pending |= 1 << gs.guest_id
+        if self.tracer.enabled:
+            with self.tracer.span("hw", f"{self.hw.name} vIOMMU interrupt",
+                                  f"guest {gs.guest_id}"):
+                self.irq.assert_irq()
+        else:
+            self.irq.assert_irq()
 
     def stats(self) -> dict[str, Any]:
         return {"executed": sum(g.executed for g in self.guests),
