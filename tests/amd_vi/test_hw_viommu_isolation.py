@@ -9,7 +9,8 @@ anything of another VM or of the host:
   exactly; a device IOTLB invalidation only ever names the guest's own device;
 * no physical page outside the guest's own RAM changes (no completion-wait store, no
   event record);
-* no register of another GuestID changes, nor the hypervisor's page of its own;
+* no register of another GuestID changes, nor the hypervisor's page of its own, and its
+  own page reads back nothing but its pointers and its status and control bits;
 * nothing lands in the host's event log, nor in another VM's vEVENTQ; every failure is
   an errno.
 """
@@ -123,6 +124,21 @@ def _regs(v: AmdViommuHw, guest: int) -> list[Any]:
             for g in v.guests]
 
 
+def _page_shows_only_its_own(page: bytes) -> None:
+    """What the guest can read: its pointers (byte offsets into its 512 KiB at most
+    rings), its status and control bits, zeros elsewhere; never an address of the host."""
+    words = {off: int.from_bytes(page[off:off + 4], "little") for off in range(0, VF_PAGE, 4)}
+    for off, w in words.items():
+        if off in (VF_CMD_HEAD, VF_CMD_TAIL, VF_EVT_HEAD, VF_EVT_TAIL):
+            assert w < 1 << 19 and not w & 15, f"pointer {off:#x} reads {w:#x}"
+        elif off == VF_STATUS:
+            assert not w & ~0b111, f"status reads {w:#x}"
+        elif off == VF_CONTROL:
+            assert not w & ~((1 << 12) | 0b11100), f"control reads {w:#x}"
+        else:
+            assert w == 0, f"offset {off:#x} of the guest's page reads {w:#x}"
+
+
 def run_guest(acts: list[tuple[Any, ...]]) -> None:
     m = machine(DEV_A, DEV_B, HOST_DEV)
     try:
@@ -165,6 +181,7 @@ def run_guest(acts: list[tuple[Any, ...]]) -> None:
             m.device(DEV_A).rid}, "a device IOTLB invalidation reached another device"
         assert len(m.core.iommus["amdvi0"].priv.events) == host_events
         assert b.vevents(efd_b) == [], "VM B's VMM heard A's guest interrupt"
+        _page_shows_only_its_own(m.mem_read(a.vf, VF_PAGE))
         assert m.dma_read(DEV_B, GVA, 4) == b"OLD!", "VM B's stale entry went"
     finally:
         m.shutdown()
