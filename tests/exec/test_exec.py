@@ -105,3 +105,24 @@ def test_tegra_vcmdq_program(cprog: Callable[[str], Path],
     assert cmdqv is not None and sum(cmdqv.refused) == 1 and sum(cmdqv.executed) > 4
     assert m.kernel_pages_in_use == m.kernel_pages_baseline
     assert m.platform.alloc.pin_total() == 0
+
+
+def test_amd_hw_viommu_program(cprog: Callable[[str], Path],
+                               capfd: pytest.CaptureFixture[str]) -> None:
+    """A C VMM and guest invalidate through the AMD HW-vIOMMU (a prototype,
+    tests/exec/c/amd_hw_viommu.c), the device's DMA engine showing stale and fresh; the
+    program exits with the VF page still mapped."""
+    m = Machine.from_config({"iommus": [{"name": "u0", "driver": "amd_vi",
+                                         "hw_viommu": True}],
+                             "devices": [{"name": DEV, "iommu": "u0"}]})
+    try:
+        code = exec_program(m, str(cprog("amd_hw_viommu")), [])
+    except HostUnsupported as e:
+        pytest.skip(str(e))
+    out, err = capfd.readouterr()
+    assert code == 0, out + err
+    assert "amd_hw_viommu ok" in out and "internal error" not in err
+    v = m.platform.iommus["u0"].viommu  # type: ignore[attr-defined]
+    assert v is not None and v.stats()["refused"] == 1 and v.stats()["executed"] >= 4
+    assert m.kernel_pages_in_use == m.kernel_pages_baseline
+    assert m.platform.alloc.pin_total() == 0
