@@ -18,7 +18,12 @@ from typing import Any
 from iommu_core.errors import IommuError
 from iommu_core.iommu import IommuCore
 from iommu_core.platform.bus import Device, make_pci_device
-from iommu_core.platform.dma import DmaFault, device_dma_read, device_dma_write
+from iommu_core.platform.dma import (
+    DmaFault,
+    IommuHardware,
+    device_dma_read,
+    device_dma_write,
+)
 from iommu_core.platform.files import File, FileTable
 from iommu_core.platform.memory import PAGE_SIZE
 from iommu_core.platform.mm import TASK_SIZE
@@ -125,6 +130,10 @@ class Machine:
         if unknown:
             raise IommuError(errno.EINVAL, f"unknown config keys {sorted(unknown)}")
         self.platform = Platform()
+        # The DMA hot path's lookups, resolved once (the platform keeps them current).
+        self._dma_targets = self.platform.dma_targets
+        self._mem = self.platform.mem
+        self._tracer = self.platform.tracer
         self.plugins = plugins or PluginHost()
         for name, plugin in builtin_drivers().items():
             if name not in self.plugins.drivers:
@@ -458,12 +467,13 @@ class Machine:
             raise _oserror(e) from None
 
     # -- device DMA ----------------------------------------------------------------------
-    def _dma_dev(self, dev: str | Device) -> Device:
-        d = self.platform.devices.get(dev) if type(dev) is str else (
-            dev if isinstance(dev, Device) else None)
-        if d is None:
+    def _dma_target(self, dev: str | Device) -> tuple[Device, IommuHardware]:
+        t = self.platform.dma_targets.get(dev) if type(dev) is str else (
+            (dev, self.platform.iommus[dev.iommu_name]) if isinstance(dev, Device)
+            and dev.iommu_name in self.platform.iommus else None)
+        if t is None:
             raise OSError(errno.ENODEV, f"no device named {dev!r}")
-        return d
+        return t
 
     @staticmethod
     def _dma_args(iova: Any, n: int, pasid: Any) -> tuple[int, int | None]:
@@ -480,41 +490,56 @@ class Machine:
                           "the 64-bit device address space")
         return iova, pasid
 
+    # The hot path: a device name the platform knows, plain in-range ints, tracing off
+    # (each check written as the cheapest expression of it); anything else goes through
+    # the full checks.
     def dma_read(self, dev: str | Device, iova: int, n: int, pasid: int | None = None
                  ) -> bytes:
         """The device reads ``n`` bytes at ``iova`` through its IOMMU (DmaFault if not)."""
-        d = self._dma_dev(dev)
-        # Plain in-range ints (the hot path) skip the full argument checks.
-        if not (type(iova) is int and type(n) is int and 0 <= iova <= _U64
-                and 0 <= n <= MAX_RW_COUNT and (pasid is None or (type(pasid) is int
-                                                and pasid >= 0))):
-            n = _count(n, "length")
-            iova, pasid = self._dma_args(iova, n, pasid)
-        hw = self.platform.iommus[d.iommu_name]
-        tracer = self.platform.tracer
+        try:
+            t: tuple[Device, IommuHardware] | None = self._dma_targets[dev]  # type: ignore[index]
+        except (KeyError, TypeError):
+            t = None
+        if (t is not None and type(iova) is int and type(n) is int and not iova >> 64
+                and 0 <= n <= 0x7FFF_F000  # MAX_RW_COUNT
+                and (pasid is None or (type(pasid) is int and pasid >= 0))
+                and not self._tracer.enabled):
+            return device_dma_read(t[1], self._mem, t[0], iova, n, pasid)
+        d, hw = t or self._dma_target(dev)
+        n = _count(n, "length")
+        iova, pasid = self._dma_args(iova, n, pasid)
+        tracer = self._tracer
         if not tracer.enabled:
-            return device_dma_read(hw, self.platform.mem, d, iova, n, pasid)
+            return device_dma_read(hw, self._mem, d, iova, n, pasid)
         p = "" if pasid is None else f" pasid {pasid}"
         with tracer.span("user", "dma_read", f"{d.name} iova {iova:#x} len {n}{p}"):
-            return device_dma_read(hw, self.platform.mem, d, iova, n, pasid)
+            return device_dma_read(hw, self._mem, d, iova, n, pasid)
 
     def dma_write(self, dev: str | Device, iova: int, data: bytes | bytearray,
                   pasid: int | None = None) -> None:
         """The device writes ``data`` at ``iova`` through its IOMMU (DmaFault if not);
         a fault anywhere writes nothing."""
-        d = self._dma_dev(dev)
+        try:
+            t: tuple[Device, IommuHardware] | None = self._dma_targets[dev]  # type: ignore[index]
+        except (KeyError, TypeError):
+            t = None
+        if (t is not None and type(iova) is int and not iova >> 64
+                and (type(data) is bytes or type(data) is bytearray)
+                and len(data) <= 0x7FFF_F000  # MAX_RW_COUNT
+                and (pasid is None or (type(pasid) is int and pasid >= 0))
+                and not self._tracer.enabled):
+            device_dma_write(t[1], self._mem, t[0], iova, data, pasid)
+            return
+        d, hw = t or self._dma_target(dev)
         buf = _buffer(data, "data")
-        if not (type(iova) is int and 0 <= iova <= _U64 and len(buf) <= MAX_RW_COUNT
-                and (pasid is None or (type(pasid) is int and pasid >= 0))):
-            iova, pasid = self._dma_args(iova, len(buf), pasid)
-        hw = self.platform.iommus[d.iommu_name]
-        tracer = self.platform.tracer
+        iova, pasid = self._dma_args(iova, len(buf), pasid)
+        tracer = self._tracer
         if not tracer.enabled:
-            device_dma_write(hw, self.platform.mem, d, iova, buf, pasid)
+            device_dma_write(hw, self._mem, d, iova, buf, pasid)
             return
         p = "" if pasid is None else f" pasid {pasid}"
         with tracer.span("user", "dma_write", f"{d.name} iova {iova:#x} len {len(buf)}{p}"):
-            device_dma_write(hw, self.platform.mem, d, iova, buf, pasid)
+            device_dma_write(hw, self._mem, d, iova, buf, pasid)
 
     # -- teardown ------------------------------------------------------------------------
     def close_all(self) -> None:

@@ -101,6 +101,7 @@ class SmmuV3Hardware(IommuHardware):
         #: dropped with either; the ATS bit keeps ATC-derived entries from outliving ATS
         #: Enable.
         self.fast = FastPath()
+        self.dma_hits = self.fast.hits
         self.ccache = ConfigCache()
         self.tlb = Tlb(self.fast, cfg.tlb_entries)
         self.atc = Atc(self.fast)
@@ -277,6 +278,11 @@ class SmmuV3Hardware(IommuHardware):
         for sid in dev.stream_ids or (dev.rid,):
             self.atc.drop_sid(sid)
             self.fast.drop_sid(sid)
+        self.fast.drop_device(dev)
+
+    def device_changed(self, dev: Device) -> None:
+        # The published map of a device holds one ATS state's translations.
+        self.fast.drop_device(dev)
 
     # ==================================================================================
     # DMA
@@ -312,7 +318,7 @@ class SmmuV3Hardware(IommuHardware):
         if e.user:
             self.fast.add((sid, pasid, iova >> 12, False), (pa & ~_PAGE_MASK,
                                                             e.perms | ACCESS_PRIV),
-                          e if e.tag is not None else None)
+                          e if e.tag is not None else None, dev)
         return pa
 
     def _fault(self, dev: Device, sid: int, ssid: int | None, iova: int, access: int,
@@ -398,7 +404,8 @@ class SmmuV3Hardware(IommuHardware):
                 except SmmuEvent as ev:
                     self._fault(dev, sid, ssid, iova, access, ev)
         # Derived from the ATC entry (ATC_INV drops it) and the STE (ATSCHK).
-        self.fast.add((sid, ssid, iova >> 12, True), (addr_page, perms | ACCESS_PRIV), None)
+        self.fast.add((sid, ssid, iova >> 12, True), (addr_page, perms | ACCESS_PRIV), None,
+                      dev)
         return addr_page | (iova & _PAGE_MASK)
 
     # -- introspection for people (the tour, tests) ----------------------------------------
