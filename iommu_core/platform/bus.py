@@ -73,7 +73,7 @@ class DeviceProps(dict[str, Any]):
         self[key] = default
         return default
 
-    def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def update(self, *args: Any, **kwargs: Any) -> None:
         super().update(*args, **kwargs)
         self._changed()
 
