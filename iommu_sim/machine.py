@@ -134,6 +134,7 @@ class Machine:
         self._dma_targets = self.platform.dma_targets
         self._mem = self.platform.mem
         self._tracer = self.platform.tracer
+        self._tasks = self.platform.tasks
         self.plugins = plugins or PluginHost()
         for name, plugin in builtin_drivers().items():
             if name not in self.plugins.drivers:
@@ -300,15 +301,23 @@ class Machine:
     def ioctl(self, fd: int, request: int, buf: Any = None) -> int:
         """``ioctl(2)``. ``buf``: a bytearray or ctypes struct (updated in place), a user
         address (int), or for by-value ioctls the value itself."""
-        task = self._enter()
+        task = self.task  # _enter, inline: the ioctl path is hot
+        if task.exited:
+            raise OSError(errno.ESRCH, f"task {task.pid} has exited")
+        self._tasks.current = task
         try:
-            f = task.files.get(fd)
+            f = task.files.fdt.get(fd) if type(fd) is int else None
+            if f is None:
+                f = task.files.get(fd)  # EBADF
             # ``unsigned int cmd``: the syscall sees the low 32 bits.
-            request = _int(request, "ioctl request", errno.ENOTTY) & _U32
-            tracer = self.platform.tracer
-            if tracer.enabled:
-                with tracer.span("user", "ioctl", f"fd {fd} request {request:#x}"):
+            if type(request) is not int or request >> 32 or request < 0:
+                request = _int(request, "ioctl request", errno.ENOTTY) & _U32
+            if self._tracer.enabled:
+                with self._tracer.span("user", "ioctl", f"fd {fd} request {request:#x}"):
                     return self._ioctl(f, request, buf)
+            if type(buf) is not int:  # a buffer: _ioctl, inline
+                res = f.ioctl(request, UserArg.from_object(task.mm, buf))
+                return res if type(res) is int else int(res)
             return self._ioctl(f, request, buf)
         except IommuError as e:
             raise _oserror(e) from None
@@ -319,7 +328,8 @@ class Machine:
             by_value: frozenset[int] = getattr(f, "by_value_ioctls", frozenset())
             if request in by_value:
                 return int(f.ioctl_by_value(request, buf))
-        return int(f.ioctl(request, UserArg.from_object(self.task.mm, buf)))
+        res = f.ioctl(request, UserArg.from_object(self.task.mm, buf))
+        return res if type(res) is int else int(res)
 
     def read(self, fd: int, n: int) -> bytes:
         task = self._enter()
