@@ -9,6 +9,7 @@ in memory.
 
 from __future__ import annotations
 
+import functools
 import struct
 from typing import Any, NoReturn
 
@@ -284,6 +285,12 @@ class SmmuV3Hardware(IommuHardware):
         # The published map of a device holds one ATS state's translations.
         self.fast.drop_device(dev)
 
+    def _watch(self, dev: Device) -> None:
+        """Publishing for ``dev``: hear of its endpoint state changes even when it was
+        not wired through the platform (a device a test made by hand)."""
+        if dev.props.on_change is None:
+            dev.props.on_change = functools.partial(self.device_changed, dev)
+
     # ==================================================================================
     # DMA
     # ==================================================================================
@@ -316,6 +323,7 @@ class SmmuV3Hardware(IommuHardware):
             self._fault(dev, sid, pasid, iova, access, ev)
         pa = e.pa + (iova - e.va)
         if e.user:
+            self._watch(dev)
             self.fast.add((sid, pasid, iova >> 12, False), (pa & ~_PAGE_MASK,
                                                             e.perms | ACCESS_PRIV),
                           e if e.tag is not None else None, dev)
@@ -404,6 +412,7 @@ class SmmuV3Hardware(IommuHardware):
                 except SmmuEvent as ev:
                     self._fault(dev, sid, ssid, iova, access, ev)
         # Derived from the ATC entry (ATC_INV drops it) and the STE (ATSCHK).
+        self._watch(dev)
         self.fast.add((sid, ssid, iova >> 12, True), (addr_page, perms | ACCESS_PRIV), None,
                       dev)
         return addr_page | (iova & _PAGE_MASK)
