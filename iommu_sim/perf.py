@@ -321,10 +321,10 @@ def dma_hit(driver: str, options: Mapping[str, Any] | None = None, n: int = 200,
     data = bytes(64)
     fr, fw = dma_floor()
     fns: list[Callable[[], object]] = [
-           lambda: r(DEV, base + 64, 64), lambda: fr(DEV, 64, 64),
-           lambda: r(DEV, base, SZ_4K), lambda: fr(DEV, SZ_4K, SZ_4K),
-           lambda: r(DEV, base + SZ_4K - 32, 64),
-           lambda: w(DEV, base + 128, data), lambda: fw(DEV, 128, data)]
+        lambda: r(DEV, base + 64, 64), lambda: fr(DEV, 64, 64),
+        lambda: r(DEV, base, SZ_4K), lambda: fr(DEV, SZ_4K, SZ_4K),
+        lambda: r(DEV, base + SZ_4K - 32, 64),
+        lambda: w(DEV, base + 128, data), lambda: fw(DEV, 128, data)]
     for fn in fns:  # warm: every access below hits
         fn()
     t = best_of_each(fns, n, reps)
