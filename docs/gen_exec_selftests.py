@@ -52,7 +52,9 @@ def render(results: dict[str, str]) -> str:
            "",
            "``tools/testing/selftests/iommu`` of Linux 7.3, built unmodified and run with",
            "``iommu-sim exec -- ./iommufd`` and ``./iommufd_fail_nth`` (see :doc:`exec`), on a",
-           "machine with 64 huge pages reserved.",
+           "machine with 64 huge pages reserved. Each ``iommufd_fail_nth`` test sweeps its",
+           "flow with the N-th fault-injection point failing, N = 1, 2, ... until a run",
+           "reaches no armed point (:doc:`fault_injection`).",
            ""]
     for prog, tap in results.items():
         table, reasons, totals = parse(tap)

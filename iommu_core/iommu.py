@@ -103,6 +103,16 @@ class IommuCore:
                 self.platform.remove_device(dev)
                 raise
 
+    def iommu_mock_device_add(self, dev: Device) -> None:
+        """``iommu_mock_device_add``: the fwspec, then ``device_add``, whose bus notifier
+        probes the device. The notifier ignores a probe failure (``iommu_bus_notifier``
+        returns NOTIFY_DONE): the device is then simply not behind an IOMMU."""
+        self.platform.kzalloc("struct iommu_fwspec")
+        self.platform.add_device(dev)
+        if dev.iommu_name in self.iommus:
+            with contextlib.suppress(IommuError):
+                self.probe_device(dev)
+
     def remove_device(self, dev: Device) -> None:
         if dev.iommu is not None:
             self.release_device(dev)
@@ -115,6 +125,7 @@ class IommuCore:
         if iommu is None:
             raise IommuError(errno.ENODEV, f"{dev.name}: IOMMU {dev.iommu_name} not present")
         ops = iommu.ops
+        self.platform.kzalloc("struct dev_iommu")  # dev_iommu_get
         max_pasids = 0
         if dev.pasid_bits and iommu.max_pasid_bits:
             max_pasids = 1 << min(dev.pasid_bits, iommu.max_pasid_bits)
@@ -129,6 +140,7 @@ class IommuCore:
             raise
         try:
             group = ops.device_group(dev)
+            self.platform.kzalloc("struct group_device")  # iommu_group_alloc_device
             group.devices.append(dev)
             dev.iommu_group = group
             self.groups[group.id] = group
@@ -156,7 +168,7 @@ class IommuCore:
             if dev.require_direct and ops.identity_domain is not None:
                 release = ops.identity_domain
             if release is not None and len(group.devices) == 1:
-                with contextlib.suppress(IommuError):
+                with contextlib.suppress(IommuError), self.platform.nofail():
                     release.ops.attach_dev(release, dev, group.domain)
         ops.release_device(dev)
         self._drop_from_group(dev)
@@ -178,6 +190,7 @@ class IommuCore:
 
     # -- groups --------------------------------------------------------------------------
     def iommu_group_alloc(self, name: str = "") -> IommuGroup:
+        self.platform.kzalloc("struct iommu_group")
         gid = next(self._group_ids)
         return IommuGroup(id=gid, name=name or str(gid))
 
@@ -377,18 +390,26 @@ class IommuCore:
                     new.type == IOMMU_DOMAIN_BLOCKED or new is group.blocking_domain):
                 raise IommuError(errno.EINVAL, f"{dev.name}: firmware has requested this "
                                  "device have a 1:1 IOMMU mapping")
+        if force:
+            # __iommu_group_set_domain_nofail: returning to the default or blocking
+            # domain cannot fail; a device that does is left and the others go on
+            with self.platform.nofail():
+                for dev in group.devices:
+                    with contextlib.suppress(IommuError):
+                        new.ops.attach_dev(new, dev, old)
+            group.domain = new
+            return
         done: list[Device] = []
         try:
             for dev in group.devices:
                 new.ops.attach_dev(new, dev, old)
                 done.append(dev)
         except IommuError:
-            if not force:
-                for dev in done:
-                    if old is not None:
-                        with contextlib.suppress(IommuError):
-                            old.ops.attach_dev(old, dev, new)
-                raise
+            for dev in done:
+                if old is not None:
+                    with contextlib.suppress(IommuError):
+                        old.ops.attach_dev(old, dev, new)
+            raise
         group.domain = new
 
     @traced("core", _dom_grp)
@@ -487,9 +508,11 @@ class IommuCore:
             raise
 
     def _remove_dev_pasid(self, dev: Device, pasid: int, domain: IommuDomain) -> None:
+        """``iommu_remove_dev_pasid``: the blocked domain takes the PASID (cannot fail)."""
         blocked = dev.iommu.ops.blocked_domain
         if blocked is not None and blocked.ops.has("set_dev_pasid"):
-            blocked.ops.set_dev_pasid(blocked, dev, pasid, domain)
+            with self.platform.nofail():
+                blocked.ops.set_dev_pasid(blocked, dev, pasid, domain)
 
     @traced("core", _dom_dev_pasid)
     def iommu_attach_device_pasid(self, domain: IommuDomain, dev: Device, pasid: int,

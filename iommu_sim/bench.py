@@ -147,7 +147,7 @@ def measure_driver(driver: str, sz: Sizes) -> dict[str, Any]:
         worst = cached / empty
         if sz.inval_no_ats:
             r = perf.inval_cached_ratio(driver, opts, {"ats": False}, pages=pages,
-                                        leaf=perf.SZ_4K, n=sz.map_n, reps=sz.reps)
+                                        n=sz.map_n)
             out["inval_cached_ratio_no_ats"] = r["inval_cached_ratio"]
             worst = max(worst, r["inval_cached_ratio"])
         out["inval_cached_ratio"] = worst
@@ -211,7 +211,7 @@ def child_rss(driver: str, gib: int) -> dict[str, Any]:
     gc.collect()
     before = _rss_kib()
     t0 = time.perf_counter()
-    rig.map(va, iova, length)
+    rig.map(va, length, iova)
     seconds = time.perf_counter() - t0
     gc.collect()
     after = _rss_kib()
@@ -233,7 +233,7 @@ def child_tib(driver: str, gib: int = 1024) -> dict[str, Any]:
     va = m.mmap(length)
     last = length - perf.SZ_4K
     m.mem_write(va + last, b"the last page of guest RAM")
-    rig.map(va, iova, length)
+    rig.map(va, length, iova)
     map_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     data = m.dma_read(perf.DEV, iova + last, 26)

@@ -10,8 +10,9 @@ file is data, not code.
 
 Names resolve to the scenario's variables first (lower case by convention), then to the
 uAPI and driver constants of :func:`constants` (``iommufd.uapi``, ``uapi_vfio``, the
-selftest uAPI, ``iommu_core.prot`` and the register/entry macros every known driver
-declares through its ``describe_constants`` hook).
+selftest uAPI, ``iommu_core.prot``, the PCI config registers and the DMA engine's registers
+of the platform, and the register/entry macros every known driver declares through its
+``describe_constants`` hook).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ _CONSTANT_MODULES = (
     "iommufd.uapi_vfio",
     "iommufd.uapi_selftest",
     "iommu_core.prot",
+    "iommu_core.platform.pci",
+    "iommu_core.platform.dma_engine",
 )
 
 

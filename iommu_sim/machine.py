@@ -24,6 +24,8 @@ from iommu_core.platform.dma import (
     device_dma_read,
     device_dma_write,
 )
+from iommu_core.platform.eventfd import EventFd
+from iommu_core.platform.fault_inject import check_fail_nth
 from iommu_core.platform.files import File, FileTable
 from iommu_core.platform.memory import PAGE_SIZE
 from iommu_core.platform.mm import TASK_SIZE
@@ -161,7 +163,8 @@ class Machine:
             res = self.platform.add_iommu(hw)
             ops.iommu_driver_probe(self.core, res)
         self.plugins.check_pending()
-        iommufd_init(self.core)
+        #: iommufd's per-machine state (``IommufdSubsys``).
+        self.iommufd = iommufd_init(self.core)
         for dspec in config.get("devices", []):
             d = dict(dspec)
             name, iommu = d.pop("name", None), d.pop("iommu", None)
@@ -248,6 +251,28 @@ class Machine:
         self.platform.tasks.current = task
         return task
 
+    @property
+    def fail_nth(self) -> int:
+        """This task's ``/proc/self/task/<tid>/fail-nth``: how many fault-injection points
+        are left before one fails (0: off, or the armed point fired). Assigning N makes
+        the Nth point this task's system calls reach fail (a slab or page allocation
+        with ENOMEM, an iommufd point with its own errno), as writing the proc file does:
+        a negative or non-integer value is EINVAL, one above UINT_MAX ERANGE; an exited
+        task is ESRCH. A forked child starts at 0 (:doc:`/fault_injection`)."""
+        if self.task.exited:
+            raise OSError(errno.ESRCH, f"task {self.task.pid} has exited")
+        return self.task.fail_nth
+
+    @fail_nth.setter
+    def fail_nth(self, n: int) -> None:
+        try:
+            n = check_fail_nth(n)
+        except IommuError as e:
+            raise _oserror(e) from None
+        if self.task.exited:
+            raise OSError(errno.ESRCH, f"task {self.task.pid} has exited")
+        self.task.fail_nth = n
+
     def fork(self) -> Machine:
         """``fork(2)``: a new task of this Machine, with the same methods. Its fd table is
         a copy naming the same open files; its memory a copy of this task's (MAP_SHARED
@@ -283,11 +308,11 @@ class Machine:
                           "string") from None
         if isinstance(p, bytes):
             p = os.fsdecode(p)
-        opener = self.platform.chrdevs.get(p)
-        if opener is None:
-            raise OSError(errno.ENOENT, f"{path}: no such device node")
         try:
-            return task.files.install(opener(task))
+            f = self.platform.open_chrdev(p, task)
+            if f is None:
+                raise OSError(errno.ENOENT, f"{path}: no such device node")
+            return task.files.install(f)
         except IommuError as e:
             raise _oserror(e) from None
 
@@ -402,6 +427,19 @@ class Machine:
         except IommuError as e:
             raise _oserror(e) from None
 
+    def eventfd(self, initval: int = 0, flags: int = 0) -> int:
+        """``eventfd(2)`` (beyond the contract): a counter file to hand VFIO_DEVICE_SET_IRQS
+        (a device interrupt adds 1). ``read`` takes the counter as 8 bytes (EAGAIN at 0:
+        nothing could wake a blocked read), ``write`` adds 8 bytes' worth, ``poll`` says
+        POLLIN while it is not 0. ``flags``: EFD_SEMAPHORE, EFD_NONBLOCK, EFD_CLOEXEC."""
+        task = self._enter()
+        initval = _int(initval, "initval") & _U32  # unsigned int count
+        flags = _int(flags, "flags") & _U32
+        try:
+            return task.files.install(EventFd(initval, flags))
+        except IommuError as e:
+            raise _oserror(e) from None
+
     def ftruncate(self, fd: int, length: int) -> None:
         """``ftruncate(2)``: set the size of a memfd (shrinking drops pages; pinned ones
         stay until unpinned). EINVAL for a file that cannot be truncated."""
@@ -510,6 +548,16 @@ class Machine:
             t: tuple[Device, IommuHardware] | None = self._dma_targets[dev]  # type: ignore[index]
         except (KeyError, TypeError):
             t = None
+        tasks = self._tasks
+        cur = tasks.current
+        if cur is not None and cur.fail_nth:
+            # A device's DMA (and the faults it raises) runs in no task: fail-nth
+            # does not count what it does.
+            tasks.current = None
+            try:
+                return self.dma_read(dev, iova, n, pasid)
+            finally:
+                tasks.current = cur
         if (t is not None and type(iova) is int and type(n) is int and not iova >> 64
                 and 0 <= n <= 0x7FFF_F000  # MAX_RW_COUNT
                 and (pasid is None or (type(pasid) is int and pasid >= 0))
@@ -533,6 +581,15 @@ class Machine:
             t: tuple[Device, IommuHardware] | None = self._dma_targets[dev]  # type: ignore[index]
         except (KeyError, TypeError):
             t = None
+        tasks = self._tasks
+        cur = tasks.current
+        if cur is not None and cur.fail_nth:
+            tasks.current = None
+            try:
+                self.dma_write(dev, iova, data, pasid)
+                return
+            finally:
+                tasks.current = cur
         if (t is not None and type(iova) is int and not iova >> 64
                 and (type(data) is bytes or type(data) is bytearray)
                 and len(data) <= 0x7FFF_F000  # MAX_RW_COUNT

@@ -32,7 +32,8 @@ The format (documented with examples in ``docs/scenarios.rst``)::
 
 Each ``[[step]]`` has exactly one action key; its value is the action's main argument:
 ``open``, ``close``, ``ioctl``, ``mmap``, ``mem_write``, ``mem_read``, ``dma_read``,
-``dma_write``, ``read``, ``write``, ``let``, ``check``, and the guest side: ``guest_ram``,
+``dma_write``, ``read``, ``write``, ``pread``, ``pwrite`` (at ``offset``: a device's
+registers through its VFIO region), ``let``, ``check``, and the guest side: ``guest_ram``,
 ``guest_table``, ``guest_map``, ``guest_unmap``, ``guest_write``, ``guest_build`` (a
 structure the vendor's guest driver writes, built by the driver's own code). Integer
 values are TOML integers or expression strings (:mod:`iommu_sim.expr`); other strings
@@ -78,27 +79,29 @@ __all__ = [
 ]
 
 ACTIONS = ("open", "close", "ioctl", "mmap", "mem_write", "mem_read", "dma_read", "dma_write",
-           "read", "write", "let", "check", "guest_ram", "guest_table", "guest_map",
-           "guest_unmap", "guest_write", "guest_build")
+           "read", "write", "pread", "pwrite", "let", "check", "guest_ram", "guest_table",
+           "guest_map", "guest_unmap", "guest_write", "guest_build")
 _COMMON = {"title", "say", "chapter", "as", "expect_errno", "show"}
 _KEYS: dict[str, set[str]] = {
     "open": set(), "close": set(),
     "ioctl": {"fd", "args", "payload", "capture", "expect"},
     "mmap": set(),
-    "mem_write": {"text", "hex", "u64", "u32", "struct", "fields"},
+    "mem_write": {"text", "hex", "u64", "u32", "u16", "struct", "fields"},
     "mem_read": {"len", "expect", "expect_hex"},
     "dma_read": {"iova", "len", "pasid", "expect", "expect_hex", "expect_fault",
                  "expect_page_request"},
-    "dma_write": {"iova", "pasid", "text", "hex", "u64", "u32", "expect_fault",
+    "dma_write": {"iova", "pasid", "text", "hex", "u64", "u32", "u16", "expect_fault",
                   "expect_page_request"},
     "read": {"struct", "len", "expect"},
-    "write": {"text", "hex", "u64", "u32", "struct", "fields", "expect"},
+    "write": {"text", "hex", "u64", "u32", "u16", "struct", "fields", "expect"},
+    "pread": {"offset", "len", "expect", "expect_hex", "expect_u32", "expect_u64"},
+    "pwrite": {"offset", "text", "hex", "u64", "u32", "u16", "struct", "fields", "expect"},
     "let": set(), "check": set(),
     "guest_ram": {"size", "table_pages"},
     "guest_table": {"ram", "params"},
     "guest_map": {"iova", "gpa", "size", "prot"},
     "guest_unmap": {"iova", "size"},
-    "guest_write": {"gpa", "text", "hex", "u64", "u32", "struct", "fields"},
+    "guest_write": {"gpa", "text", "hex", "u64", "u32", "u16", "struct", "fields"},
     "guest_build": {"table", "ram", "gpa", "params"},
 }
 
@@ -229,6 +232,7 @@ def _errno_value(v: Any) -> int:
 
 
 _PROT = {"r": IOMMU_READ, "w": IOMMU_WRITE, "rw": IOMMU_READ | IOMMU_WRITE}
+_WIDTHS = {"u64": 8, "u32": 4, "u16": 2}
 
 
 class Runner:
@@ -294,18 +298,19 @@ class Runner:
             raise ScenarioFailed(step, f"{v!r}: unknown variable {e}") from None
 
     def data(self, step: Step, spec: Mapping[str, Any]) -> bytes:
-        """The bytes described by ``text``/``hex``/``u64``/``u32``/``struct``+``fields``."""
-        kinds = [k for k in ("text", "hex", "u64", "u32", "struct") if k in spec]
+        """The bytes described by ``text``/``hex``/``u64``/``u32``/``u16``/``struct``+
+        ``fields``."""
+        kinds = [k for k in ("text", "hex", "u64", "u32", "u16", "struct") if k in spec]
         if len(kinds) != 1:
-            raise ScenarioFailed(step, f"give the data as exactly one of text, hex, u64, u32 "
-                                 f"or struct (got {kinds or 'none'})")
+            raise ScenarioFailed(step, f"give the data as exactly one of text, hex, u64, u32, "
+                                 f"u16 or struct (got {kinds or 'none'})")
         k = kinds[0]
         if k == "text":
             return self.string(step, spec["text"]).encode()
         if k == "hex":
             return bytes.fromhex(str(spec["hex"]).replace("_", "").replace(" ", ""))
-        if k in ("u64", "u32"):
-            n = 8 if k == "u64" else 4
+        if k in _WIDTHS:
+            n = _WIDTHS[k]
             return b"".join((self.int_value(step, x) & ((1 << 8 * n) - 1)).to_bytes(n, "little")
                             for x in spec[k])
         return bytes(self.fill_struct(step, find_struct(str(spec["struct"])),
@@ -472,6 +477,33 @@ class Runner:
             n = self.machine.write(fd, data)
         if "expect" in step.spec and n != self.int_value(step, step.spec["expect"]):
             raise ScenarioFailed(step, f"write returned {n}")
+        return n
+
+    def _pread(self, step: Step) -> Any:
+        s = step.spec
+        fd = self.int_value(step, step.arg)
+        off = self.int_value(step, s.get("offset", 0))
+        with self._user_span("pread", f"fd {fd} offset {off:#x}"):
+            raw = self.machine.pread(fd, self.int_value(step, s.get("len", 4)), off)
+        self.check_bytes(step, raw)
+        for k in ("expect_u32", "expect_u64"):
+            if k in s:
+                n = 8 if k == "expect_u64" else 4
+                want = [self.int_value(step, x) for x in s[k]]
+                got = [int.from_bytes(raw[i : i + n], "little") for i in range(0, len(raw), n)]
+                if got != want:
+                    raise ScenarioFailed(step, f"expected {[hex(w) for w in want]}, got "
+                                         f"{[hex(g) for g in got]}")
+        return raw
+
+    def _pwrite(self, step: Step) -> Any:
+        fd = self.int_value(step, step.arg)
+        off = self.int_value(step, step.spec.get("offset", 0))
+        data = self.data(step, step.spec)
+        with self._user_span("pwrite", f"fd {fd} offset {off:#x} len {len(data)}"):
+            n = self.machine.pwrite(fd, data, off)
+        if "expect" in step.spec and n != self.int_value(step, step.spec["expect"]):
+            raise ScenarioFailed(step, f"pwrite returned {n}")
         return n
 
     def _guest_ram(self, step: Step) -> Any:

@@ -222,9 +222,41 @@ def _describe_call(runner: Runner, res: StepResult) -> tuple[str, dict[str, Any]
             else f"{k}={fmt_value(v)}" for k, v in s.get("fields", {}).items())
         call = f"write(fd {runner.value(step, step.arg)}, {what} {{{body}}})"
         return call, {}, f"-> {res.value}"
+    if a in ("pread", "pwrite"):
+        return _describe_rw(runner, res)
     if a == "open":
         return f"open({runner.string(step, step.arg)})", {}, f"-> fd {res.value}"
     return f"{a} {step.arg}", {}, ""
+
+
+def _describe_rw(runner: Runner, res: StepResult) -> tuple[str, dict[str, Any], str]:
+    """pread/pwrite at an offset of a file (a device's registers through its region)."""
+    step = res.step
+    s = step.spec
+    fd = runner.value(step, step.arg)
+    raw_off = s.get("offset", 0)
+    off = runner.int_value(step, raw_off)
+    where = f"{raw_off} = {off:#x}" if isinstance(raw_off, str) else f"{off:#x}"
+    fields = {"fd": fd, "offset": off}
+    words = next((k for k in ("u64", "u32", "u16") if k in s), None)
+    if step.action == "pwrite":
+        if words is not None:
+            vals = [f"{x} ({fmt_value(runner.int_value(step, x))})" if isinstance(x, str)
+                    else fmt_value(x) for x in s[words]]
+            what = f"{words} {{{', '.join(vals)}}}"
+        else:
+            what = repr(runner.data(step, s))
+        return f"pwrite(fd {fd}, {what}, offset {where})", fields, f"-> {res.value}"
+    n = runner.int_value(step, s.get("len", 4))
+    got = res.value if isinstance(res.value, bytes) else b""
+    width = 8 if "expect_u64" in s else 4 if "expect_u32" in s else 0
+    if width:
+        vals = [hex(int.from_bytes(got[i : i + width], "little"))
+                for i in range(0, len(got), width)]
+        shown = f"{{{', '.join(vals)}}}"
+    else:
+        shown = repr(got)
+    return f"pread(fd {fd}, {n}, offset {where})", fields, f"-> {shown}"
 
 
 def _has_hw_walk(nodes: Sequence[TraceNode]) -> bool:

@@ -64,7 +64,7 @@ def iommufd_access_create(ictx: IommufdCtx, ops: IommufdAccessOps, data: Any
                           ) -> IommufdAccess:
     """An access object (published; the creator holds a reference until
     :func:`iommufd_access_destroy`). It holds the context open."""
-    access = ictx.object_alloc(IommufdAccess(ictx, ops, data))
+    access = ictx.object_alloc(IommufdAccess, ops, data)
     access.users += 1
     ictx.get()
     ictx.object_finalize(access)
@@ -73,6 +73,7 @@ def iommufd_access_create(ictx: IommufdCtx, ops: IommufdAccessOps, data: Any
 
 def iommufd_access_create_internal(ictx: IommufdCtx) -> IommufdAccess:
     """An access that is not in the object table (HW queues)."""
+    ictx.subsys.kzalloc("struct iommufd_access")
     return IommufdAccess(ictx, None, None)
 
 

@@ -76,6 +76,7 @@ def iommufd_get_group(ictx: IommufdCtx, dev: Device) -> IommufdGroup:
     if igroup is not None and igroup.group is group:
         igroup.refs += 1
         return igroup
+    ictx.subsys.kzalloc("struct iommufd_group")
     igroup = IommufdGroup(ictx, group)
     ictx.groups[group.id] = igroup
     return igroup
@@ -135,7 +136,12 @@ def iommufd_device_bind(ictx: IommufdCtx, dev: Device) -> IommufdDevice:
     except IommuError:
         igroup.put()
         raise
-    idev = ictx.object_alloc(IommufdDevice(ictx, dev, igroup))
+    try:
+        idev = ictx.object_alloc(IommufdDevice, dev, igroup)
+    except IommuError:
+        core.iommu_device_release_dma_owner(dev)
+        igroup.put()
+        raise
     if not idev.is_mock:
         ictx.get()  # mock devices live inside the context: no reference cycle
     idev.users += 1  # the binding driver's reference
@@ -210,8 +216,9 @@ def _hwpt_attach_device(hwpt: IommufdHwPagetable, idev: IommufdDevice, pasid: in
     core = idev.ictx.core
     if hwpt.fault is not None:
         iommufd_fault_iopf_enable(idev)
-    handle = AttachHandle(hwpt.domain, owner=idev)  # type: ignore[arg-type]
     try:
+        idev.ictx.subsys.kzalloc("struct iommufd_attach_handle")
+        handle = AttachHandle(hwpt.domain, owner=idev)  # type: ignore[arg-type]
         assert hwpt.domain is not None
         if pasid == IOMMU_NO_PASID:
             core.iommu_attach_group_handle(hwpt.domain, idev.igroup.group, handle)
@@ -250,8 +257,9 @@ def _hwpt_replace_device(idev: IommufdDevice, pasid: int, hwpt: IommufdHwPagetab
     if hwpt.fault is not None and old.fault is None:
         iommufd_fault_iopf_enable(idev)
         enabled = True
-    handle = AttachHandle(hwpt.domain, owner=idev)  # type: ignore[arg-type]
     try:
+        idev.ictx.subsys.kzalloc("struct iommufd_attach_handle")
+        handle = AttachHandle(hwpt.domain, owner=idev)  # type: ignore[arg-type]
         assert hwpt.domain is not None
         if pasid == IOMMU_NO_PASID:
             core.iommu_replace_group_handle(idev.igroup.group, hwpt.domain, handle)
@@ -280,6 +288,7 @@ def iommufd_hw_pagetable_attach(hwpt: IommufdHwPagetable, idev: IommufdDevice, p
     attach = igroup.attach.get(pasid)
     new_attach = attach is None
     if attach is None:
+        idev.ictx.subsys.kzalloc("struct iommufd_attach")
         attach = IommufdAttach()
     if idev.id in attach.devices:
         raise IommuError(errno.EBUSY, f"device {idev.id} is already attached at PASID {pasid}")

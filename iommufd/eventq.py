@@ -47,7 +47,9 @@ class IommufdEventq(IommufdObject):
         self.file: EventqFile | None = None
 
     def init_file(self, name: str) -> EventqFile:
-        """``iommufd_eventq_init``: the fd holds the context and a user of the object."""
+        """``iommufd_eventq_init``: the fd holds the context and a user of the object
+        (``anon_inode_getfile`` allocates the file: ENOMEM)."""
+        self.ictx.subsys.kzalloc("anon_inode_getfile")
         f = EventqFile(self, name)
         self.file = f
         self.ictx.get()
@@ -210,14 +212,19 @@ def iommufd_fault_alloc(ucmd: Ucmd) -> int:
     if cmd.flags:
         raise IommuError(errno.EOPNOTSUPP, f"unknown flags {cmd.flags:#x}")
     ictx = ucmd.ictx
-    fault = ictx.object_alloc(IommufdFault(ictx))
+    fault = ictx.object_alloc(IommufdFault)
     files = ictx.current.files
     try:
-        fdno = files.get_unused_fd()
+        f = fault.init_file("[iommufd-pgfault]")
     except IommuError:
         ictx.object_abort_and_destroy(fault)
         raise
-    f = fault.init_file("[iommufd-pgfault]")
+    try:
+        fdno = files.get_unused_fd()
+    except IommuError:
+        fault.drop_file()
+        ictx.object_abort_and_destroy(fault)
+        raise
     cmd.out_fault_id = fault.id
     cmd.out_fault_fd = fdno
     try:
@@ -332,16 +339,21 @@ def iommufd_veventq_alloc(ucmd: Ucmd) -> int:
     if viommu.find_veventq(cmd.type) is not None:
         raise IommuError(errno.EEXIST, f"vIOMMU {viommu.id} already has a vEVENTQ of type "
                          f"{cmd.type:#x}")
-    q = ictx.object_alloc(IommufdVeventq(ictx, viommu, cmd.type, cmd.veventq_depth))
+    q = ictx.object_alloc(IommufdVeventq, viommu, cmd.type, cmd.veventq_depth)
     viommu.veventqs.append(q)
     q.listed = True
     files = ictx.current.files
     try:
-        fdno = files.get_unused_fd()
+        f = q.init_file("[iommufd-viommu-event]")
     except IommuError:
         ictx.object_abort_and_destroy(q)
         raise
-    f = q.init_file("[iommufd-viommu-event]")
+    try:
+        fdno = files.get_unused_fd()
+    except IommuError:
+        q.drop_file()
+        ictx.object_abort_and_destroy(q)
+        raise
     cmd.out_veventq_id = q.id
     cmd.out_veventq_fd = fdno
     try:

@@ -151,7 +151,7 @@ def iommufd_hwpt_paging_alloc(ictx: IommufdCtx, ioas: IommufdIoas, idev: Iommufd
     if flags & uapi.IOMMU_HWPT_FAULT_ID_VALID and flags & uapi.IOMMU_HWPT_ALLOC_NEST_PARENT:
         raise IommuError(errno.EOPNOTSUPP, "a nest parent cannot take I/O page faults")
 
-    hwpt = ictx.object_alloc(IommufdHwptPaging(ictx, ioas))
+    hwpt = ictx.object_alloc(IommufdHwptPaging, ioas)
     hwpt.pasid_compat = bool(flags & uapi.IOMMU_HWPT_ALLOC_PASID)
     hwpt.nest_parent = bool(flags & uapi.IOMMU_HWPT_ALLOC_NEST_PARENT)
     attached = False
@@ -197,7 +197,7 @@ def iommufd_hwpt_nested_alloc(ictx: IommufdCtx, parent: IommufdHwptPaging,
     if parent.auto_domain or not parent.nest_parent or parent.domain.owner is not ops:
         raise IommuError(errno.EINVAL, f"HWPT {parent.id} is not a nest parent of "
                          f"{ops.name}")
-    hwpt = ictx.object_alloc(IommufdHwptNested(ictx, parent, None))
+    hwpt = ictx.object_alloc(IommufdHwptNested, parent, None)
     hwpt.pasid_compat = bool(flags & uapi.IOMMU_HWPT_ALLOC_PASID)
     try:
         dom = ops.domain_alloc_nested(idev.dev, parent.domain,
@@ -221,7 +221,7 @@ def iommufd_viommu_alloc_hwpt_nested(viommu: IommufdViommuObj, flags: int,
     if vops is None or not vops.has("viommu_alloc_domain_nested"):
         raise IommuError(errno.EOPNOTSUPP, "this vIOMMU cannot allocate nested domains")
     ictx = viommu.ictx
-    hwpt = ictx.object_alloc(IommufdHwptNested(ictx, viommu.hwpt, viommu))
+    hwpt = ictx.object_alloc(IommufdHwptNested, viommu.hwpt, viommu)
     hwpt.pasid_compat = bool(flags & uapi.IOMMU_HWPT_ALLOC_PASID)
     try:
         dom = vops.alloc_domain_nested(viommu, flags & ~uapi.IOMMU_HWPT_FAULT_ID_VALID,

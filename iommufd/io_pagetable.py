@@ -93,6 +93,7 @@ class IoPagetable:
     def __init__(self, core: IommuCore) -> None:
         self.core = core
         self.tracer: Tracer = core.tracer
+        self.platform = core.platform
         self.areas: SortedDict[int, IoptArea] = SortedDict()
         #: Sorted (start, last, seq, owner) entries; may overlap.
         self.reserved: list[tuple[int, int, int, object]] = []
@@ -103,6 +104,15 @@ class IoPagetable:
         self.accesses: dict[int, IommufdAccess] = {}
         self.iova_alignment = 1
         self.disable_large_pages = False
+
+    def kzalloc(self, site: str) -> None:
+        self.platform.kzalloc(site)
+
+    def should_fail(self, site: str) -> bool:
+        """``iommufd_should_fail``."""
+        task = self.platform.tasks.current
+        return task is not None and task.fail_nth != 0 and self.platform.should_fail(
+            "iommufd", site)
 
     # ======================================================================================
     # interval queries
@@ -161,6 +171,7 @@ class IoPagetable:
         """Reserve [start, last]: EADDRINUSE if a mapping or an allowed range is there."""
         if self.area_first(start, last) is not None or self.allowed_first(start, last):
             raise IommuError(errno.EADDRINUSE, f"[{start:#x}, {last:#x}] is mapped or allowed")
+        self.kzalloc("struct iopt_reserved")
         bisect.insort(self.reserved, (start, last, next(self._resv_seq), owner))
 
     def iopt_remove_reserved_iova(self, owner: object) -> None:
@@ -176,6 +187,8 @@ class IoPagetable:
 
     def iopt_table_enforce_dev_resv_regions(self, dev: Device) -> None:
         """Reserve the device's reserved regions (owner: the device). All or nothing."""
+        if self.should_fail("iopt_table_enforce_dev_resv_regions"):
+            raise IommuError(errno.EINVAL, "fail-nth: reserved regions")
         try:
             for r in self.core.iommu_get_resv_regions(dev):
                 if r.type == ResvType.DIRECT_RELAXABLE:
@@ -334,6 +347,11 @@ class IoPagetable:
                 return
         self.core.iommu_unmap(domain, area.iova, area.length)
 
+    def _pfn_reader_init(self) -> None:
+        """``pfn_reader_init``'s batch (``temp_kmalloc``): a fault point, ENOMEM."""
+        if self.should_fail("temp_kmalloc batch"):
+            raise IommuError(errno.ENOMEM, "fail-nth: temp_kmalloc of the pfn batch")
+
     def _hold_area(self, area: IoptArea) -> None:
         assert area.pages is not None
         area.pages.add_users(area.pages_first, area.pages_last)
@@ -348,6 +366,7 @@ class IoPagetable:
         """``iopt_area_fill_domains``: a new area goes into every domain (pinning once)."""
         if not self.domains:
             return
+        self._pfn_reader_init()
         self._hold_area(area)
         done: list[IommuDomain] = []
         try:
@@ -400,6 +419,7 @@ class IoPagetable:
             for area in list(self.areas.values()):
                 if area.pages is None:
                     continue
+                self._pfn_reader_init()
                 if first_domain:
                     self._hold_area(area)
                 try:
@@ -499,6 +519,8 @@ class IoPagetable:
         """Create one area per (pages, start_byte, length) element at ``iova`` (or an
         allocated IOVA), fill every domain, publish. Returns the IOVA. All or nothing;
         the caller keeps its references on the pages on failure."""
+        for _ in elms:
+            self.kzalloc("struct iopt_area")
         if (length & (self.iova_alignment - 1)) or not length:
             raise IommuError(errno.EINVAL, f"length {length:#x} not a multiple of "
                              f"{self.iova_alignment:#x}")
@@ -561,6 +583,7 @@ class IoPagetable:
         end = iova - 1
         for area, cur, e in self.contig_areas(iova, last):
             assert area.pages is not None
+            self.kzalloc("struct iopt_pages_list")
             out.append((area.pages, area.start_byte_of(cur), e - cur + 1))
             end = e
         if end != last:
@@ -689,7 +712,8 @@ class IoPagetable:
     # ======================================================================================
     def iopt_area_add_access(self, area: IoptArea, first: int, last: int) -> list[int]:
         assert area.pages is not None
-        area.pages.add_users(first, last)
+        self.kzalloc("struct iopt_pages_access")
+        area.pages.add_users(first, last, access=True)
         area.num_accesses += 1
         return area.pages.pfns_of(first, last)
 

@@ -89,7 +89,7 @@ def iommufd_ioas_alloc_ioctl(ucmd: Ucmd) -> int:
     if cmd.flags:
         raise IommuError(errno.EOPNOTSUPP, f"unknown flags {cmd.flags:#x}")
     ictx = ucmd.ictx
-    ioas = ictx.object_alloc(IommufdIoas(ictx))
+    ioas = ictx.object_alloc(IommufdIoas)
     cmd.out_ioas_id = ioas.id
     try:
         ucmd.respond()
@@ -164,6 +164,7 @@ def iommufd_ioas_allow_iovas(ucmd: Ucmd) -> int:
         if (pos and ranges[pos - 1][1] >= r.start) or (
                 pos < len(ranges) and ranges[pos][0] <= r.last):
             raise IommuError(errno.EINVAL, "allowed ranges overlap")
+        ictx.subsys.kzalloc("struct iopt_allowed")
         ranges.insert(pos, (r.start, r.last))
     ioas.iopt.iopt_set_allow_iova(ranges)
     return 0

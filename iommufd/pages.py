@@ -56,10 +56,12 @@ class AddressType(enum.Enum):
 class IoptPages:
     """``struct iopt_pages``."""
 
-    def __init__(self, ictx: IommufdCtx, start_byte: int, length: int, writable: bool
-                 ) -> None:
+    def __init__(self, ictx: IommufdCtx, start_byte: int, length: int, writable: bool,
+                 on_stack: bool = False) -> None:
         if length > _MAX_LENGTH or length == 0:
             raise IommuError(errno.EINVAL, f"bad length {length:#x}")
+        if not on_stack:
+            ictx.subsys.kzalloc("struct iopt_pages")
         self.subsys: IommufdSubsys = ictx.subsys
         task = ictx.current
         self.alloc: PageAllocator = task.mm.alloc
@@ -95,7 +97,7 @@ class IoptPages:
     def charge_holder(cls, ictx: IommufdCtx, mode: int, npages: int) -> IoptPages:
         """``charge_current``'s temporary pages: ``npages`` charged to current in
         accounting ``mode`` (ENOMEM over the limit, nothing charged)."""
-        tmp = cls(ictx, 0, PAGE_SIZE, False)
+        tmp = cls(ictx, 0, PAGE_SIZE, False, on_stack=True)
         tmp.account_mode = mode
         tmp.npinned = npages
         tmp.update_pinned(npages, True)
@@ -122,9 +124,10 @@ class IoptPages:
         self.last_npinned = self.npinned
 
     # -- pinning -----------------------------------------------------------------------------
-    def _pin_source(self, idx: int, n: int) -> list[PfnRun]:
-        """``pfn_reader_user_pin``: pin ``n`` pages from index ``idx`` where they live."""
-        if self.subsys.should_fail():
+    def _pin_source(self, idx: int, n: int, inject: bool = True) -> list[PfnRun]:
+        """``pfn_reader_user_pin``: pin ``n`` pages from index ``idx`` where they live
+        (a fault point, EFAULT, unless ``inject`` is off: ``iopt_pages_rw_page``)."""
+        if inject and self.subsys.should_fail("pin"):
             raise IommuError(errno.EFAULT, "fail-nth: pinning")
         if self.type is AddressType.FILE:
             assert self.file is not None
@@ -136,15 +139,37 @@ class IoptPages:
         return self.source_mm.pin_user_pages(self.uptr + (idx << PAGE_SHIFT), n,
                                              self.writable)
 
-    def _pin_missing(self, first: int, last: int) -> int:
+    def _pin_missing(self, first: int, last: int, access: bool) -> int:
         """Pin the pages of [first, last] nobody holds yet, in batches sized by the
-        temporary memory limit (as the kernel's pfn reader does). All or nothing."""
+        temporary memory limit (as the kernel's pfn reader does). All or nothing.
+
+        The fault points are the readers': a domain fill allocates its page list
+        (``temp_kmalloc``, once per reader: ENOMEM); an access stores each span into its
+        xarray (``pages_to_xarray``: EINVAL); every pin batch can fail (EFAULT) and so
+        can charging the new pins (ENOMEM)."""
         if self.type is AddressType.DMABUF:
             return 0  # the exporter keeps its memory; nothing is pinned or charged
-        batch = max(1, self.subsys.temp_memory_limit // 8)
+        subsys = self.subsys
+        gaps = list(self.users.gaps(first, last + 1))
+        if access:
+            # The spans a domain already holds go into the access's xarray as they are.
+            pos = first
+            held = 0
+            for gs, ge in gaps:
+                held += gs > pos
+                pos = ge
+            held += pos <= last
+            for _ in range(held):
+                if subsys.should_fail("pages_to_xarray"):
+                    raise IommuError(errno.EINVAL, "fail-nth: pages_to_xarray")
+        if not gaps:
+            return 0
+        if not access and subsys.should_fail("temp_kmalloc upages"):
+            raise IommuError(errno.ENOMEM, "fail-nth: temp_kmalloc of the page list")
+        batch = max(1, subsys.temp_memory_limit // 8)
         done: list[tuple[int, int]] = []
         try:
-            for gs, ge in list(self.users.gaps(first, last + 1)):
+            for gs, ge in gaps:
                 idx = gs
                 while idx < ge:
                     n = min(batch, ge - idx)
@@ -154,7 +179,11 @@ class IoptPages:
                         pos += cnt
                     done.append((idx, n))
                     idx += n
+                if access and subsys.should_fail("pages_to_xarray"):
+                    raise IommuError(errno.EINVAL, "fail-nth: pages_to_xarray")
             pinned = sum(n for _i, n in done)
+            if subsys.should_fail("update_pinned"):
+                raise IommuError(errno.ENOMEM, "fail-nth: charging the pinned pages")
             self.npinned += pinned
             try:
                 self.update_pinned(pinned, True)
@@ -171,11 +200,12 @@ class IoptPages:
         for _s, e, pfn in self.pinned.remove(idx, idx + n):
             self.alloc.unpin(pfn, e - _s)
 
-    def add_users(self, first: int, last: int) -> None:
-        """Hold pages [first, last] (pinning the ones not yet held)."""
+    def add_users(self, first: int, last: int, access: bool = False) -> None:
+        """Hold pages [first, last] (pinning the ones not yet held) for a domain fill or,
+        with ``access``, for an access pin."""
         if first > last or last >= self.npages:
             raise IommuError(errno.EINVAL, f"page range {first}..{last} outside {self.npages}")
-        self._pin_missing(first, last)
+        self._pin_missing(first, last, access)
         self.users.add(first, last + 1, 1)
 
     def remove_users(self, first: int, last: int) -> None:
@@ -246,22 +276,39 @@ class IoptPages:
                 self.source_mm.write(va, data)
                 return b""
             return self.source_mm.read(va, length)
+        single = start_byte >> PAGE_SHIFT == (start_byte + length - 1) >> PAGE_SHIFT
+        if self.type is AddressType.USER and not direct and single and self.source_mm.alive:
+            # iopt_pages_rw_page: one page pinned from the source mm, no pfn reader
+            if self.subsys.should_fail("iopt_pages_rw_page"):
+                raise IommuError(errno.EINVAL, "fail-nth: iopt_pages_rw_page")
+            return self._rw_slow(start_byte, data, length, write, reader=False)
         return self._rw_slow(start_byte, data, length, write)
 
     def _rw_slow(self, start_byte: int, data: bytes | bytearray | None, length: int,
-                 write: bool) -> bytes:
-        """Through the frames: held pages as they are, the others pinned for the copy."""
+                 write: bool, reader: bool = True) -> bytes:
+        """Through the frames: held pages as they are, the others pinned for the copy, a
+        batch at a time (``iopt_pages_rw_slow``, whose pfn reader allocates its batch and
+        page list: ENOMEM points)."""
         first = start_byte >> PAGE_SHIFT
         last = (start_byte + length - 1) >> PAGE_SHIFT
         temp: list[PfnRun] = []
+        subsys = self.subsys
         try:
+            if reader and subsys.should_fail("temp_kmalloc batch"):
+                raise IommuError(errno.ENOMEM, "fail-nth: temp_kmalloc of the pfn batch")
+            gaps = list(self.users.gaps(first, last + 1))
+            if reader and gaps and subsys.should_fail("temp_kmalloc upages"):
+                raise IommuError(errno.ENOMEM, "fail-nth: temp_kmalloc of the page list")
+            batch = max(1, subsys.temp_memory_limit // 8)
             frames: list[tuple[int, int, int]] = []  # (index, pfn, count)
-            for gs, ge in list(self.users.gaps(first, last + 1)):
+            for gs, ge in gaps:
                 pos = gs
-                for pfn, cnt in self._pin_source(gs, ge - gs):
-                    temp.append((pfn, cnt))
-                    frames.append((pos, pfn, cnt))
-                    pos += cnt
+                while pos < ge:
+                    n = min(batch, ge - pos)
+                    for pfn, cnt in self._pin_source(pos, n, inject=reader):
+                        temp.append((pfn, cnt))
+                        frames.append((pos, pfn, cnt))
+                        pos += cnt
             frames += self.pfn_runs(first, last)
             frames.sort()
             mem = self.alloc.mem

@@ -19,7 +19,8 @@ from __future__ import annotations
 import enum
 import errno
 import heapq
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar, Concatenate, ParamSpec, TypeVar
 
 from iommu_core.errors import IommuError
 from iommu_core.platform.uaccess import UserArg, copy_to_user_struct
@@ -95,6 +96,7 @@ class IommufdObject:
 
 
 ObjT = TypeVar("ObjT", bound=IommufdObject)
+P = ParamSpec("P")
 
 
 class IommufdSubsys:
@@ -113,9 +115,16 @@ class IommufdSubsys:
         """The task whose system call is running (``current``)."""
         return self.core.platform.tasks.require_current()
 
-    def should_fail(self) -> bool:
-        """``iommufd_should_fail``: a fault-injection point of iommufd's own."""
-        return self.core.platform.should_fail("iommufd")
+    def should_fail(self, site: str = "") -> bool:
+        """``iommufd_should_fail``: a fault-injection point of iommufd's own (the caller
+        picks the errno, as each kernel call site does)."""
+        task = self.core.platform.tasks.current
+        return task is not None and task.fail_nth != 0 and self.core.platform.should_fail(
+            "iommufd", site)
+
+    def kzalloc(self, site: str) -> None:
+        """A kzalloc iommufd makes here: a failslab point (ENOMEM)."""
+        self.core.platform.kzalloc(site)
 
 
 class IommufdCtx:
@@ -124,6 +133,7 @@ class IommufdCtx:
     def __init__(self, subsys: IommufdSubsys) -> None:
         from sortedcontainers import SortedDict
 
+        subsys.kzalloc("struct iommufd_ctx")  # iommufd_fops_open
         self.subsys = subsys
         self.core: IommuCore = subsys.core
         self.tracer: Tracer = subsys.core.tracer
@@ -179,10 +189,18 @@ class IommufdCtx:
         heapq.heappush(self._free_ids, oid)
 
     # -- allocation -------------------------------------------------------------------------
-    def object_alloc(self, obj: ObjT) -> ObjT:
-        """``iommufd_object_alloc``: reserve an id (it reads as "not found" until
-        :meth:`object_finalize`)."""
-        oid = self._alloc_id()
+    def object_alloc(self, cls: Callable[Concatenate[IommufdCtx, P], ObjT], *args: P.args,
+                     **kwargs: P.kwargs) -> ObjT:
+        """``iommufd_object_alloc``: kzalloc the object (ENOMEM: nothing is made) and
+        reserve an id (it reads as "not found" until :meth:`object_finalize`); then
+        ``cls(self, *args, **kwargs)`` fills it in, taking its references."""
+        self.subsys.kzalloc(cls.__name__)
+        oid = self._alloc_id()  # xa_alloc: its node allocation retries, never fails here
+        try:
+            obj = cls(self, *args, **kwargs)
+        except BaseException:
+            heapq.heappush(self._free_ids, oid)
+            raise
         self.objects[oid] = None
         obj.id = oid
         return obj
@@ -206,7 +224,10 @@ class IommufdCtx:
 
     # -- lookup -----------------------------------------------------------------------------
     def get_object(self, oid: int, otype: type[ObjT]) -> ObjT:
-        """``iommufd_get_object``: missing, reserved, tombstoned or of another type: ENOENT."""
+        """``iommufd_get_object``: missing, reserved, tombstoned or of another type: ENOENT
+        (and a fault-injection point, ENOENT too)."""
+        if self.subsys.should_fail("iommufd_get_object"):
+            raise IommuError(errno.ENOENT, "fail-nth: iommufd_get_object")
         obj = self.objects.get(oid)
         if obj is None or not isinstance(obj, otype):
             raise IommuError(errno.ENOENT, f"no {otype.obj_type.value} object with id {oid}"
@@ -214,6 +235,8 @@ class IommufdCtx:
         return obj
 
     def get_any(self, oid: int) -> IommufdObject:
+        if self.subsys.should_fail("iommufd_get_object"):
+            raise IommuError(errno.ENOENT, "fail-nth: iommufd_get_object")
         obj = self.objects.get(oid)
         if obj is None:
             raise IommuError(errno.ENOENT, f"no object with id {oid}")

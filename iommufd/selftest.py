@@ -11,7 +11,7 @@ exporter); they answer EOPNOTSUPP like an unknown op.
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import attrs
@@ -98,6 +98,7 @@ def mock_dev_create(ictx: IommufdCtx, dev_flags: int) -> Device:
     """``mock_dev_create``: a device on the mock bus behind the mock IOMMU."""
     if dev_flags & ~(st.MOCK_FLAGS_DEVICE_NO_DIRTY | st.MOCK_FLAGS_DEVICE_PASID):
         raise IommuError(errno.EINVAL, f"unknown mock device flags {dev_flags:#x}")
+    ictx.subsys.kzalloc("struct mock_dev")
     core = ictx.core
     iommu_name = _mock_iommu_name(ictx)
     used = {d.rid for d in core.platform.devices.values() if d.iommu_name == iommu_name}
@@ -113,7 +114,7 @@ def mock_dev_create(ictx: IommufdCtx, dev_flags: int) -> Device:
     dev = Device(name=name, bus=MOCK_BUS, rid=rid, stream_ids=(rid,),
                  pasid_bits=st.MOCK_PASID_WIDTH if pasid else 0, ats=False, pri=False,
                  rc_ats=False, iommu_name=iommu_name, props={"mock_flags": dev_flags})
-    core.add_device(dev)
+    core.iommu_mock_device_add(dev)
     return dev
 
 
@@ -134,7 +135,7 @@ def iommufd_test_mock_domain(ucmd: Ucmd, cmd: st.iommu_test_cmd) -> int:
     dev_flags = 0
     if cmd.op == st.IOMMU_TEST_OP_MOCK_DOMAIN_FLAGS:
         dev_flags = cmd.mock_domain_flags.dev_flags
-    sobj = ictx.object_alloc(SelftestObj(ictx))
+    sobj = ictx.object_alloc(SelftestObj)
     try:
         sobj.mock_dev = mock_dev_create(ictx, dev_flags)
         try:
@@ -222,13 +223,27 @@ def iommufd_test_md_check_refs(ucmd: Ucmd, cmd: st.iommu_test_cmd) -> int:
     if length % PAGE_SIZE or uptr % PAGE_SIZE:
         raise IommuError(errno.EINVAL, "length or uptr not page aligned")
     mm = ucmd.ictx.current.mm
-    while length:
-        pins = mm.page_pin_count(uptr)  # get_user_pages_fast, then the page's count
-        if not mm.is_compound(uptr) and pins != refs:
-            raise IommuError(errno.EIO, f"page at {uptr:#x} has {pins} pins, "
-                             f"expected {refs}")
-        uptr += PAGE_SIZE
-        length -= PAGE_SIZE
+    alloc = mm.alloc
+    # get_user_pages_fast of every page, then each page's count: by runs (a page whose
+    # count differs is looked at alone); page by page when one is missing, so that the
+    # pages before it are checked first, as the kernel does
+    npages = length // PAGE_SIZE
+    runs: Iterable[tuple[int, int]]
+    try:
+        runs = mm.get_user_pages(uptr, npages)
+    except IommuError:
+        runs = ((mm.get_user_page(uptr + (i << PAGE_SHIFT)), 1) for i in range(npages))
+    va = uptr
+    for pfn, n in runs:
+        for s, e, pins in alloc.pin_spans(pfn, n):
+            if pins == refs:
+                continue
+            for p in range(s, e):
+                at = va + ((p - pfn) << PAGE_SHIFT)
+                if not mm.is_compound(at):
+                    raise IommuError(errno.EIO, f"page at {at:#x} has {pins} pins, "
+                                     f"expected {refs}")
+        va += n << PAGE_SHIFT
     return 0
 
 
@@ -410,6 +425,13 @@ class _PinOps:
         self.staccess.unmap(data, iova, length)
 
 
+def kvzalloc(ictx: IommufdCtx, size: int, site: str) -> None:
+    """``kvzalloc``: above a page a failed kmalloc falls back to vmalloc, so only
+    allocations up to PAGE_SIZE can fail (ENOMEM)."""
+    if size <= PAGE_SIZE:
+        ictx.subsys.kzalloc(site)
+
+
 def _access_get(ictx: IommufdCtx, fd: int) -> SelftestAccess:
     f = ictx.current.files.get(fd) if fd in ictx.current.files else None
     if not isinstance(f, SelftestAccess) or f.access is None:
@@ -422,6 +444,8 @@ def iommufd_test_create_access(ucmd: Ucmd, cmd: st.iommu_test_cmd) -> int:
     if flags & ~st.MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES:
         raise IommuError(errno.EOPNOTSUPP, f"unknown access flags {flags:#x}")
     ictx = ucmd.ictx
+    ictx.subsys.kzalloc("struct selftest_access")
+    ictx.subsys.kzalloc("anon_inode_getfile")
     staccess = SelftestAccess(bool(flags & st.MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES))
     files = ictx.current.files
     fdno = files.get_unused_fd()
@@ -477,6 +501,9 @@ def iommufd_test_access_pages(ucmd: Ucmd, cmd: st.iommu_test_cmd) -> int:
         iova = _syz_iova(staccess, iova)
     access = staccess.access
     assert access is not None
+    npages = (((iova + a.length + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1))
+              - (iova & ~(PAGE_SIZE - 1))) // PAGE_SIZE
+    kvzalloc(ictx, npages * 8, "the page array")
     pfns = iommufd_access_pin_pages(access, iova, a.length,
                                     a.flags & st.MOCK_FLAGS_ACCESS_WRITE)
     try:
@@ -486,6 +513,7 @@ def iommufd_test_access_pages(ucmd: Ucmd, cmd: st.iommu_test_cmd) -> int:
             for i, pfn in enumerate(pfns):
                 if mm.get_user_page(va + i * PAGE_SIZE) != pfn:
                     raise IommuError(errno.EBADE, f"pinned page {i} is not the user's page")
+        ictx.subsys.kzalloc("struct selftest_access_item")
         item = _SelftestAccessItem(staccess.next_id, iova, a.length)
         a.out_access_pages_id = item.id
         ucmd.respond()
@@ -506,6 +534,7 @@ def iommufd_test_access_rw(ucmd: Ucmd, cmd: st.iommu_test_cmd) -> int:
         raise IommuError(errno.EOPNOTSUPP, f"unknown flags {a.flags:#x}")
     ictx = ucmd.ictx
     staccess = _access_get(ictx, cmd.id)
+    kvzalloc(ictx, a.length, "the bounce buffer")
     uaccess = ictx.current.uaccess
     write = bool(a.flags & st.MOCK_ACCESS_RW_WRITE)
     tmp = bytearray(uaccess.copy_from_user(a.uptr, a.length)) if write else None

@@ -371,6 +371,32 @@ VFIO_IRQ_INFO_AUTOMASKED: Final = 1 << 2
 VFIO_IRQ_INFO_NORESIZE: Final = 1 << 3
 VFIO_DEVICE_GET_IRQ_INFO: Final = _IO(VFIO_TYPE, VFIO_BASE + 9)
 VFIO_DEVICE_SET_IRQS: Final = _IO(VFIO_TYPE, VFIO_BASE + 10)
+
+
+class vfio_irq_set(UapiStruct):
+    """Fixed part (20 bytes); ``count`` entries of ``data[]`` follow (none, u8 or s32)."""
+
+    argsz: int
+    flags: int
+    index: int
+    start: int
+    count: int
+    _fields_ = [("argsz", _u32), ("flags", _u32), ("index", _u32), ("start", _u32),
+                ("count", _u32)]
+
+
+VFIO_IRQ_SET_DATA_NONE: Final = 1 << 0
+VFIO_IRQ_SET_DATA_BOOL: Final = 1 << 1
+VFIO_IRQ_SET_DATA_EVENTFD: Final = 1 << 2
+VFIO_IRQ_SET_ACTION_MASK: Final = 1 << 3
+VFIO_IRQ_SET_ACTION_UNMASK: Final = 1 << 4
+VFIO_IRQ_SET_ACTION_TRIGGER: Final = 1 << 5
+VFIO_IRQ_SET_DATA_TYPE_MASK: Final = (VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_DATA_BOOL
+                                      | VFIO_IRQ_SET_DATA_EVENTFD)
+VFIO_IRQ_SET_ACTION_TYPE_MASK: Final = (VFIO_IRQ_SET_ACTION_MASK | VFIO_IRQ_SET_ACTION_UNMASK
+                                        | VFIO_IRQ_SET_ACTION_TRIGGER)
+#: ``offsetofend(struct vfio_irq_set, count)``
+VFIO_IRQ_SET_MINSZ: Final = 20
 VFIO_DEVICE_RESET: Final = _IO(VFIO_TYPE, VFIO_BASE + 11)
 VFIO_DEVICE_GET_PCI_HOT_RESET_INFO: Final = _IO(VFIO_TYPE, VFIO_BASE + 12)
 VFIO_DEVICE_PCI_HOT_RESET: Final = _IO(VFIO_TYPE, VFIO_BASE + 13)
@@ -496,6 +522,7 @@ VFIO_DEVICE_IOCTLS: Final[tuple[IoctlDesc, ...]] = (
     ioctl_op("VFIO_DEVICE_GET_INFO", VFIO_BASE + 7, vfio_device_info, "num_irqs"),
     ioctl_op("VFIO_DEVICE_GET_REGION_INFO", VFIO_BASE + 8, vfio_region_info, "offset"),
     ioctl_op("VFIO_DEVICE_GET_IRQ_INFO", VFIO_BASE + 9, vfio_irq_info, "count"),
+    ioctl_op("VFIO_DEVICE_SET_IRQS", VFIO_BASE + 10, vfio_irq_set, "count"),
     ioctl_op("VFIO_DEVICE_FEATURE", VFIO_BASE + 17, vfio_device_feature, "flags"),
 )
 

@@ -98,6 +98,7 @@ class VfioDeviceFile(File):
     """``struct vfio_device_file``: one open of the cdev."""
 
     def __init__(self, device: VfioDevice) -> None:
+        device.core.platform.kzalloc("struct vfio_device_file")
         self.device = device
         self.name = device.path
         self.tracer = device.tracer
@@ -110,6 +111,7 @@ class VfioDeviceFile(File):
         if request == uapi_vfio.VFIO_DEVICE_BIND_IOMMUFD:
             return self.bind_iommufd(arg)
         self._check_access()
+        self.device.ops.runtime_resume()  # vfio_device_pm_runtime_get
         if request == uapi_vfio.VFIO_DEVICE_ATTACH_IOMMUFD_PT:
             return self.attach_pt(arg)
         if request == uapi_vfio.VFIO_DEVICE_DETACH_IOMMUFD_PT:
@@ -191,8 +193,7 @@ class VfioDeviceFile(File):
 
     def mmap(self, length: int, offset: int, shared: bool, prot_exec: bool) -> VmRegion:
         self._check_access()
-        self.device.ops.mmap(length, offset, shared)
-        raise IommuError(errno.EINVAL, f"{self.name}: no mappable region")
+        return self.device.ops.mmap(length, offset, shared)
 
     # -- VFIO_DEVICE_BIND_IOMMUFD -----------------------------------------------------------
     @traced("iommufd", lambda arg: "")

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from iommu_core.errors import IommuError
 from iommu_core.platform import pci as P
 from iommufd import uapi_vfio as vf
+from iommufd.vfio_pci_intrs import vfio_pci_intx_mask, vfio_pci_intx_unmask
 
 if TYPE_CHECKING:
     from iommufd.vfio_pci_core import VfioPciCoreDevice
@@ -185,8 +186,14 @@ def vfio_basic_config_write(vc: VfioPciConfig, pos: int, count: int, perm: PermB
         mask = P.PCI_COMMAND_MEMORY | P.PCI_COMMAND_IO
         vc.vset(P.PCI_COMMAND, 2, (vc.vget(P.PCI_COMMAND, 2) & ~mask) | (new_cmd & mask))
     if P.PCI_COMMAND <= offset <= P.PCI_COMMAND + 1:
-        # Emulated INTx disable (vfio_pci_intx_mask/unmask).
-        vc.vdev.virq_disabled = bool(vc.vget(P.PCI_COMMAND, 2) & P.PCI_COMMAND_INTX_DISABLE)
+        # Emulated INTx disable: the virtual bit masks and unmasks vfio's INTx.
+        disable = bool(vc.vget(P.PCI_COMMAND, 2) & P.PCI_COMMAND_INTX_DISABLE)
+        if disable and not vc.vdev.virq_disabled:
+            vc.vdev.virq_disabled = True
+            vfio_pci_intx_mask(vc.vdev)
+        elif not disable and vc.vdev.virq_disabled:
+            vc.vdev.virq_disabled = False
+            vfio_pci_intx_unmask(vc.vdev)
     if _is_bar(offset):
         vc.bardirty = True
     return count

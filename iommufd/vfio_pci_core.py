@@ -1,12 +1,14 @@
 """vfio-pci (``drivers/vfio/pci/vfio_pci.c``, ``vfio_pci_core.c``, ``vfio_pci_rdwr.c``):
 the driver half of a VFIO device bound to a simulated PCI function. Enable at open (reset,
-saved state, the virtual config space), disable at close (reset and restore); the
-device ioctls GET_INFO, GET_IRQ_INFO and RESET; the region info of the config space and
-the BARs; region reads and writes at ``index << 40``; the driver's device features.
+saved state, the virtual config space), disable at close (interrupts off, reset and
+restore); the device ioctls GET_INFO, GET_IRQ_INFO, SET_IRQS (:mod:`iommufd.vfio_pci_intrs`)
+and RESET; the region info of the config space and the BARs; region reads and writes at
+``index << 40``; mmap of a BAR (its registers mapped into the process); the driver's device
+features.
 
 As the kernel, vfio-pci here has no migration and no DMA logging (no ``mig_ops``, no
 ``log_ops``: those features are ENOTTY), and answers ENOTTY to the ioctls it does not
-simulate yet: SET_IRQS and IOEVENTFD (no eventfds in the Machine), and the hot-reset pair.
+simulate yet: IOEVENTFD and the hot-reset pair.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from typing import TYPE_CHECKING
 
 from iommu_core.errors import IommuError
 from iommu_core.platform import pci as P
+from iommu_core.platform.eventfd import eventfd_ctx_fdget
+from iommu_core.platform.files import File, PfnRegion
 from iommu_core.platform.pci import (
     PciFunction,
     PciSavedState,
@@ -30,6 +34,11 @@ from iommu_core.platform.uaccess import UserArg
 from iommufd import uapi
 from iommufd import uapi_vfio as vf
 from iommufd.vfio_pci_config import VfioPciConfig
+from iommufd.vfio_pci_intrs import (
+    VfioPciIrqCtx,
+    vfio_pci_set_irqs_ioctl,
+    vfio_set_irqs_validate_and_prepare,
+)
 
 if TYPE_CHECKING:
     from iommu_core.platform.task import TaskTable
@@ -71,6 +80,12 @@ class VfioPciCoreDevice:
         self.has_vga = False  # class is not VGA
         self.num_regions = 0  # no device-specific regions
         self.pm_runtime_engaged = False
+        #: ``pm_wake_eventfd_ctx``: signalled when an access wakes the device.
+        self.pm_wake_eventfd: File | None = None
+        #: Interrupt contexts by vector (``vdev->ctx``), and the ERR/REQ eventfds.
+        self.ctx: dict[int, VfioPciIrqCtx] = {}
+        self.err_trigger: File | None = None
+        self.req_trigger: File | None = None
         #: ``barmap[]``: the BARs this open requested (pci_request_selected_regions).
         self.barmap = [False] * P.PCI_STD_NUM_BARS
         self.bar_mmap_supported = [False] * P.PCI_STD_NUM_BARS
@@ -103,9 +118,25 @@ class VfioPciCoreDevice:
         self.msix_bar = 0xFF  # no MSI-X capability
         self.barmap = [b is not None and pdev.bar_start[i] != 0
                        for i, b in enumerate(pdev.bars)]
-        # vfio_pci_probe_mmaps: a memory BAR of a page or more could be mmapped; the
-        # Machine's mm cannot map device registers yet (issue 17), so none is offered.
-        self.bar_mmap_supported = [False] * P.PCI_STD_NUM_BARS
+        self.bar_mmap_supported = self._probe_mmaps()
+
+    def _probe_mmaps(self) -> list[bool]:
+        """``vfio_pci_probe_mmaps``: a memory BAR of a page or more can be mmapped; a
+        smaller one too when it starts a page that no other BAR shares (the rest of the
+        page is reserved for it)."""
+        pdev = self.pdev
+        out = [False] * P.PCI_STD_NUM_BARS
+        for i, b in enumerate(pdev.bars):
+            start = pdev.bar_start[i]
+            if b is None or not start:
+                continue
+            if b.size >= PAGE_SIZE:
+                out[i] = True
+            elif not start % PAGE_SIZE:
+                page = range(start, start + PAGE_SIZE)
+                out[i] = not any(j != i and pdev.bar_start[j] in page
+                                 for j in range(P.PCI_STD_NUM_BARS))
+        return out
 
     def _pci_enable_device(self) -> None:
         """``pci_enable_device``: D0, and decoding of the BARs it has."""
@@ -129,10 +160,13 @@ class VfioPciCoreDevice:
         """``vfio_pci_core_close_device`` -> ``vfio_pci_core_disable``: stop DMA, reset,
         and put back the config space saved at open."""
         pdev = self.pdev
-        self.pm_runtime_engaged = False  # vfio_pci_runtime_pm_exit
+        self._runtime_pm_exit()
         self.vfio_pci_set_power_state(P.PCI_D0)
         cmd = pdev.config_read(P.PCI_COMMAND, 2)
         pdev.config_write(P.PCI_COMMAND, 2, cmd & ~P.PCI_COMMAND_MASTER)
+        with contextlib.suppress(IommuError):  # ENOTTY when no interrupt is enabled
+            vfio_pci_set_irqs_ioctl(self, vf.VFIO_IRQ_SET_DATA_NONE
+                                    | vf.VFIO_IRQ_SET_ACTION_TRIGGER, self.irq_type, 0, 0, b"")
         self.irq_type = vf.VFIO_PCI_NUM_IRQS
         self.virq_disabled = False
         self.config = None
@@ -148,6 +182,11 @@ class VfioPciCoreDevice:
             pci_restore_state(pdev, saved)
         cmd = pdev.config_read(P.PCI_COMMAND, 2)  # pci_disable_device: bus master off
         pdev.config_write(P.PCI_COMMAND, 2, cmd & ~P.PCI_COMMAND_MASTER)
+        for which in ("err_trigger", "req_trigger"):  # vfio_pci_core_close_device
+            f = getattr(self, which)
+            setattr(self, which, None)
+            if f is not None:
+                f.fput()
 
     # -- power and reset -------------------------------------------------------------------
     def vfio_pci_set_power_state(self, state: int) -> None:
@@ -177,9 +216,21 @@ class VfioPciCoreDevice:
             return self.ioctl_get_info(arg)
         if request == vf.VFIO_DEVICE_GET_IRQ_INFO:
             return self.ioctl_get_irq_info(arg)
+        if request == vf.VFIO_DEVICE_SET_IRQS:
+            return self.ioctl_set_irqs(arg)
         if request == vf.VFIO_DEVICE_RESET:
             return self.ioctl_reset()
         raise IommuError(errno.ENOTTY, f"vfio-pci: ioctl {request:#x} is not simulated")
+
+    def ioctl_set_irqs(self, arg: UserArg) -> int:
+        """``vfio_pci_ioctl_set_irqs``: the header, its checks, the data, the action."""
+        minsz = vf.VFIO_IRQ_SET_MINSZ
+        hdr = uapi.from_bytes(vf.vfio_irq_set, arg.read(0, minsz))
+        num = self.get_irq_count(hdr.index)
+        size = vfio_set_irqs_validate_and_prepare(hdr, num, vf.VFIO_PCI_NUM_IRQS)
+        data = arg.read(minsz, size) if size else b""
+        return vfio_pci_set_irqs_ioctl(self, hdr.flags, hdr.index, hdr.start, hdr.count,
+                                       data)
 
     def ioctl_get_info(self, arg: UserArg) -> int:
         st = vf.vfio_device_info
@@ -274,7 +325,7 @@ class VfioPciCoreDevice:
                        vf.VFIO_DEVICE_FEATURE_LOW_POWER_EXIT):
             if vfio_check_feature(flags, argsz, vf.VFIO_DEVICE_FEATURE_SET, 0):
                 if feature == vf.VFIO_DEVICE_FEATURE_LOW_POWER_EXIT:
-                    self.pm_runtime_engaged = False
+                    self._runtime_pm_exit()
                 else:
                     self._runtime_pm_entry()
             return 0
@@ -285,18 +336,40 @@ class VfioPciCoreDevice:
                 entry = uapi.from_bytes(st, arg.read(data, ctypes.sizeof(st)))
                 if entry.wakeup_eventfd < 0:
                     raise IommuError(errno.EINVAL, "negative wakeup eventfd")
-                self.tasks.require_current().files.get(entry.wakeup_eventfd)  # EBADF
-                raise IommuError(errno.EINVAL, f"fd {entry.wakeup_eventfd} is not an eventfd")
+                efd = eventfd_ctx_fdget(self.tasks.require_current().files,
+                                        entry.wakeup_eventfd)
+                try:
+                    self._runtime_pm_entry(efd)
+                except IommuError:
+                    efd.fput()
+                    raise
             return 0
         if feature == vf.VFIO_DEVICE_FEATURE_DMA_BUF:
             return self._feature_dma_buf(flags, arg, data, argsz)
         # PCI_VF_TOKEN: not a PF with SR-IOV (no vf_token); ZPCI_ERROR: not s390.
         raise IommuError(errno.ENOTTY, f"vfio-pci has no device feature {feature}")
 
-    def _runtime_pm_entry(self) -> None:
+    def _runtime_pm_entry(self, wake: File | None = None) -> None:
         if self.pm_runtime_engaged:
             raise IommuError(errno.EINVAL, "low power already entered")
         self.pm_runtime_engaged = True
+        self.pm_wake_eventfd = wake
+
+    def _runtime_pm_exit(self) -> None:
+        """``__vfio_pci_runtime_pm_exit``."""
+        if self.pm_runtime_engaged:
+            self.pm_runtime_engaged = False
+            wake, self.pm_wake_eventfd = self.pm_wake_eventfd, None
+            if wake is not None:
+                wake.fput()
+
+    def runtime_resume(self) -> None:
+        """An access through the device fd wakes a suspended device
+        (``vfio_pci_core_runtime_resume``): with a wakeup eventfd it is signalled and low
+        power ends; without, the device suspends again after the access."""
+        if self.pm_runtime_engaged and self.pm_wake_eventfd is not None:
+            self.pm_wake_eventfd.eventfd_signal()
+            self._runtime_pm_exit()
 
     def _feature_dma_buf(self, flags: int, arg: UserArg, data: int, argsz: int) -> int:
         """``vfio_pci_core_feature_dma_buf`` (CONFIG_VFIO_PCI_DMABUF, as distro kernels
@@ -324,6 +397,7 @@ class VfioPciCoreDevice:
         index = vf.VFIO_PCI_OFFSET_TO_INDEX(pos)
         if index >= vf.VFIO_PCI_NUM_REGIONS + self.num_regions:
             raise IommuError(errno.EINVAL, f"no region {index}")
+        self.runtime_resume()
         if index == vf.VFIO_PCI_CONFIG_REGION_INDEX:
             return self.vconfig.rw(pos, count, data)
         if index == vf.VFIO_PCI_ROM_REGION_INDEX:
@@ -360,9 +434,9 @@ class VfioPciCoreDevice:
             done += n
         return bytes(out) if data is None else done
 
-    def mmap(self, length: int, offset: int, shared: bool) -> None:
-        """``vfio_pci_core_mmap``'s checks, in order. No BAR is mmap-able yet
-        (``bar_mmap_supported``, see :meth:`open_device`), so every mmap ends EINVAL."""
+    def mmap(self, length: int, offset: int, shared: bool) -> PfnRegion:
+        """``vfio_pci_core_mmap``: its checks in order, then the BAR's registers mapped
+        VM_PFNMAP (loads and stores are memory requests to the function)."""
         index = offset >> vf.VFIO_PCI_OFFSET_SHIFT
         if index >= vf.VFIO_PCI_NUM_REGIONS + self.num_regions:
             raise IommuError(errno.EINVAL, f"no region {index}")
@@ -370,4 +444,17 @@ class VfioPciCoreDevice:
             raise IommuError(errno.EINVAL, "device regions need MAP_SHARED")
         if index >= vf.VFIO_PCI_ROM_REGION_INDEX:
             raise IommuError(errno.EINVAL, f"region {index} cannot be mmapped")
-        raise IommuError(errno.EINVAL, f"BAR{index} cannot be mmapped")
+        if not self.bar_mmap_supported[index]:
+            raise IommuError(errno.EINVAL, f"BAR{index} cannot be mmapped")
+        bar = self.pdev.bars[index]
+        assert bar is not None
+        phys_len = (bar.size + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+        req_start = offset & vf.VFIO_PCI_OFFSET_MASK
+        req_len = (length + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+        if req_start + req_len > phys_len:
+            raise IommuError(errno.EINVAL, f"[{req_start:#x}, +{req_len:#x}) is past BAR{index}"
+                             f" ({phys_len:#x} bytes)")
+        if not self.barmap[index]:
+            raise IommuError(errno.EBUSY, f"BAR{index} not requested")
+        return PfnRegion(pa=self.pdev.bar_start[index] + req_start,
+                         mmio=self.pdev.bar_window(index), mmio_offset=req_start)

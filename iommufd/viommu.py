@@ -96,6 +96,7 @@ class IommufdViommuObj(IommufdObject, IommufdViommu):
         """``iommufd_viommu_alloc_mmap``: the lowest free offset >= PAGE_SIZE."""
         if base_pa & (PAGE_SIZE - 1) or length & (PAGE_SIZE - 1) or not length:
             raise IommuError(errno.EINVAL, "mmap region not page aligned")
+        self.ictx.subsys.kzalloc("struct iommufd_mmap")
         mmaps = self.ictx.mmaps
         start = PAGE_SIZE
         for off, immap in mmaps.items():
@@ -212,7 +213,7 @@ def iommufd_viommu_alloc_ioctl(ucmd: Ucmd) -> int:
     hwpt = ictx.get_object(cmd.hwpt_id, IommufdHwptPaging)
     if not hwpt.nest_parent:
         raise IommuError(errno.EINVAL, f"HWPT {hwpt.id} is not a nest parent")
-    viommu = ictx.object_alloc(IommufdViommuObj(ictx, hwpt, dev.iommu.iommu_dev, cmd.type))
+    viommu = ictx.object_alloc(IommufdViommuObj, hwpt, dev.iommu.iommu_dev, cmd.type)
     viommu.obj_id = viommu.id
     user_data = UserData(ictx.current.uaccess, cmd.type, cmd.data_uptr, cmd.data_len)
     try:
@@ -247,7 +248,7 @@ def iommufd_vdevice_alloc_ioctl(ucmd: Ucmd) -> int:
         raise IommuError(errno.ENOENT, f"device {idev.id} is being unbound")
     if idev.vdev is not None:
         raise IommuError(errno.EEXIST, f"device {idev.id} already has a vDEVICE")
-    vdev = ictx.object_alloc(IommufdVdeviceObj(ictx, viommu, idev, cmd.virt_id))
+    vdev = ictx.object_alloc(IommufdVdeviceObj, viommu, idev, cmd.virt_id)
     try:
         # xa_insert of a zero entry: a used or reserved slot is EBUSY -> EEXIST. The slot
         # reads as NULL (find_dev, get_vdev_id) until vdevice_init accepts the vDEVICE.
@@ -285,6 +286,8 @@ def _hw_queue_alloc_phys(ictx: IommufdCtx, viommu: IommufdViommuObj, iova: int, 
         raise IommuError(errno.ERANGE, "queue length overflows")
     npages = (total + PAGE_SIZE - 1) >> PAGE_SHIFT
     total = npages << PAGE_SHIFT
+    if npages * 8 <= PAGE_SIZE:  # kvzalloc of the page array: vmalloc above a page
+        ictx.subsys.kzalloc("the page array")
     access = iommufd_access_create_internal(ictx)
     try:
         iommufd_access_attach_internal(access, viommu.hwpt.ioas)
@@ -319,8 +322,8 @@ def iommufd_hw_queue_alloc_ioctl(ucmd: Ucmd) -> int:
         raise IommuError(errno.EOPNOTSUPP, "this vIOMMU has no HW queues")
     if not vops.get_hw_queue_size(viommu, cmd.type):
         raise IommuError(errno.EOPNOTSUPP, f"HW queue type {cmd.type:#x} unsupported")
-    q = ictx.object_alloc(IommufdHwQueueObj(ictx, viommu, cmd.type, cmd.index,
-                                            cmd.nesting_parent_iova, cmd.length))
+    q = ictx.object_alloc(IommufdHwQueueObj, viommu, cmd.type, cmd.index,
+                          cmd.nesting_parent_iova, cmd.length)
     try:
         q.access, base_pa = _hw_queue_alloc_phys(ictx, viommu, cmd.nesting_parent_iova,
                                                  cmd.length)

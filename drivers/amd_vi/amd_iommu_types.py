@@ -9,6 +9,7 @@ never behaviour. Bit positions: vtd_amd.md PART B.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterable
 from typing import Any
 
@@ -258,7 +259,7 @@ CMD_COMPL_WAIT_INT_MASK = 1 << 1
 CMD_INV_IOMMU_PAGES_SIZE_MASK = 1 << 0
 CMD_INV_IOMMU_PAGES_PDE_MASK = 1 << 1
 CMD_INV_IOMMU_PAGES_GN_MASK = 1 << 2
-CMD_INV_IOMMU_ALL_PAGES_ADDRESS = 0x7FFF_FFFF_FFFF_FFFF
+CMD_INV_IOMMU_ALL_PAGES_ADDRESS = 0x7FFF_FFFF_FFFF_F000
 PPR_STATUS_MASK = 0xF
 PPR_STATUS_SHIFT = 12
 
@@ -454,6 +455,9 @@ def dte_gcr3_fields(gcr3: int) -> tuple[int, int]:
     return d0, d1
 
 
+_CMD = struct.Struct("<4I")
+
+
 @attrs.frozen
 class IommuCmd:
     """``struct iommu_cmd``: one 128-bit command as four 32-bit words."""
@@ -469,11 +473,19 @@ class IommuCmd:
         return CMD_NAMES.get(self.opcode, f"opcode {self.opcode:#x}")
 
     def to_bytes(self) -> bytes:
-        return b"".join(w.to_bytes(4, "little") for w in self.data)
+        return _CMD.pack(*self.data)
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> IommuCmd:
-        return cls([int.from_bytes(raw[i:i + 4], "little") for i in range(0, 16, 4)])
+        return cls.of_words(_CMD.unpack(raw))
+
+    @classmethod
+    def of_words(cls, words: tuple[int, ...]) -> IommuCmd:
+        """From four words already known to be u32 (no conversion, no check): the
+        per-command path of the driver and the unit."""
+        cmd = object.__new__(cls)
+        object.__setattr__(cmd, "data", words)
+        return cmd
 
     def __repr__(self) -> str:
         return f"IommuCmd({self.name}: " + ", ".join(f"{w:#010x}" for w in self.data) + ")"

@@ -28,6 +28,7 @@ from drivers.amd_vi.amd_iommu_types import (
     CMD_INV_IOMMU_PAGES_PDE_MASK,
     CMD_INV_IOMMU_PAGES_SIZE_MASK,
     CMD_INV_IOTLB_PAGES,
+    CMD_INV_IRT,
     DEV_TABLE_ENTRY_SIZE,
     DTE_DATA2_INTR_MASK,
     DTE_DOMID_MASK,
@@ -98,6 +99,10 @@ HT_RANGE_END = 0xFF_FFFF_FFFF
 ATS_QUEUE_DEPTH = 32
 #: Completion-wait polling budget (``LOOP_TIMEOUT`` in Linux: 100 000 x 1 us).
 LOOP_TIMEOUT = 100_000
+
+AMD_IOMMU_DEVICE_FLAG_ATS_SUP = 0x1
+AMD_IOMMU_DEVICE_FLAG_PRI_SUP = 0x2
+AMD_IOMMU_DEVICE_FLAG_PASID_SUP = 0x4
 
 PAGING_DOMAIN_OPS = ("attach_dev", "map_pages", "unmap_pages", "iotlb_sync_map",
                      "iova_to_phys", "flush_iotlb_all", "iotlb_sync", "free",
@@ -221,6 +226,9 @@ class IommuDevData:
     domain: ProtectionDomain | None = None
     gcr3_info: Gcr3TblInfo = attrs.field(factory=Gcr3TblInfo)
     max_pasids: int = 0
+    #: AMD_IOMMU_DEVICE_FLAG_*: the device's PCI capabilities, read at probe only when
+    #: the unit has GT and PPR (``iommu_init_device``)
+    flags: int = 0
     ats_enabled: bool = False
     ats_qdep: int = 0
     pri_enabled: bool = False
@@ -285,8 +293,8 @@ class ProtectionDomain(IommuDomain):
 # Command buffer (iommu_queue_command, completion wait)
 # =======================================================================================
 def _cmd(d0: int = 0, d1: int = 0, d2: int = 0, d3: int = 0, *, op: int) -> IommuCmd:
-    return IommuCmd((d0 & 0xFFFF_FFFF, (d1 & 0x0FFF_FFFF) | (op << 28), d2 & 0xFFFF_FFFF,
-                     d3 & 0xFFFF_FFFF))
+    return IommuCmd.of_words((d0 & 0xFFFF_FFFF, (d1 & 0x0FFF_FFFF) | (op << 28),
+                              d2 & 0xFFFF_FFFF, d3 & 0xFFFF_FFFF))
 
 
 def build_completion_wait(sem_paddr: int, data: int) -> IommuCmd:
@@ -298,36 +306,34 @@ def build_inv_dte(devid: int) -> IommuCmd:
     return _cmd(devid & 0xFFFF, op=CMD_INV_DEV_ENTRY)
 
 
-def build_inv_address(address: int, size: int) -> int:
-    """``build_inv_address``: one page -> the page (S=0); more -> the naturally aligned
-    power-of-two range covering it, encoded by setting the bits below the most
-    significant differing bit, with S=1; beyond bit 51 -> everything."""
-    end = address + size - 1
-    pages = (end >> 12) - (address >> 12) + 1
-    if pages == 1:
-        return address & ~0xFFF
-    msb_diff = (end ^ address).bit_length() - 1
-    if msb_diff > 51:
-        address = CMD_INV_IOMMU_ALL_PAGES_ADDRESS
-    else:
-        address |= (1 << msb_diff) - 1
-    return (address & ~0xFFF) | CMD_INV_IOMMU_PAGES_SIZE_MASK
+def build_inv_address(address: int, last: int) -> int:
+    """``build_inv_address``: S=0 for one page; else the naturally aligned power-of-two
+    range spanning [address, last] (fls64(address ^ last) bits), encoded by setting the
+    bits below its top bit, with S=1; beyond 2^52 -> everything."""
+    address &= ~0xFFF & U64
+    sz_lg2 = (address ^ last).bit_length()
+    if sz_lg2 <= 12:
+        return address
+    if sz_lg2 > 52:
+        return CMD_INV_IOMMU_ALL_PAGES_ADDRESS | CMD_INV_IOMMU_PAGES_SIZE_MASK
+    if sz_lg2 > 13:
+        address |= ((1 << (sz_lg2 - 1)) - 1) & ~0xFFF
+    return address | CMD_INV_IOMMU_PAGES_SIZE_MASK
 
 
-def build_inv_iommu_pages(address: int, size: int, domid: int, pasid: int, gn: bool
+def build_inv_iommu_pages(address: int, last: int, domid: int, pasid: int, flags: int
                           ) -> IommuCmd:
-    inv = build_inv_address(address, size)
-    d2 = (inv & 0xFFFF_FFFF) | CMD_INV_IOMMU_PAGES_PDE_MASK  # flush PDEs too
-    d0 = 0
-    if gn:
-        d0 = pasid & 0xFFFFF
-        d2 |= CMD_INV_IOMMU_PAGES_GN_MASK
-    return _cmd(d0, domid & 0xFFFF, d2, inv >> 32, op=CMD_INV_IOMMU_PAGES)
+    """INVALIDATE_IOMMU_PAGES; ``flags``: CMD_INV_IOMMU_PAGES_GN_MASK (guest: the PASID
+    goes in) and CMD_INV_IOMMU_PAGES_PDE_MASK (page directory entries too)."""
+    inv = build_inv_address(address, last)
+    d0 = pasid & 0xFFFFF if flags & CMD_INV_IOMMU_PAGES_GN_MASK else 0
+    return _cmd(d0, domid & 0xFFFF, (inv & 0xFFFF_FFFF) | flags, inv >> 32,
+                op=CMD_INV_IOMMU_PAGES)
 
 
-def build_inv_iotlb_pages(devid: int, qdep: int, address: int, size: int, pasid: int,
+def build_inv_iotlb_pages(devid: int, qdep: int, address: int, last: int, pasid: int,
                           gn: bool) -> IommuCmd:
-    inv = build_inv_address(address, size)
+    inv = build_inv_address(address, last)
     d0 = (devid & 0xFFFF) | ((qdep & 0xFF) << 24)
     d1 = devid & 0xFFFF
     d2 = inv & 0xFFFF_FFFF
@@ -349,6 +355,10 @@ def build_complete_ppr(devid: int, pasid: int, status: int, tag: int, gn: bool) 
 
 def build_inv_all() -> IommuCmd:
     return _cmd(op=CMD_INV_ALL)
+
+
+def build_inv_irt(devid: int) -> IommuCmd:
+    return _cmd(devid & 0xFFFF, op=CMD_INV_IRT)
 
 
 def iommu_queue_command(iommu: AmdIommu, cmd: IommuCmd, sync: bool = True) -> None:
@@ -389,30 +399,38 @@ def iommu_flush_dte_sync(iommu: AmdIommu, devid: int) -> None:
 
 
 def amd_iommu_flush_tlb_domid(iommu: AmdIommu, domid: int) -> None:
-    iommu_queue_command(iommu, build_inv_iommu_pages(0, U64 + 1, domid, 0, False))
+    iommu_queue_command(iommu, build_inv_iommu_pages(0, U64, domid, 0,
+                                                     CMD_INV_IOMMU_PAGES_PDE_MASK))
     iommu_completion_wait(iommu)
 
 
 def amd_iommu_flush_all_caches(iommu: AmdIommu) -> None:
+    """INVALIDATE_IOMMU_ALL, or without EFR.IA: every DTE, every interrupt remapping
+    table, then every DomainID's pages (PDEs too), each followed by a wait."""
     from drivers.amd_vi.amd_iommu_types import FEATURE_IA
     if iommu.efr & FEATURE_IA:
         iommu_queue_command(iommu, build_inv_all())
-    else:
-        # INV_DEV_ENTRY for every DeviceID, INV_IOMMU_PAGES(all) for every DomainID.
-        for devid in range(iommu.last_bdf + 1):
-            iommu_queue_command(iommu, build_inv_dte(devid))
-        for domid in range(iommu.last_bdf + 1):
-            iommu_queue_command(iommu, build_inv_iommu_pages(0, U64 + 1, domid, 0, False))
+        iommu_completion_wait(iommu)
+        return
+    for devid in range(iommu.last_bdf + 1):
+        iommu_queue_command(iommu, build_inv_dte(devid))
+    iommu_completion_wait(iommu)
+    for devid in range(iommu.last_bdf + 1):
+        iommu_queue_command(iommu, build_inv_irt(devid))
+    iommu_completion_wait(iommu)
+    for domid in range(iommu.last_bdf + 1):
+        iommu_queue_command(iommu, build_inv_iommu_pages(0, U64, domid, 0,
+                                                         CMD_INV_IOMMU_PAGES_PDE_MASK))
     iommu_completion_wait(iommu)
 
 
 # =======================================================================================
 # Flush fan-out
 # =======================================================================================
-def device_flush_iotlb(dev_data: IommuDevData, address: int, size: int, pasid: int,
+def device_flush_iotlb(dev_data: IommuDevData, address: int, last: int, pasid: int,
                        gn: bool) -> None:
     iommu_queue_command(dev_data.iommu, build_inv_iotlb_pages(
-        dev_data.devid, dev_data.ats_qdep, address, size, pasid, gn))
+        dev_data.devid, dev_data.ats_qdep, address, last, pasid, gn))
 
 
 def device_flush_dte(dev_data: IommuDevData) -> None:
@@ -420,65 +438,72 @@ def device_flush_dte(dev_data: IommuDevData) -> None:
     device IOTLB if ATS is on."""
     iommu_flush_dte(dev_data.iommu, dev_data.devid)
     if dev_data.ats_enabled:
-        device_flush_iotlb(dev_data, 0, U64 + 1, 0, False)
+        device_flush_iotlb(dev_data, 0, U64, 0, False)
 
 
-def domain_flush_pages_v1(pdom: ProtectionDomain, address: int, size: int) -> None:
+def domain_flush_pages_v1(pdom: ProtectionDomain, address: int, last: int, flags: int
+                          ) -> None:
+    cmd = build_inv_iommu_pages(address, last, pdom.id, 0, flags)
     for iommu in pdom.iommu_array:
-        iommu_queue_command(iommu, build_inv_iommu_pages(address, size, pdom.id, 0, False))
+        iommu_queue_command(iommu, cmd)
     # A nest parent's change reaches every hDomID of every vIOMMU built on it.
     for vi in pdom.viommu_list:
         for info in vi.gdomid_array.values():
             iommu_queue_command(vi.iommu, build_inv_iommu_pages(
-                address, size, info.hdom_id, 0, False))
+                address, last, info.hdom_id, 0, flags))
 
 
-def domain_flush_pages_v2(pdom: ProtectionDomain, address: int, size: int) -> None:
+def domain_flush_pages_v2(pdom: ProtectionDomain, address: int, last: int, flags: int
+                          ) -> None:
     for dev_data in pdom.dev_list:
         iommu_queue_command(dev_data.iommu, build_inv_iommu_pages(
-            address, size, dev_data.gcr3_info.domid, 0, True))
+            address, last, dev_data.gcr3_info.domid, 0, flags | CMD_INV_IOMMU_PAGES_GN_MASK))
+    # PASID attachments of v2 paging domains (not in 7.3: docs, departures)
     for dev_data, pasid in pdom.dev_data_list:
         iommu_queue_command(dev_data.iommu, build_inv_iommu_pages(
-            address, size, dev_data.gcr3_info.domid, pasid, True))
+            address, last, dev_data.gcr3_info.domid, pasid,
+            flags | CMD_INV_IOMMU_PAGES_GN_MASK))
 
 
-def __domain_flush_pages(pdom: ProtectionDomain, address: int, size: int) -> None:
+def __domain_flush_pages(pdom: ProtectionDomain, address: int, last: int, flags: int
+                         ) -> None:
     if pdom.is_v2:
-        domain_flush_pages_v2(pdom, address, size)
+        domain_flush_pages_v2(pdom, address, last, flags)
     else:
-        domain_flush_pages_v1(pdom, address, size)
+        domain_flush_pages_v1(pdom, address, last, flags)
     for dev_data in pdom.dev_list:
         if dev_data.ats_enabled:
-            device_flush_iotlb(dev_data, address, size, 0, pdom.is_v2)
+            device_flush_iotlb(dev_data, address, last, 0, pdom.is_v2)
     for dev_data, pasid in pdom.dev_data_list:
         if dev_data.ats_enabled:
-            device_flush_iotlb(dev_data, address, size, pasid, True)
+            device_flush_iotlb(dev_data, address, last, pasid, True)
 
 
 def domain_flush_complete(pdom: ProtectionDomain) -> None:
-    iommus = set(pdom.iommu_array)
-    iommus.update(vi.iommu for vi in pdom.viommu_list)
-    iommus.update(d.iommu for d, _ in pdom.dev_data_list)
-    for iommu in iommus:
+    for iommu in pdom.iommu_array:
         iommu_completion_wait(iommu)
 
 
-def amd_iommu_domain_flush_pages(pdom: ProtectionDomain, address: int, size: int) -> None:
-    __domain_flush_pages(pdom, address, size)
+def amd_iommu_domain_flush_pages(pdom: ProtectionDomain, address: int, last: int,
+                                 flags: int) -> None:
+    """Without non-present caching (bare metal) the range goes out in one piece."""
+    __domain_flush_pages(pdom, address, last, flags)
     domain_flush_complete(pdom)
 
 
 def amd_iommu_domain_flush_all(pdom: ProtectionDomain) -> None:
-    amd_iommu_domain_flush_pages(pdom, 0, U64 + 1)
+    """The whole IOTLB of the domain, PDEs included."""
+    amd_iommu_domain_flush_pages(pdom, 0, U64, CMD_INV_IOMMU_PAGES_PDE_MASK)
 
 
 def amd_iommu_dev_flush_pasid_pages(dev_data: IommuDevData, pasid: int, address: int,
-                                    size: int) -> None:
+                                    last: int) -> None:
     iommu = dev_data.iommu
     iommu_queue_command(iommu, build_inv_iommu_pages(
-        address, size, dev_data.gcr3_info.domid, pasid, True))
+        address, last, dev_data.gcr3_info.domid, pasid,
+        CMD_INV_IOMMU_PAGES_GN_MASK | CMD_INV_IOMMU_PAGES_PDE_MASK))
     if dev_data.ats_enabled:
-        device_flush_iotlb(dev_data, address, size, pasid, True)
+        device_flush_iotlb(dev_data, address, last, pasid, True)
     iommu_completion_wait(iommu)
 
 
@@ -560,13 +585,14 @@ def set_dte_entry(dev_data: IommuDevData) -> None:
     else:
         raise IommuError(errno.EINVAL, f"{domain!r} cannot be programmed in a DTE")
     old_domid = read_dte(iommu, dev_data.devid).domid
-    update_dte256(iommu, dev_data, new)
+    amd_iommu_update_dte(iommu, dev_data, new)
     if old_domid:
         amd_iommu_flush_tlb_domid(iommu, old_domid)
 
 
 def clear_dte_entry(dev_data: IommuDevData) -> None:
-    update_dte256(dev_data.iommu, dev_data, amd_iommu_make_clear_dte(dev_data))
+    """DMA-remapping fields cleared: the blocked DTE (V, TV=0)."""
+    amd_iommu_update_dte(dev_data.iommu, dev_data, amd_iommu_make_clear_dte(dev_data))
 
 
 def _write_lower128(iommu: AmdIommu, devid: int, new: list[int]) -> None:
@@ -633,7 +659,7 @@ def update_dte256(iommu: AmdIommu, dev_data: IommuDevData, new: list[int]) -> No
 
 
 def amd_iommu_update_dte(iommu: AmdIommu, dev_data: IommuDevData, new: list[int]) -> None:
-    """Write a DTE built elsewhere (nesting) and flush it."""
+    """Write the DTE, then INV_DEV_ENTRY (+ the device IOTLB) and a completion wait."""
     update_dte256(iommu, dev_data, new)
     device_flush_dte(dev_data)
     iommu_completion_wait(iommu)
@@ -644,8 +670,6 @@ def dev_update_dte(dev_data: IommuDevData, set: bool) -> None:
         set_dte_entry(dev_data)
     else:
         clear_dte_entry(dev_data)
-    device_flush_dte(dev_data)
-    iommu_completion_wait(dev_data.iommu)
 
 
 # =======================================================================================
@@ -718,12 +742,12 @@ def update_gcr3(dev_data: IommuDevData, pasid: int, gcr3: int, set: bool) -> Non
     pte = get_gcr3_pte(dev_data, pasid, True)
     assert pte is not None
     dev_data.iommu.mem.write_u64(pte, (gcr3 & GCR3_ADDR_MASK) | GCR3_VALID if set else 0)
-    amd_iommu_dev_flush_pasid_pages(dev_data, pasid, 0, U64 + 1)
+    amd_iommu_dev_flush_pasid_pages(dev_data, pasid, 0, U64)
 
 
 def init_gcr3_table(dev_data: IommuDevData, pdom: ProtectionDomain) -> None:
     """A GCR3 table for SVA-capable domains; GCR3[0] = the v2 root for v2 domains."""
-    if pdom.is_identity and not dev_data.max_pasids:
+    if pdom.is_identity and not pdev_pasid_supported(dev_data):
         return
     setup_gcr3_table(dev_data, dev_data.max_pasids or 1)
     if not pdom.is_v2:
@@ -761,6 +785,7 @@ def do_iommu_domain_alloc(dev_data: IommuDevData, flags: int, pd_mode: str
     iommu = dev_data.iommu
     drv = iommu.drv
     platform = iommu.platform
+    platform.kzalloc("struct protection_domain")
     dirty = bool(flags & IOMMU_HWPT_ALLOC_DIRTY_TRACKING)
     if pd_mode == PD_MODE_V1:
         iop = alloc_v1_pgtable(platform, drv.hpt_level)
@@ -830,23 +855,48 @@ def dev_iommu_priv_get(dev: Device) -> IommuDevData:
     return dd
 
 
-def pdev_enable_caps(dev_data: IommuDevData, sva: bool) -> None:
-    dev = dev_data.dev
-    if dev.ats and dev.rc_ats and not dev_data.ats_enabled:
+def pdev_get_caps(dev: Device) -> int:
+    flags = AMD_IOMMU_DEVICE_FLAG_ATS_SUP if dev.ats else 0
+    if dev.pri:
+        flags |= AMD_IOMMU_DEVICE_FLAG_PRI_SUP
+    if dev.pasid_bits:
+        flags |= AMD_IOMMU_DEVICE_FLAG_PASID_SUP
+    return flags
+
+
+def pdev_pasid_supported(dev_data: IommuDevData) -> bool:
+    return bool(dev_data.flags & AMD_IOMMU_DEVICE_FLAG_PASID_SUP)
+
+
+def pdev_enable_cap_ats(dev_data: IommuDevData) -> None:
+    # dev.rc_ats stands for amd_iommu_iotlb_sup (the IVHD's IOTLB support)
+    if not dev_data.ats_enabled and dev_data.dev.rc_ats and \
+            dev_data.flags & AMD_IOMMU_DEVICE_FLAG_ATS_SUP:
         dev_data.ats_enabled = True
         dev_data.ats_qdep = ATS_QUEUE_DEPTH
-    if sva and dev_data.max_pasids:
+
+
+def pdev_enable_cap_pri(dev_data: IommuDevData) -> None:
+    if dev_data.pri_enabled or not dev_data.ats_enabled:
+        return
+    if dev_data.flags & AMD_IOMMU_DEVICE_FLAG_PRI_SUP:
+        dev_data.pri_enabled = True
+        dev_data.pri_tlp = True  # the simulated devices want the PASID in responses
+
+
+def pdev_enable_caps(dev_data: IommuDevData) -> None:
+    """PASID, ATS, then PRI (which needs ATS enabled)."""
+    if pdev_pasid_supported(dev_data):
         dev_data.pasid_enabled = True
-        if dev.pri and dev_data.iommu.drv.gt_ppr_supported():
-            dev_data.pri_enabled = True
-            dev_data.pri_tlp = True
+    pdev_enable_cap_ats(dev_data)
+    pdev_enable_cap_pri(dev_data)
 
 
 def pdev_disable_caps(dev_data: IommuDevData) -> None:
     dev_data.ats_enabled = False
     dev_data.ats_qdep = 0
-    dev_data.pri_enabled = False
     dev_data.pasid_enabled = False
+    dev_data.pri_enabled = False
 
 
 def pdom_attach_iommu(iommu: AmdIommu, pdom: ProtectionDomain) -> None:
@@ -868,44 +918,53 @@ def attach_device(dev_data: IommuDevData, domain: ProtectionDomain) -> None:
     pdom_attach_iommu(iommu, domain)
     sva = domain.is_sva_capable()
     if sva:
-        pdev_enable_caps(dev_data, True)
         try:
             init_gcr3_table(dev_data, domain)
         except IommuError:
             pdom_detach_iommu(iommu, domain)
             raise
-        if dev_data.pri_enabled:
-            from drivers.amd_vi.ppr import amd_iommu_iopf_add_device
+    if sva:
+        from drivers.amd_vi.ppr import amd_iommu_iopf_add_device
+        pdev_enable_caps(dev_data)
+        try:
             amd_iommu_iopf_add_device(iommu, dev_data)
+        except IommuError:
+            dev_data.pri_enabled = False  # the device works on without IOPF
     else:
-        pdev_enable_caps(dev_data, False)
+        pdev_enable_cap_ats(dev_data)
     dev_data.domain = domain
     domain.dev_list.append(dev_data)
     dev_update_dte(dev_data, True)
 
 
+def _iopf_remove(dev_data: IommuDevData) -> None:
+    if dev_data.ppr:
+        from drivers.amd_vi.ppr import amd_iommu_iopf_remove_device
+        dev_data.iommu.core.iopf_flush_dev(dev_data.dev)
+        amd_iommu_iopf_remove_device(dev_data.iommu, dev_data)
+
+
 def detach_bookkeeping(dev_data: IommuDevData) -> None:
     """The part of ``detach_device`` after the DTE no longer points at the domain:
-    flush it, drop the device from it, free the GCR3 table."""
+    flush it (PDEs too), drop the device from it, free the GCR3 table."""
     domain = dev_data.domain
     if domain is None:
         return
-    iommu = dev_data.iommu
-    if dev_data.ppr:
-        from drivers.amd_vi.ppr import amd_iommu_iopf_remove_device
-        amd_iommu_iopf_remove_device(iommu, dev_data)
+    _iopf_remove(dev_data)
     amd_iommu_domain_flush_all(domain)
     if dev_data in domain.dev_list:
         domain.dev_list.remove(dev_data)
     if domain.is_sva_capable():
         destroy_gcr3_table(dev_data, domain)
     dev_data.domain = None
-    pdom_detach_iommu(iommu, domain)
+    pdom_detach_iommu(dev_data.iommu, domain)
 
 
 def detach_device(dev_data: IommuDevData) -> None:
+    """IOPF off first, then the capabilities, the blocked DTE, the flushes."""
     if dev_data.domain is None:
         return
+    _iopf_remove(dev_data)
     pdev_disable_caps(dev_data)
     dev_update_dte(dev_data, False)
     detach_bookkeeping(dev_data)
@@ -921,7 +980,8 @@ def amd_iommu_attach_device(domain: ProtectionDomain, dev: Device) -> None:
     if domain.iop is not None and domain.drv is not iommu.drv:
         raise IommuError(errno.EINVAL, "domain of another driver instance")
     if dev_data.pasids and not domain.is_sva_capable():
-        # PASIDs live in the GCR3 table, which only SVA-capable RID domains keep.
+        # PASIDs live in the GCR3 table, which only SVA-capable RID domains keep (not in
+        # 7.3, where paging domains have no set_dev_pasid: docs, departures).
         raise IommuError(errno.EINVAL, "PASIDs attached: RID domain must be v2 or identity")
     if dev_data.nested is not None:
         from drivers.amd_vi.nested import nested_detach
@@ -1002,8 +1062,9 @@ def amd_iommu_unmap_pages(dom: ProtectionDomain, iova: int, pgsize: int, pgcount
 
 
 def amd_iommu_iotlb_sync(dom: ProtectionDomain, gather: IotlbGather) -> None:
-    if gather.start <= gather.end:
-        amd_iommu_domain_flush_pages(dom, gather.start, gather.end - gather.start + 1)
+    """PDEs are flushed only when tables were freed."""
+    amd_iommu_domain_flush_pages(dom, gather.start, gather.end,
+                                 CMD_INV_IOMMU_PAGES_PDE_MASK if gather.freelist else 0)
     if dom.iop is not None and gather.freelist:
         dom.iop.release_freelist(gather)
 
@@ -1029,10 +1090,8 @@ def amd_iommu_read_and_clear_dirty(dom: ProtectionDomain, iova: int, size: int, 
                                    dirty: Any) -> None:
     if dom.iop is None:
         raise IommuError(errno.EOPNOTSUPP, "no page table")
-    # EINVAL only when tracking is off and a bitmap was passed (``dirty->bitmap``):
-    # iommufd's clear-before-enable pass has none and must succeed.
-    if not dom.dirty_tracking and dirty.has_bitmap:
-        raise IommuError(errno.EINVAL, "dirty tracking is off")
+    # 7.3's generic read_and_clear_dirty reads D bits whether or not tracking is on
+    # (with DTE.HAD clear the unit sets none).
     record: Callable[[int, int], None] = dirty.record
     dom.iop.read_and_clear_dirty(iova, size, flags, record)
 
@@ -1047,7 +1106,8 @@ def amd_iommu_capable(dev: Device, cap: int) -> bool:
     if cap == IommuCap.DIRTY_TRACKING:
         return hd_support(dev_iommu_priv_get(dev).iommu)
     if cap == IommuCap.PCI_ATS_SUPPORTED:
-        return dev.ats
+        dev_data = dev_iommu_priv_get(dev)
+        return dev.rc_ats and bool(dev_data.flags & AMD_IOMMU_DEVICE_FLAG_ATS_SUP)
     return False
 
 
@@ -1067,6 +1127,6 @@ def amd_iommu_def_domain_type(dev: Device) -> int:
     if dev.is_pci and dev.untrusted:
         return IOMMU_DOMAIN_DMA
     # PASID-capable devices default to identity (no memory encryption, no SNP here).
-    if di.priv.max_pasids:
+    if pdev_pasid_supported(di.priv):
         return IOMMU_DOMAIN_IDENTITY
     return 0

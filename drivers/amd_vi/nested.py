@@ -34,12 +34,13 @@ from drivers.amd_vi.iommu import (
     AmdIommuDriver,
     IommuDevData,
     ProtectionDomain,
+    amd_iommu_flush_tlb_domid,
     amd_iommu_make_clear_dte,
     amd_iommu_set_dte_v1,
     amd_iommu_update_dte,
     detach_bookkeeping,
     dev_iommu_priv_get,
-    pdev_enable_caps,
+    pdev_enable_cap_ats,
     read_dte,
 )
 from iommu_core.domain import IOMMU_DOMAIN_NESTED, IommuDomain
@@ -123,10 +124,12 @@ def amd_iommu_alloc_domain_nested(viommu: IommufdViommu, flags: int, user_data: 
     drv = avi.iommu.drv
     validate_gdte_nested(drv, gdte)
     gdom_id = gdte[1] & 0xFFFF
+    avi.iommu.platform.kzalloc("struct nested_domain")
     info = avi.gdomid_array.get(gdom_id)
     if info is not None and info.users > 0:
         info.users += 1
     else:
+        avi.iommu.platform.kzalloc("struct guest_domain_mapping_info")
         hdom = drv.pdom_ids.alloc()  # ENOSPC, nothing inserted
         info = GuestDomainMappingInfo(users=1, hdom_id=hdom)
         avi.gdomid_array[gdom_id] = info
@@ -163,7 +166,7 @@ def nested_attach_device(ndom: NestedDomain, dev: Device) -> None:
         raise IommuError(errno.EINVAL, "nested attach with PASID enabled")
     if dev_data.nested is ndom:
         return
-    pdev_enable_caps(dev_data, False)
+    pdev_enable_cap_ats(dev_data)  # as for the v1 host table (7.3 keeps the old state)
     new = set_dte_nested(iommu, ndom, dev_data)
     amd_iommu_update_dte(iommu, dev_data, new)
     # Off the old attachment only now: the DTE switched without a blocking window.
@@ -185,12 +188,16 @@ def nested_detach(dev_data: IommuDevData) -> None:
 
 
 def nested_domain_free(ndom: NestedDomain) -> None:
+    """The last user of a gDomID frees its hDomID, after flushing what the unit may hold
+    under it (7.3 frees it unflushed: the next domain given the ID could walk through
+    this parent's tables from cached directory entries; docs: departures)."""
     avi = ndom.viommu
     info = ndom.gdom_info
     info.users -= 1
     if info.users == 0:
         if avi.gdomid_array.get(ndom.gdom_id) is info:
             del avi.gdomid_array[ndom.gdom_id]
+        amd_iommu_flush_tlb_domid(avi.iommu, info.hdom_id)
         avi.iommu.drv.pdom_ids.free(info.hdom_id)
 
 

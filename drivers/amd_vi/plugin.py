@@ -113,8 +113,11 @@ class AmdViPlugin(AmdDescribe):
         if not dev.is_pci or not isinstance(iommu, AmdIommu) or iommu.iommu_dev is None:
             raise IommuError(errno.ENODEV, f"{dev.name}: not a PCI device behind an AMD-Vi unit")
         devid = dev.rid
+        iommu.platform.kzalloc("struct iommu_dev_data")
         dev_data = amd.IommuDevData(dev=dev, devid=devid, iommu=iommu)
-        if iommu.drv.pasid_supported() and dev.pasid_bits:
+        if iommu.drv.gt_ppr_supported():  # iommu_init_device
+            dev_data.flags = amd.pdev_get_caps(dev)
+        if iommu.drv.pasid_supported() and amd.pdev_pasid_supported(dev_data):
             # iommu->iommu.max_pasids = 2^(PASMAX + 1) - 1 (init.c, vtd_amd.md B2), not a
             # power of two: dev->iommu->max_pasids = min(PCI max PASIDs, that), so
             # hw_info reports ilog2() = PASMAX for a 20-bit device.

@@ -3,6 +3,7 @@ thread handing valid requests to the IOPF core, and COMPLETE_PPR_REQUEST respons
 
 from __future__ import annotations
 
+import errno
 from typing import TYPE_CHECKING
 
 from drivers.amd_vi.amd_iommu_types import (
@@ -37,6 +38,7 @@ from drivers.amd_vi.iommu import (
     dev_iommu_priv_get,
     iommu_queue_command,
 )
+from iommu_core.errors import IommuError
 from iommu_core.iopf import (
     IOMMU_FAULT_PAGE_REQUEST_LAST_PAGE,
     IOMMU_FAULT_PAGE_REQUEST_PASID_VALID,
@@ -69,8 +71,11 @@ def amd_iommu_iopf_init(iommu: AmdIommu) -> None:
 
 
 def amd_iommu_iopf_add_device(iommu: AmdIommu, dev_data: IommuDevData) -> None:
-    if not dev_data.pri_enabled or not iommu.iopf_queue:
+    """EINVAL without an IOPF queue (the unit has no PPR): the caller turns PRI off."""
+    if not dev_data.pri_enabled:
         return
+    if not iommu.iopf_queue:
+        raise IommuError(errno.EINVAL, f"{iommu.name}: no IOPF queue")
     dev_data.ppr = True
 
 
@@ -93,9 +98,11 @@ def ppr_flag_to_fault_perm(flag: int) -> int:
 
 
 def amd_iommu_complete_ppr(dev: Device, pasid: int, status: int, tag: int) -> None:
+    """GN (and the PASID) only when the device's domain is a v2 one, as 7.3 decides."""
     dev_data = dev_iommu_priv_get(dev)
+    gn = dev_data.domain is not None and dev_data.domain.is_v2
     iommu_queue_command(dev_data.iommu, build_complete_ppr(
-        dev_data.devid, pasid, status, tag, dev_data.pri_tlp))
+        dev_data.devid, pasid, status, tag, gn))
 
 
 def amd_iommu_page_response(dev: Device, evt: PageRequest, resp: PageResponse) -> None:

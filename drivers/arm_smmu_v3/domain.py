@@ -245,6 +245,7 @@ def arm_smmu_domain_alloc_paging_flags(ops: IommuOps, dev: Device, flags: int,
         raise IommuError(errno.EOPNOTSUPP, f"unsupported flag combination {flags:#x}")
     if dirty and not arm_smmu_dbm_capable(smmu):
         raise IommuError(errno.EOPNOTSUPP, "no HTTU dirty state support")
+    smmu.platform.kzalloc("struct arm_smmu_domain")
     return ArmSmmuDomain(ops, smmu, stage, nest_parent=nest_parent, dirty=dirty)
 
 

@@ -229,6 +229,7 @@ def arm_vsmmu_alloc_domain_nested(ops: IommuOps, viommu: IommufdViommu, flags: i
         raise IommuError(errno.EOPNOTSUPP, f"unsupported nested flags {flags:#x}")
     arg = user_data.copy_struct(iommu_hwpt_arm_smmuv3, IOMMU_HWPT_DATA_ARM_SMMUV3, "ste")
     ste, enable_ats = arm_smmu_validate_vste((int(arg.ste[0]), int(arg.ste[1])))
+    vsmmu.smmu.platform.kzalloc("struct arm_smmu_nested_domain")
     return ArmSmmuNestedDomain(ops, vsmmu, ste, enable_ats)
 
 

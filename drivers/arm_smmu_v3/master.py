@@ -207,6 +207,7 @@ def arm_smmu_alloc_cd_tables(master: ArmSmmuMaster) -> None:
         l1size = max_contexts * (CTXDESC_CD_DWORDS << 3)
         cd_table.l1_desc = []
     else:
+        smmu.platform.kzalloc("cd_table->l2.l2ptrs")
         cd_table.s1fmt = STRTAB_STE_0_S1FMT_64K_L2
         cd_table.num_l1_ents = -(-max_contexts // CTXDESC_L2_ENTRIES)
         cd_table.l1_desc = [0] * cd_table.num_l1_ents
@@ -314,6 +315,8 @@ def arm_smmu_probe_device(smmu: ArmSmmuDevice, dev: Device) -> ArmSmmuMaster:
         if other is not None and other.dev is not dev:
             raise IommuError(errno.EINVAL, f"aliasing StreamID {sid:#x} (from {dev.name}) "
                              "unsupported")
+    smmu.platform.kzalloc("struct arm_smmu_master")
+    smmu.platform.kzalloc("master->streams")  # arm_smmu_insert_master
     master = ArmSmmuMaster(smmu=smmu, dev=dev, streams=sids)
     if smmu.features & ARM_SMMU_FEAT_2_LVL_STRTAB:
         for sid in sids:

@@ -48,12 +48,17 @@ class CacheTag:
 
 def _tag_assign(domain: DmarDomain, did: int, info: DeviceDomainInfo, pasid: int,
                 type: CacheTagType) -> None:
+    """Reuse a matching tag, else add one after the last tag of the same unit (at the
+    head if none), so the flush of one unit's tags is one batch."""
     dev_info = info if type in (CacheTagType.DEVTLB, CacheTagType.NESTING_DEVTLB) else None
-    for tag in domain.cache_tags:
+    at = 0
+    for i, tag in enumerate(domain.cache_tags):
         if tag.same(type, info.iommu, did, pasid, dev_info):
             tag.users += 1
             return
-    domain.cache_tags.append(CacheTag(type, info.iommu, did, pasid, dev_info))
+        if tag.iommu is info.iommu:
+            at = i + 1
+    domain.cache_tags.insert(at, CacheTag(type, info.iommu, did, pasid, dev_info))
 
 
 def _tag_unassign(domain: DmarDomain, did: int, info: DeviceDomainInfo, pasid: int,
@@ -89,26 +94,20 @@ def cache_tag_unassign_domain(domain: DmarDomain, info: DeviceDomainInfo, pasid:
         _tag_unassign(parent, did, info, pasid, CacheTagType.NESTING_DEVTLB)
 
 
-def calculate_psi_aligned_address(start: int, end: int) -> tuple[int, int, int]:
-    """(address, pages, mask): the naturally aligned 2^mask-page block covering
-    [start, end], as the PSI address mask requires."""
-    size = (end - start + 1) & ULONG_MAX
-    pages = max(1, ((start & 0xFFF) + size + 0xFFF) >> 12)
-    aligned = 1 << (pages - 1).bit_length()
-    bitmask = aligned - 1
-    mask = aligned.bit_length() - 1
-    pfn = start >> 12
-    if bitmask & pfn:
-        end_pfn = pfn + pages - 1
-        shared = ~(pfn ^ end_pfn) & ~bitmask & ((1 << 64) - 1)
-        mask = (shared & -shared).bit_length() - 1 if shared else h.MAX_AGAW_PFN_WIDTH
-        aligned = 1 << mask
-    addr = start & ~((h.VTD_PAGE_SIZE << mask) - 1) & ULONG_MAX
-    return addr, aligned, mask
+def calculate_psi_aligned_address(start: int, last: int) -> tuple[int, int]:
+    """(address, size order): the naturally aligned block spanning [start, last], as the
+    PSI address mask requires; order ``MAX_AGAW_PFN_WIDTH`` (address 0) means all."""
+    start &= h.VTD_PAGE_MASK
+    sz_lg2 = (start ^ last).bit_length()
+    if sz_lg2 <= 12:
+        return start, 0
+    if sz_lg2 >= 64:
+        return 0, h.MAX_AGAW_PFN_WIDTH
+    return start & ~((1 << sz_lg2) - 1), sz_lg2 - 12
 
 
-def _flush_iotlb(domain: DmarDomain, tag: CacheTag, addr: int, pages: int, mask: int,
-                 ih: int, batch: dmar.QiBatch) -> None:
+def _flush_iotlb(domain: DmarDomain, tag: CacheTag, addr: int, mask: int, ih: int,
+                 batch: dmar.QiBatch) -> None:
     iommu = tag.iommu
     if domain.use_piotlb:
         if mask >= h.MAX_AGAW_PFN_WIDTH:
@@ -118,8 +117,8 @@ def _flush_iotlb(domain: DmarDomain, tag: CacheTag, addr: int, pages: int, mask:
         dmar.qi_batch_add(iommu, desc, batch)
         return
     gran = h.QI_IOTLB_GRAN_PSI
-    # DSI when PSI is missing, the range is too big, or everything is meant
-    if not h.cap_pgsel_inv(iommu.cap) or mask > h.cap_max_amask_val(iommu.cap) or pages < 0:
+    # DSI when PSI is missing or the range is too big (everything is mask 52)
+    if not h.cap_pgsel_inv(iommu.cap) or mask > h.cap_max_amask_val(iommu.cap):
         addr, mask, ih, gran = 0, 0, 0, h.QI_IOTLB_GRAN_DSI
     if iommu.qi is not None:
         dmar.qi_batch_add(iommu, h.qi_desc_iotlb(iommu.cap, tag.domain_id, addr | ih, mask,
@@ -131,6 +130,9 @@ def _flush_iotlb(domain: DmarDomain, tag: CacheTag, addr: int, pages: int, mask:
 def _flush_devtlb_psi(tag: CacheTag, addr: int, mask: int, batch: dmar.QiBatch) -> None:
     info = tag.info
     assert info is not None
+    # Software is recommended not to invalidate device TLBs while translation is off.
+    if not tag.iommu.gcmd & h.DMA_GCMD_TE:
+        return
     if tag.pasid == IOMMU_NO_PASID:
         desc = h.qi_desc_dev_iotlb(info.sid, info.pfsid, info.ats_qdep, addr, mask)
     else:
@@ -141,10 +143,7 @@ def _flush_devtlb_psi(tag: CacheTag, addr: int, mask: int, batch: dmar.QiBatch) 
 
 def cache_tag_flush_range(domain: DmarDomain, start: int, end: int, ih: int) -> None:
     """Invalidate [start, end] of ``domain`` everywhere it may be cached."""
-    if start == 0 and end == ULONG_MAX:
-        addr, pages, mask = 0, -1, h.MAX_AGAW_PFN_WIDTH
-    else:
-        addr, pages, mask = calculate_psi_aligned_address(start, end)
+    addr, mask = calculate_psi_aligned_address(start, end)
     batch = dmar.QiBatch()
     iommu: IntelIommu | None = None
     for tag in list(domain.cache_tags):
@@ -152,7 +151,7 @@ def cache_tag_flush_range(domain: DmarDomain, start: int, end: int, ih: int) -> 
             dmar.qi_batch_flush_descs(iommu, batch)
         iommu = tag.iommu
         if tag.type in (CacheTagType.IOTLB, CacheTagType.NESTING_IOTLB):
-            _flush_iotlb(domain, tag, addr, pages, mask, ih, batch)
+            _flush_iotlb(domain, tag, addr, mask, ih, batch)
         elif tag.type == CacheTagType.NESTING_DEVTLB:
             # The device caches results of the nested translation: which of them
             # depend on this second-stage range is unknown, so flush it all.
@@ -169,16 +168,16 @@ def cache_tag_flush_all(domain: DmarDomain) -> None:
 def cache_tag_flush_range_np(domain: DmarDomain, start: int, end: int) -> None:
     """After mapping (``iotlb_sync_map``): caching mode caches non-present second-stage
     entries (PSI them); otherwise only a write-buffer flush."""
-    addr, pages, mask = calculate_psi_aligned_address(start, end)
+    addr, mask = calculate_psi_aligned_address(start, end)
     batch = dmar.QiBatch()
     iommu: IntelIommu | None = None
     for tag in list(domain.cache_tags):
         if iommu is not None and iommu is not tag.iommu:
             dmar.qi_batch_flush_descs(iommu, batch)
         iommu = tag.iommu
-        if not h.cap_caching_mode(iommu.cap) or domain.use_piotlb:
+        if not h.cap_caching_mode(iommu.cap) or domain.kind == "fs":
             dmar.iommu_flush_write_buffer(iommu)
             continue
         if tag.type in (CacheTagType.IOTLB, CacheTagType.NESTING_IOTLB):
-            _flush_iotlb(domain, tag, addr, pages, mask, 0, batch)
+            _flush_iotlb(domain, tag, addr, mask, 0, batch)
     dmar.qi_batch_flush_descs(iommu, batch)

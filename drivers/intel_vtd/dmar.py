@@ -97,6 +97,23 @@ def dmar_disable_qi(iommu: IntelIommu) -> None:
     iommu.qi = None
 
 
+def _ring_write(iommu: IntelIommu, qi: Qi, index: int, words: list[int], per: int) -> None:
+    """Descriptors (``per`` qwords each) into the ring from slot ``index``, wrapping."""
+    room = (h.QI_LENGTH - index) * per
+    iommu.mem.write_qwords(qi.desc + (index << qi.shift), words[:room])
+    if len(words) > room:
+        iommu.mem.write_qwords(qi.desc, words[room:])
+
+
+def _status_write(iommu: IntelIommu, qi: Qi, index: int, count: int, value: int) -> None:
+    """``desc_status`` of ``count`` slots from ``index`` (wrapping)."""
+    first = min(count, h.QI_LENGTH - index)
+    word = value.to_bytes(4, "little")
+    iommu.mem.write(qi.status + index * 4, word * first)
+    if count > first:
+        iommu.mem.write(qi.status, word * (count - first))
+
+
 def qi_submit_sync(iommu: IntelIommu, descs: list[h.QiDesc], drain: bool = False) -> None:
     """Queue ``descs`` plus a wait descriptor and poll its status word."""
     qi = iommu.qi
@@ -109,33 +126,29 @@ def qi_submit_sync(iommu: IntelIommu, descs: list[h.QiDesc], drain: bool = False
     if iommu.tracer.enabled:
         for d in descs:
             iommu.tracer.event("driver", "qi", f"{iommu.name} {d}")
-    words = 4 if qi.shift == 5 else 2
+    per = 4 if qi.shift == 5 else 2
     start = qi.free_head
-    for i, d in enumerate(descs):
-        idx = (start + i) % h.QI_LENGTH
-        mem.write_qwords(qi.desc + (idx << qi.shift), list(d.words()[:words]))
-        mem.write_u32(qi.status + idx * 4, h.QI_IN_USE)
     wait_index = (start + count) % h.QI_LENGTH
-    wait = h.qi_desc_wait(qi.status + wait_index * 4, h.QI_DONE, drain)
-    mem.write_u32(qi.status + wait_index * 4, h.QI_IN_USE)
-    mem.write_qwords(qi.desc + (wait_index << qi.shift), list(wait.words()[:words]))
+    status = qi.status + wait_index * 4
+    wait = h.qi_desc_wait(status, h.QI_DONE, drain)
+    _status_write(iommu, qi, start, count + 1, h.QI_IN_USE)
+    _ring_write(iommu, qi, start, [w for d in (*descs, wait) for w in d[:per]], per)
     qi.free_head = (wait_index + 1) % h.QI_LENGTH
     iommu.reg.write64(h.DMAR_IQT_REG, qi.free_head << qi.shift)
     err = 0
     for _ in range(_POLL):
-        if mem.read_u32(qi.status + wait_index * 4) == h.QI_DONE:
+        if mem.read_u32(status) == h.QI_DONE:
             break
         if iommu.reg.read32(h.DMAR_FSTS_REG) & h.DMA_FSTS_IQE:
             # qi_check_fault: overwrite the bad descriptor with the wait descriptor,
             # clear IQE so the queue moves on, and fail the submission.
             head = iommu.reg.read64(h.DMAR_IQH_REG) >> qi.shift
-            mem.write_qwords(qi.desc + (head << qi.shift), list(wait.words()[:words]))
+            mem.write_qwords(qi.desc + (head << qi.shift), list(wait[:per]))
             iommu.reg.write32(h.DMAR_FSTS_REG, h.DMA_FSTS_IQE)
             err = errno.EINVAL
     else:
         raise IommuError(errno.ETIMEDOUT, f"{iommu.name}: invalidation wait timed out")
-    for i in range(count + 1):
-        mem.write_u32(qi.status + ((start + i) % h.QI_LENGTH) * 4, h.QI_FREE)
+    _status_write(iommu, qi, start, count + 1, h.QI_FREE)
     if err:
         raise IommuError(err, f"{iommu.name}: invalid invalidation descriptor (IQE)")
 

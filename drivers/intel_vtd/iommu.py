@@ -188,7 +188,6 @@ class DmarDomain(IommuDomain):
         self.nested_parent = False
         self.dirty_tracking = False
         self.force_snooping = False
-        self.has_mappings = False
         self.pgtable: IoPageTable = None  # type: ignore[assignment]
         self.agaw = 0
         self.gaw = 0
@@ -249,6 +248,24 @@ def _pt_memory(iommu: IntelIommu) -> PhysTableMemory:
     return PhysTableMemory(iommu.mem, iommu.alloc)
 
 
+def compute_vasz_lg2_ss(iommu: IntelIommu) -> tuple[int, int]:
+    """(VA bits, levels): the largest table both MGAW and SAGAW allow; a unit that walks
+    only 4 or 5 levels may still have to limit IOVAs to fewer bits. (0, 0): none."""
+    sagaw, mgaw = h.cap_sagaw(iommu.cap), h.cap_mgaw(iommu.cap)
+    if mgaw > 48 and sagaw >= 1 << 3:
+        return min(57, mgaw), 5
+    if mgaw > 39 and sagaw >= 1 << 2:
+        return min(48, mgaw), 4 + _ffs(sagaw >> 3)
+    if mgaw > 30 and sagaw >= 1 << 1:
+        return min(39, mgaw), 3 + _ffs(sagaw >> 2)
+    return 0, 0
+
+
+def _ffs(v: int) -> int:
+    """Linux ``ffs``: 1-based index of the lowest set bit, 0 for none."""
+    return (v & -v).bit_length()
+
+
 def paging_domain_alloc(iommu: IntelIommu, first_stage: bool) -> DmarDomain:
     """Geometry and page table of a paging domain for ``iommu`` (generic_pt rules)."""
     mgaw = h.cap_mgaw(iommu.cap)
@@ -258,31 +275,26 @@ def paging_domain_alloc(iommu: IntelIommu, first_stage: bool) -> DmarDomain:
         pgsizes = SZ_4K | SZ_2M | (SZ_1G if h.cap_fl1gp_support(iommu.cap) else 0)
         fmt: formats.PtFormat = formats.x86_64(levels, oas=52).with_pgsizes(pgsizes)
         last = (1 << (va_bits - 1)) - 1  # lower canonical half
-        agaw = levels - 2
+        coherent = h.ecap_smpwc(iommu.ecap)  # first stage is scalable mode only
     else:
-        sagaw = h.cap_sagaw(iommu.cap)
-        if mgaw > 48 and sagaw & 1 << 3:
-            levels, va_bits = 5, 57
-        elif mgaw > 39 and sagaw & 1 << 2:
-            levels, va_bits = 4, 48
-        elif mgaw > 30 and sagaw & 1 << 1:
-            levels, va_bits = 3, 39
-        else:
-            raise IommuError(errno.EOPNOTSUPP, f"{iommu.name}: no usable second-stage width")
-        va_bits = min(va_bits, mgaw)
+        va_bits, levels = compute_vasz_lg2_ss(iommu)
+        if not va_bits:
+            raise IommuError(errno.EINVAL, f"{iommu.name}: no usable second-stage width")
         sllps = h.cap_super_page_val(iommu.cap)
         pgsizes = SZ_4K | (SZ_2M if sllps & 1 else 0) | (SZ_1G if sllps & 2 else 0)
         fmt = formats.vtd_ss(levels, oas=52).with_pgsizes(pgsizes)
         last = (1 << va_bits) - 1
-        agaw = levels - 2
+        coherent = iommu.coherent  # iommu_paging_structure_coherency()
     kind = "fs" if first_stage else "ss"
+    iommu.core.platform.kzalloc("struct dmar_domain")
     domain = DmarDomain(iommu.ops, kind, PAGING_OPS, IOMMU_DOMAIN_UNMANAGED,
                         pgsize_bitmap=fmt.pgsize_bitmap,
                         geometry=Geometry(0, last, force_aperture=True))
     domain.pgtable = IoPageTable(fmt, _pt_memory(iommu))
-    domain.agaw = agaw
+    domain.agaw = levels - 2
     domain.gaw = va_bits
-    domain.iommu_coherency = iommu.coherent
+    # PT_FEAT_DMA_INCOHERENT: tables of an incoherent unit are flushed after writes
+    domain.iommu_coherency = coherent
     domain.iotlb_sync_map_needed = h.cap_rwbf(iommu.cap) or (
         not first_stage and h.cap_caching_mode(iommu.cap))
     return domain
@@ -316,7 +328,8 @@ def intel_iommu_domain_alloc_paging_flags(dev: Device, flags: int, user_data: An
 
 
 def paging_domain_compatible(domain: IommuDomain, info: DeviceDomainInfo) -> None:
-    """EINVAL unless ``domain`` can be used on the device's unit."""
+    """EINVAL unless ``domain`` can be used on the device's unit (7.3's
+    ``paging_domain_compatible_first_stage`` / ``_second_stage``, in their order)."""
     iommu = info.iommu
     if not isinstance(domain, DmarDomain) or domain.kind == "nested":
         raise IommuError(errno.EINVAL, f"{domain!r} is not a VT-d paging domain")
@@ -325,34 +338,46 @@ def paging_domain_compatible(domain: IommuDomain, info: DeviceDomainInfo) -> Non
         return IommuError(errno.EINVAL, f"{domain!r} incompatible with {iommu.name}: {why}")
 
     if domain.kind == "fs":
+        if domain.dirty_ops or domain.nested_parent:
+            raise bad("first-stage domain with dirty tracking or nesting")
         if not iommu.sm_supported or not h.ecap_flts(iommu.ecap):
             raise bad("no first-stage translation")
-        if domain.pgsize_bitmap & SZ_1G and not h.cap_fl1gp_support(iommu.cap):
-            raise bad("1 GiB first-stage pages")
-        if domain.pgtable.levels == 5 and not h.cap_fl5lp_support(iommu.cap):
+        # A coherent domain's table writes are not flushed: an incoherent unit cannot use
+        # it (the other way round only costs flushes).
+        if not h.ecap_smpwc(iommu.ecap) and domain.iommu_coherency:
+            raise bad("page-walk coherency")
+        if not h.cap_fl5lp_support(iommu.cap) and domain.gaw > 48:
             raise bad("5-level first stage")
+        if not h.cap_fl1gp_support(iommu.cap) and domain.pgsize_bitmap & SZ_1G:
+            raise bad("1 GiB first-stage pages")
         if h.cap_rwbf(iommu.cap) and not domain.iotlb_sync_map_needed:
             raise bad("write-buffer flushing")
-    else:
-        if domain.dirty_ops and not iommu.ssads_supported:
-            raise bad("dirty tracking")
-        if domain.nested_parent and not iommu.nested_supported:
-            raise bad("nesting")
-        if iommu.sm_supported and not h.ecap_slts(iommu.ecap):
-            raise bad("no second-stage translation")
-        sllps = h.cap_super_page_val(iommu.cap)
-        if (domain.pgsize_bitmap & SZ_2M and not sllps & 1) or (
-                domain.pgsize_bitmap & SZ_1G and not sllps & 2):
-            raise bad("second-stage superpages")
-        if (h.cap_rwbf(iommu.cap) or h.cap_caching_mode(iommu.cap)) and \
-                not domain.iotlb_sync_map_needed:
-            raise bad("caching mode")
-        if h.cap_mgaw(iommu.cap) < domain.gaw or not h.cap_sagaw(iommu.cap) >> domain.agaw & 1:
-            raise bad("address width")
+        # Not in 7.3, which then writes PGSNP where it is reserved (docs: departures).
+        if domain.force_snooping and not h.ecap_sc_support(iommu.ecap):
+            raise bad("snoop control")
+        return
+    if domain.dirty_ops and not iommu.ssads_supported:
+        raise bad("dirty tracking")
+    if domain.nested_parent and not iommu.nested_supported:
+        raise bad("nesting")
+    if iommu.sm_supported and not h.ecap_slts(iommu.ecap):
+        raise bad("no second-stage translation")
+    if not iommu.coherent and domain.iommu_coherency:
+        raise bad("page-walk coherency")
+    if h.cap_mgaw(iommu.cap) < domain.gaw:
+        raise bad("address width")
+    if not h.cap_sagaw(iommu.cap) >> domain.agaw & 1:
+        raise bad("table levels")
+    sllps = h.cap_super_page_val(iommu.cap)
+    if not sllps & 1 and domain.pgsize_bitmap & SZ_2M:
+        raise bad("2 MiB second-stage pages")
+    if not sllps & 2 and domain.pgsize_bitmap & SZ_1G:
+        raise bad("1 GiB second-stage pages")
+    if (h.cap_rwbf(iommu.cap) or h.cap_caching_mode(iommu.cap)) and \
+            not domain.iotlb_sync_map_needed:
+        raise bad("caching mode")
     if domain.force_snooping and not h.ecap_sc_support(iommu.ecap):
         raise bad("snoop control")
-    if domain.iommu_coherency != iommu.coherent:
-        raise bad("page-walk coherency")
 
 
 # =======================================================================================
@@ -506,6 +531,7 @@ def intel_iommu_probe_device(dev: Device) -> IommuDevice:
     iommu = idev.priv
     if not isinstance(iommu, IntelIommu) or not dev.is_pci:
         raise IommuError(errno.ENODEV, f"{dev.name}: not a PCI device behind a VT-d unit")
+    iommu.core.platform.kzalloc("struct device_domain_info")
     info = DeviceDomainInfo(dev, iommu)
     if iommu.sm_supported:
         pasid.intel_pasid_alloc_table(iommu, info)
@@ -608,7 +634,7 @@ def iopf_for_domain_remove(domain: IommuDomain | None, info: DeviceDomainInfo) -
         intel_iommu_disable_iopf(info)
 
 
-def iopf_for_domain_replace(new: IommuDomain, old: IommuDomain | None,
+def iopf_for_domain_replace(new: IommuDomain | None, old: IommuDomain | None,
                             info: DeviceDomainInfo) -> None:
     iopf_for_domain_set(new, info)
     iopf_for_domain_remove(old, info)
@@ -638,8 +664,9 @@ def device_block_translation(info: DeviceDomainInfo) -> None:
     info.domain = None
 
 
-def _first_level_flags(domain: DmarDomain, iommu: IntelIommu) -> int:
-    flags = pasid.PASID_FLAG_PWSNP if h.ecap_smpwc(iommu.ecap) else 0
+def _first_level_flags(domain: DmarDomain) -> int:
+    # PWSNP unless the domain's tables are flushed for an incoherent walker
+    flags = pasid.PASID_FLAG_PWSNP if domain.iommu_coherency else 0
     if domain.pgtable.levels == 5:
         flags |= pasid.PASID_FLAG_FL5LP
     if domain.force_snooping:
@@ -661,7 +688,7 @@ def domain_setup_first_level(iommu: IntelIommu, domain: DmarDomain, info: Device
                              pasid_: int, old: IommuDomain | None) -> None:
     pe = pasid.pasid_pte_config_first_level(iommu, domain.pgtable.root,
                                             domain.domain_id_iommu(iommu),
-                                            _first_level_flags(domain, iommu))
+                                            _first_level_flags(domain))
     _install(iommu, info, pasid_, pe, old)
 
 
@@ -709,31 +736,33 @@ def dmar_domain_attach_device(domain: DmarDomain, info: DeviceDomainInfo) -> Non
 
 
 def intel_iommu_attach_device(domain: DmarDomain, dev: Device, old: IommuDomain | None) -> None:
+    """7.3 blocks translation first; here what can refuse the attach (compatibility,
+    PRI for a domain with a fault handler) comes first, so a refused attach leaves the
+    old translation in place (docs: departures)."""
     info = dev_info(dev)
     paging_domain_compatible(domain, info)
-    if info.domain is domain and info.domain_attached:
-        return
     iopf_for_domain_set(domain, info)
     device_block_translation(info)
+    iopf_for_domain_remove(old, info)
     try:
         dmar_domain_attach_device(domain, info)
     except IommuError:
-        iopf_for_domain_remove(domain, info)
+        iopf_for_domain_replace(old, domain, info)
         raise
-    iopf_for_domain_remove(old, info)
 
 
 def identity_domain_attach_dev(dev: Device, old: IommuDomain | None) -> None:
     info = dev_info(dev)
     iommu = info.iommu
     device_block_translation(info)
+    # The identity domain has no fault handler; the old domain's IOPF reference goes.
+    iopf_for_domain_remove(old, info)
     if iommu.sm_supported:
         pasid.intel_pasid_install(iommu, info, IOMMU_NO_PASID,
                                   pasid.pasid_pte_config_pass_through(iommu, h.FLPT_DEFAULT_DID))
     else:
         domain_context_mapping(None, info)
     info.domain_attached = True
-    iopf_for_domain_remove(old, info)
 
 
 def blocking_domain_attach_dev(dev: Device, old: IommuDomain | None) -> None:
@@ -760,24 +789,25 @@ def domain_remove_dev_pasid(domain: IommuDomain | None, info: DeviceDomainInfo, 
     domain_detach_iommu(domain, info.iommu)
 
 
-def _pasid_common_checks(info: DeviceDomainInfo) -> None:
-    if not info.iommu.pasid_supported or not info.pasid_supported:
-        raise IommuError(errno.EOPNOTSUPP, f"{info.dev.name}: no PASID support")
+def pasid_supported_check(info: DeviceDomainInfo) -> None:
+    """The unit must do PASIDs (the core has checked the device's PASID width)."""
+    if not info.iommu.pasid_supported:
+        raise IommuError(errno.EOPNOTSUPP, f"{info.iommu.name}: no PASID support")
 
 
 def intel_iommu_set_dev_pasid(domain: DmarDomain, dev: Device, pasid_: int,
                               old: IommuDomain | None) -> None:
+    """A paging domain at ``pasid_``; dirty-tracking domains too (a unit without SSADS
+    refuses them in ``paging_domain_compatible``)."""
     info = dev_info(dev)
     iommu = info.iommu
     if not domain.is_paging:
         raise IommuError(errno.EINVAL, f"{domain!r} is not a paging domain")
-    _pasid_common_checks(info)
-    if domain.dirty_ops:
-        raise IommuError(errno.EINVAL, "dirty-tracking domains are not attached to PASIDs")
+    pasid_supported_check(info)
     paging_domain_compatible(domain, info)
     domain_add_dev_pasid(domain, info, pasid_)
     try:
-        iopf_for_domain_set(domain, info)
+        iopf_for_domain_replace(domain, old, info)
     except IommuError:
         domain_remove_dev_pasid(domain, info, pasid_)
         raise
@@ -787,18 +817,22 @@ def intel_iommu_set_dev_pasid(domain: DmarDomain, dev: Device, pasid_: int,
         else:
             domain_setup_second_level(iommu, domain, info, pasid_, old)
     except IommuError:
-        iopf_for_domain_remove(domain, info)
+        iopf_for_domain_replace(old, domain, info)
         domain_remove_dev_pasid(domain, info, pasid_)
         raise
-    iopf_for_domain_remove(old, info)
     domain_remove_dev_pasid(old, info, pasid_)
 
 
 def identity_domain_set_dev_pasid(dev: Device, pasid_: int, old: IommuDomain | None) -> None:
     info = dev_info(dev)
-    _pasid_common_checks(info)
-    domain_setup_passthrough(info.iommu, info, pasid_, old)
-    iopf_for_domain_remove(old, info)
+    pasid_supported_check(info)
+    identity = dev.iommu.ops.identity_domain
+    iopf_for_domain_replace(identity, old, info)
+    try:
+        domain_setup_passthrough(info.iommu, info, pasid_, old)
+    except IommuError:
+        iopf_for_domain_replace(old, identity, info)
+        raise
     domain_remove_dev_pasid(old, info, pasid_)
 
 
@@ -832,7 +866,6 @@ def intel_iommu_map_pages(domain: DmarDomain, iova: int, paddr: int, pgsize: int
         raise IommuError(errno.EFAULT, f"iova {iova + size - 1:#x} beyond the domain's "
                          f"{domain.gaw}-bit address width")
     mapped = domain.pgtable.map_pages(iova, paddr, pgsize, pgcount, prot)
-    domain.has_mappings = True
     return mapped
 
 
@@ -851,26 +884,31 @@ def intel_iommu_iotlb_sync_map(domain: DmarDomain, iova: int, size: int) -> None
         cache.cache_tag_flush_range_np(domain, iova, iova + size - 1)
 
 
+def domain_support_force_snooping(domain: DmarDomain) -> bool:
+    """Every unit a device is attached (at its RID) through has snoop control."""
+    return all(h.ecap_sc_support(info.iommu.ecap) for info in domain.devices)
+
+
 def intel_iommu_enforce_cache_coherency(domain: DmarDomain) -> bool:
-    if domain.force_snooping:
-        return True
-    if any(not h.ecap_sc_support(i.ecap) for i in domain.iommu_refs):
-        return False
+    """First stage: PGSNP in the RID PASID entries of the domain's devices (7.3 leaves
+    PASID attachments alone). Second stage: SNP in every leaf written from now on
+    (leaves already written keep theirs, as with 7.3's FORCE_COHERENCE feature)."""
     if domain.kind == "fs":
+        if domain.force_snooping:
+            return True
+        if not domain_support_force_snooping(domain):
+            return False
         domain.force_snooping = True
         for info in domain.devices:
             pasid.intel_pasid_setup_page_snoop_control(info.iommu, info, IOMMU_NO_PASID)
-        for info, p in domain.dev_pasids:
-            pasid.intel_pasid_setup_page_snoop_control(info.iommu, info, p)
         return True
-    if domain.has_mappings:
+    if not domain_support_force_snooping(domain):
         return False
-    # SNP goes into every leaf written from now on; the table is empty, so only its
-    # leaf encoding changes (the root the PASID entries point at stays).
     fmt = domain.pgtable.fmt
     assert isinstance(fmt, formats.VtdSsFormat)
-    domain.pgtable.fmt = formats.vtd_ss(fmt.levels, oas=fmt.oas, snp=True).with_pgsizes(
-        fmt.pgsize_bitmap)
+    if not fmt.snp:
+        domain.pgtable.fmt = formats.vtd_ss(fmt.levels, oas=fmt.oas, snp=True).with_pgsizes(
+            fmt.pgsize_bitmap)
     domain.force_snooping = True
     return True
 
@@ -915,10 +953,8 @@ def intel_iommu_set_dirty_tracking(domain: DmarDomain, enable: bool) -> None:
 
 def intel_iommu_read_and_clear_dirty(domain: DmarDomain, iova: int, size: int, flags: int,
                                      dirty: Any) -> None:
-    # A12: EINVAL when tracking is off and a bitmap was passed; iommufd's snapshot clear
-    # before enabling passes none.
-    if not domain.dirty_tracking and dirty.has_bitmap:
-        raise IommuError(errno.EINVAL, "dirty tracking is not enabled")
+    # 7.3's generic read_and_clear_dirty reads D bits whether or not tracking is on
+    # (with SSADE off the unit sets none).
     cleared: list[tuple[int, int]] = []
 
     def record(leaf_iova: int, length: int) -> None:

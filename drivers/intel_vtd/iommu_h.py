@@ -9,6 +9,8 @@ same bit positions with :func:`field`. Golden tests check both against the speci
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import attrs
 
 U64_MAX = (1 << 64) - 1
@@ -480,9 +482,9 @@ QI_RESP_INVALID = 0x1
 QI_RESP_FAILURE = 0xF
 
 
-@attrs.frozen
-class QiDesc:
-    """One invalidation-queue descriptor (128 bits; 256 with scalable mode)."""
+class QiDesc(NamedTuple):
+    """One invalidation-queue descriptor (128 bits; 256 with scalable mode): a plain
+    tuple of its four 64-bit words, cheap enough to build one per flush."""
 
     qw0: int
     qw1: int = 0
@@ -570,18 +572,22 @@ def qi_desc_wait(status_addr: int, data: int, drain: bool = False) -> QiDesc:
     return QiDesc(qw0, status_addr)
 
 
+def qi_desc_fence() -> QiDesc:
+    """An invalidation wait with the fence flag and no status write (PRQ drain)."""
+    return QiDesc(put(63, 32, QI_DONE) | QI_IWD_FENCE | QI_IWD_TYPE)
+
+
 def qi_desc_iec(index: int, im: int, selective: bool) -> QiDesc:
     return QiDesc(put(47, 32, index) | put(31, 27, im) | put(4, 4, int(selective))
                   | QI_IEC_TYPE)
 
 
 def qi_desc_page_response(rid: int, pasid: int, pasid_present: bool, code: int,
-                          prg_index: int, lpig: bool) -> QiDesc:
-    """Page group response (``QI_PGRP_*``)."""
+                          prg_index: int) -> QiDesc:
+    """Page group response (``QI_PGRP_*``); Linux sets no LPIG/private data in qw1."""
     qw0 = (put(51, 32, pasid) | put(31, 16, rid) | put(15, 12, code)
            | put(4, 4, int(pasid_present)) | QI_PGRP_RESP_TYPE)
-    qw1 = put(11, 3, prg_index) | put(2, 2, int(lpig))
-    return QiDesc(qw0, qw1)
+    return QiDesc(qw0, put(11, 3, prg_index))
 
 
 # ---------------------------------------------------------------------------------------

@@ -17,7 +17,6 @@ from drivers.intel_vtd.iommu import (
     NESTED_OPS,
     DmarDomain,
     IntelIommu,
-    _pasid_common_checks,
     dev_info,
     device_block_translation,
     domain_add_dev_pasid,
@@ -26,8 +25,10 @@ from drivers.intel_vtd.iommu import (
     domain_remove_dev_pasid,
     domain_setup_nested,
     iopf_for_domain_remove,
+    iopf_for_domain_replace,
     iopf_for_domain_set,
     paging_domain_compatible,
+    pasid_supported_check,
 )
 from iommu_core.domain import IOMMU_DOMAIN_NESTED, IOMMU_HWPT_ALLOC_PASID, IommuDomain
 from iommu_core.errors import IommuError
@@ -59,6 +60,7 @@ def intel_iommu_domain_alloc_nested(dev: Device, parent: IommuDomain, flags: int
     if not isinstance(parent, DmarDomain) or parent.kind != "ss" or not parent.nested_parent:
         raise IommuError(errno.EINVAL, "parent is not a second-stage nest-parent domain")
     vtd = user_data.copy_struct(iommu_hwpt_vtd_s1, IOMMU_HWPT_DATA_VTD_S1, "__reserved")
+    iommu.core.platform.kzalloc("struct dmar_domain")
     domain = DmarDomain(iommu.ops, "nested", NESTED_OPS, IOMMU_DOMAIN_NESTED)
     domain.s2_domain = parent
     domain.s1_cfg = vtd
@@ -74,26 +76,27 @@ def intel_nested_domain_free(domain: DmarDomain) -> None:
 
 
 def intel_nested_attach_dev(domain: DmarDomain, dev: Device, old: IommuDomain | None) -> None:
-    """RID attach: PGTT=3 entry at RID_PASID (PASID 0), errors unwound in reverse."""
+    """RID attach: PGTT=3 entry at RID_PASID (PASID 0), errors unwound in reverse. As for
+    paging domains, what can refuse comes before blocking; unlike 7.3 the old domain's
+    IOPF reference is dropped (docs: departures)."""
     info = dev_info(dev)
     iommu = info.iommu
     assert domain.s2_domain is not None
-    if not iommu.sm_supported:
-        raise IommuError(errno.EOPNOTSUPP, f"{iommu.name}: nesting needs scalable mode")
     paging_domain_compatible(domain.s2_domain, info)
     iopf_for_domain_set(domain, info)
     device_block_translation(info)
     try:
         domain_attach_iommu(domain, iommu)
+        cache.cache_tag_assign_domain(domain, info, IOMMU_NO_PASID)
         try:
             domain_setup_nested(iommu, domain, info, IOMMU_NO_PASID, None)
         except IommuError:
+            cache.cache_tag_unassign_domain(domain, info, IOMMU_NO_PASID)
             domain_detach_iommu(domain, iommu)
             raise
     except IommuError:
         iopf_for_domain_remove(domain, info)
         raise
-    cache.cache_tag_assign_domain(domain, info, IOMMU_NO_PASID)
     info.domain = domain
     info.domain_attached = True
     domain.devices.append(info)
@@ -105,21 +108,20 @@ def intel_nested_set_dev_pasid(domain: DmarDomain, dev: Device, pasid: int,
     info = dev_info(dev)
     iommu = info.iommu
     assert domain.s2_domain is not None
-    _pasid_common_checks(info)
+    pasid_supported_check(info)
     paging_domain_compatible(domain.s2_domain, info)
     domain_add_dev_pasid(domain, info, pasid)
     try:
-        iopf_for_domain_set(domain, info)
+        iopf_for_domain_replace(domain, old, info)
     except IommuError:
         domain_remove_dev_pasid(domain, info, pasid)
         raise
     try:
         domain_setup_nested(iommu, domain, info, pasid, old)
     except IommuError:
-        iopf_for_domain_remove(domain, info)
+        iopf_for_domain_replace(old, domain, info)
         domain_remove_dev_pasid(domain, info, pasid)
         raise
-    iopf_for_domain_remove(old, info)
     domain_remove_dev_pasid(old, info, pasid)
 
 
@@ -140,8 +142,9 @@ def intel_nested_cache_invalidate_user(domain: DmarDomain, array: UserDataArray)
             if inv.addr & 0xFFF or (inv.npages == U64_MAX and inv.addr):
                 raise IommuError(errno.EINVAL, f"entry {index}: addr {inv.addr:#x} not "
                                  "4 KiB aligned, or npages U64_MAX with a non-zero addr")
-            end = (inv.addr + ((inv.npages << 12) & U64_MAX) - 1) & U64_MAX
-            cache.cache_tag_flush_range(domain, inv.addr, max(end, inv.addr),
+            # addr + nrpages_to_size(npages) - 1, in u64 (npages 0 wraps like Linux)
+            last = (inv.addr + (inv.npages << 12) - 1) & U64_MAX
+            cache.cache_tag_flush_range(domain, inv.addr, last,
                                         int(bool(inv.flags & IOMMU_VTD_INV_FLAGS_LEAF)))
             index += 1
     finally:

@@ -177,7 +177,7 @@ def pasid_pte_config_second_level(iommu: IntelIommu, domain: DmarDomain, did: in
     pe = pasid_set_address_width(pe, domain.agaw)
     pe = pasid_set_translation_type(pe, PASID_ENTRY_PGTT_SL_ONLY)
     pe = pasid_set_fault_enable(pe)
-    pe = pasid_set_page_snoop(pe, h.ecap_smpwc(iommu.ecap))
+    pe = pasid_set_page_snoop(pe, domain.iommu_coherency)
     if domain.dirty_tracking:
         pe = pasid_set_ssade(pe)
     return pasid_set_present(pe)
@@ -220,7 +220,7 @@ def pasid_pte_config_nestd(iommu: IntelIommu, s1_flags: int, pgtbl_addr: int,
     pe = pasid_set_fault_enable(pe)
     pe = pasid_set_domain_id(pe, did)
     pe = pasid_set_address_width(pe, s2_domain.agaw)
-    pe = pasid_set_page_snoop(pe, h.ecap_smpwc(iommu.ecap))
+    pe = pasid_set_page_snoop(pe, s2_domain.iommu_coherency)
     if s2_domain.dirty_tracking:
         pe = pasid_set_ssade(pe)
     pe = pasid_set_translation_type(pe, PASID_ENTRY_PGTT_NESTED)
@@ -246,6 +246,7 @@ def intel_pasid_alloc_table(iommu: IntelIommu, info: DeviceDomainInfo) -> None:
     max_pasid = min(dev.max_pasids, iommu.pasid_max_id) if info.pasid_supported else 0
     size = max_pasid >> (PASID_PDE_SHIFT - 3)
     order = max(0, (size - 1).bit_length() - 12) if size else 0
+    iommu.core.platform.kzalloc("struct pasid_table")
     table = iommu.alloc.alloc_pages(order)
     info.pasid_table = PasidTable(table=table, order=order, max_pasid=1 << (order + 12 + 3))
 
@@ -323,11 +324,11 @@ def pasid_flush_caches(iommu: IntelIommu, pasid: int, did: int) -> None:
 
 def intel_pasid_flush_present(iommu: IntelIommu, info: DeviceDomainInfo, pasid: int,
                               did: int) -> None:
-    """After changing a present entry in place (old DID)."""
+    """After changing a present entry in place (VT-d table 28): PASID cache, PASID
+    IOTLB, device TLB."""
     pasid_cache_invalidation_with_pasid(iommu, did, pasid)
     dmar.qi_flush_piotlb(iommu, did, pasid, 0, -1, 0)
     devtlb_invalidation_with_pasid(iommu, info, pasid)
-    intel_drain_pasid_prq(iommu, info, pasid)
 
 
 # ---------------------------------------------------------------------------------------

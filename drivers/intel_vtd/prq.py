@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from drivers.intel_vtd import dmar
 from drivers.intel_vtd import iommu_h as h
+from iommu_core.group import IOMMU_NO_PASID
 from iommu_core.iopf import (
     IOMMU_FAULT_PAGE_REQUEST_LAST_PAGE,
     IOMMU_FAULT_PAGE_REQUEST_PASID_VALID,
@@ -82,10 +83,10 @@ def prq_to_iommu_prot(req: h.PageReqDsc) -> int:
 
 
 def _respond_bad(iommu: IntelIommu, req: h.PageReqDsc) -> None:
-    """``handle_bad_prq_event``: a malformed request in a group still needs an answer."""
-    if req.lpig or req.priv_data_present:
+    """``handle_bad_prq_event``: the last request of a group still needs an answer."""
+    if req.lpig:
         dmar.qi_submit_sync(iommu, [h.qi_desc_page_response(
-            req.rid, req.pasid, req.pasid_present, h.QI_RESP_INVALID, req.prg_index, req.lpig)])
+            req.rid, req.pasid, req.pasid_present, h.QI_RESP_INVALID, req.prg_index)])
 
 
 def prq_event_thread(iommu: IntelIommu) -> None:
@@ -134,18 +135,37 @@ def intel_iommu_page_response(dev: Device, evt: PageRequest, msg: PageResponse) 
     from drivers.intel_vtd.iommu import dev_info
 
     info = dev_info(dev)
-    desc = h.qi_desc_page_response(info.sid, msg.pasid, evt.pasid_valid,
-                                   _RESP_CODE[msg.code], msg.grpid, evt.last)
+    # PASID and group index come from the request (``prm``), the code from the answer.
+    desc = h.qi_desc_page_response(info.sid, evt.pasid, evt.pasid_valid,
+                                   _RESP_CODE[msg.code], evt.grpid)
     dmar.qi_submit_sync(info.iommu, [desc])
 
 
 def intel_drain_pasid_prq(iommu: IntelIommu, info: DeviceDomainInfo, pasid: int) -> None:
-    """Make sure no page request of ``pasid`` is in flight: handle what the queue holds,
-    then a wait descriptor with the page-drain bit (PD) fences the hardware."""
-    if not iommu.prq or not info.pri_enabled:
+    """``intel_iommu_drain_pasid_prq``: handle what the queue holds for the PASID, then
+    fence the hardware (VT-d 7.10): a fenced wait, the PASID's IOTLB and device-TLB
+    invalidations, and the wait with page-drain (PD); again while PRS.PRO is set."""
+    from drivers.intel_vtd.iommu import DmarDomain
+
+    if not info.iopf_refcount:
         return
+    domain = info.domain
+    did = (domain.domain_id_iommu(iommu) if isinstance(domain, DmarDomain)
+           else h.FLPT_DEFAULT_DID)
     tail = iommu.reg.read64(h.DMAR_PQT_REG) & h.PRQ_RING_MASK
     head = iommu.reg.read64(h.DMAR_PQH_REG) & h.PRQ_RING_MASK
     if head != tail:
-        prq_event_thread(iommu)
-    dmar.qi_submit_sync(iommu, [], drain=h.ecap_pds(iommu.ecap))
+        prq_event_thread(iommu)  # the PRQ thread runs to completion here
+    if pasid == IOMMU_NO_PASID:
+        descs = [h.qi_desc_fence(), h.qi_desc_iotlb(iommu.cap, did, 0, 0, h.QI_IOTLB_GRAN_DSI),
+                 h.qi_desc_dev_iotlb(info.sid, info.pfsid, info.ats_qdep, 0,
+                                     h.MAX_AGAW_PFN_WIDTH)]
+    else:
+        descs = [h.qi_desc_fence(), h.qi_desc_piotlb_all(did, pasid),
+                 h.qi_desc_dev_iotlb_pasid(info.sid, info.pfsid, pasid, info.ats_qdep, 0,
+                                           h.MAX_AGAW_PFN_WIDTH)]
+    for _ in range(2):
+        dmar.qi_submit_sync(iommu, descs, drain=True)
+        if not iommu.reg.read32(h.DMAR_PRS_REG) & h.DMA_PRS_PRO:
+            return
+        prq_event_thread(iommu)  # clears PRO once the queue is empty

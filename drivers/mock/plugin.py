@@ -402,6 +402,7 @@ class MockDriver(MockDescribe):
         if data_type not in (uapi.IOMMU_HW_INFO_TYPE_DEFAULT, st.IOMMU_HW_INFO_TYPE_SELFTEST):
             raise IommuError(errno.EOPNOTSUPP, f"mock: hw_info type {data_type:#x}")
         mock = _mdev(dev).mock
+        mock.core.platform.kzalloc("struct iommu_test_hw_info")
         info = st.iommu_test_hw_info(flags=0, test_reg=mock.regs.read32(mhw.REG_TEST))
         return uapi.struct_bytes(info), st.IOMMU_HW_INFO_TYPE_SELFTEST
 
@@ -435,6 +436,7 @@ class MockDriver(MockDescribe):
         # selftest.c (generic-pt mock): dirty_ops only when DIRTY_TRACKING was asked for,
         # so an automatic (flags 0) domain can be shared with a NO_DIRTY device.
         with_dirty = bool(flags & IOMMU_HWPT_ALLOC_DIRTY_TRACKING)
+        mdev.mock.core.platform.kzalloc("struct mock_iommu_domain")
         return MockPagingDomain(mdev.mock, ops, not with_dirty, pagetable_type)
 
     @hookimpl
@@ -726,6 +728,7 @@ def _alloc_nested(ops: IommuOps, parent: MockPagingDomain, user_data: UserData,
     if user_data.type != st.IOMMU_HWPT_DATA_SELFTEST:
         raise IommuError(errno.EOPNOTSUPP, f"mock: nested data type {user_data.type:#x}")
     cfg = user_data.copy_struct(st.iommu_hwpt_selftest, st.IOMMU_HWPT_DATA_SELFTEST, "iotlb")
+    parent.mock.core.platform.kzalloc("struct mock_iommu_domain_nested")
     return MockNestedDomain(ops, parent, cfg.iotlb, viommu)
 
 

@@ -8,6 +8,10 @@ of a range (dumps, dirty tracking, tests).
 Nesting: ``table_xlate`` maps the address of every descriptor fetched (the table
 pointers of a stage-1 table are stage-2 input addresses) to the address to read.
 It may raise; the walker lets the exception through.
+
+Paging-structure caches: ``start`` resumes a walk at a table a cache remembered (its
+level, the address to read, the table attributes accumulated above it), and
+``on_table`` reports every table the walk descends into, so a model can fill its cache.
 """
 
 from __future__ import annotations
@@ -93,6 +97,8 @@ def walk(
     set_dirty: bool = False,
     write_u64: WriteU64 | None = None,
     table_xlate: Callable[[int], int] | None = None,
+    start: tuple[int, int, int] | None = None,
+    on_table: Callable[[int, int, int], None] | None = None,
 ) -> WalkResult | WalkFault:
     """Translate ``iova`` through the table at ``root``.
 
@@ -100,6 +106,11 @@ def walk(
     SSADE; AMD v1 A/D under DTE.HAD; ARM HTTU: AF under HA, DBM writable-clean ->
     writable-dirty under HD); they need ``write_u64``. Without ``set_accessed`` an ARM
     leaf with AF=0 is an access-flag fault.
+
+    ``start`` = (level, table, attrs): begin at that level's table, read at ``table``
+    (not passed through ``table_xlate``), with ``attrs`` accumulated above it.
+    ``on_table(level, next_table, attrs)`` is called for each table descriptor followed
+    at ``level`` (``next_table`` as the descriptor holds it, ``attrs`` including it).
     """
     if (set_accessed or set_dirty) and write_u64 is None:
         raise ValueError("accessed/dirty updates need write_u64")
@@ -119,10 +130,15 @@ def walk(
     touched: list[tuple[int, int]] = []
     classify, table_pa = fmt.classify, fmt.table_pa
     table = root
+    xlate = table_xlate
+    if start is not None:
+        level, table, acc = start
+        xlate = None  # the cached table address is the one to read
     while True:
         addr = table + (((iova >> shifts[level]) & ((1 << bits[level]) - 1)) << 3)
-        if table_xlate is not None:
-            addr = table_xlate(addr)
+        if xlate is not None:
+            addr = xlate(addr)
+        xlate = table_xlate
         pte = read_u64(addr)
         kind = classify(pte, level)
         if kind == TABLE:
@@ -139,6 +155,8 @@ def walk(
             acc = (acc & (pte | not_and)) | (pte & or_mask)
             if a_table and not pte & a_table:
                 touched.append((addr, pte | a_table))
+            if on_table is not None:
+                on_table(level, nxt, acc)
             table = nxt
             level -= 1
             continue

@@ -12,6 +12,7 @@ import attrs
 from iommu_core.errors import IommuError
 
 if TYPE_CHECKING:
+    from iommu_core.platform.dma import DmaPort
     from iommu_core.platform.pci import PciFunction
 
 _BDF = re.compile(r"^([0-9a-fA-F]{4}):([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\.([0-7])$")
@@ -120,8 +121,11 @@ class Device:
     require_direct: bool = False
     untrusted: bool = False
     #: The BARs of a PCI function: :class:`~iommu_core.platform.pci.PciBar` or None each,
-    #: from BAR0 (none by default).
+    #: from BAR0. By default BAR0 is the DMA engine and there is no other.
     bars: tuple[Any, ...] = ()
+    #: The DMA engine (:mod:`~iommu_core.platform.dma_engine`) at BAR0: None (the default)
+    #: means yes unless the config gives its own ``bars``.
+    dma_engine: bool | None = None
     #: Bus-specific extra properties (e.g. selftest device flags) and the endpoint's
     #: capability control state.
     props: DeviceProps = attrs.field(factory=DeviceProps, converter=_props)
@@ -132,6 +136,8 @@ class Device:
     iommu_group: Any = None
     #: The PCI function's hardware (config space, BARs), for PCI devices.
     pci: PciFunction | None = None
+    #: Where the device's own memory requests go (wired by the platform).
+    dma_port: DmaPort | None = None
 
     @property
     def is_pci(self) -> bool:
@@ -151,7 +157,8 @@ def make_pci_device(name: str, iommu_name: str, **options: Any) -> Device:
     if bdf is None:
         raise IommuError(errno.EINVAL, f"{name!r} is not a PCI name like 0000:00:01.0")
     seg, rid = bdf
-    known = {f.name for f in attrs.fields(Device)} - {"name", "iommu", "iommu_group", "pci"}
+    known = {f.name for f in attrs.fields(Device)} - {"name", "iommu", "iommu_group", "pci",
+                                                       "dma_port"}
     unknown = set(options) - known - {"stream_id"}
     if unknown:
         raise IommuError(errno.EINVAL, f"unknown device options: {sorted(unknown)}")
@@ -160,8 +167,20 @@ def make_pci_device(name: str, iommu_name: str, **options: Any) -> Device:
         options["stream_ids"] = (rid,) if sid is None else (int(sid),)
     else:
         options["stream_ids"] = tuple(options["stream_ids"])
-    from iommu_core.platform.pci import PciFunction
+    from iommu_core.platform.dma_engine import DMA_BAR_SIZE, DmaEngine
+    from iommu_core.platform.pci import PciBar, PciFunction
 
     dev = Device(name=name, segment=seg, rid=rid, iommu_name=iommu_name, **options)
-    dev.pci = PciFunction(dev, tuple(dev.bars))
+    bars = tuple(dev.bars)
+    engine = dev.dma_engine
+    if engine is None:
+        engine = not bars
+    elif engine and bars and bars[0] is not None:
+        raise IommuError(errno.EINVAL, f"{name}: BAR0 is the DMA engine's, the config gives "
+                         "another")
+    dev.dma_engine = bool(engine)
+    if engine:
+        bars = (PciBar(DmaEngine(dev), DMA_BAR_SIZE), *bars[1:])
+    dev.bars = bars
+    dev.pci = PciFunction(dev, bars)
     return dev

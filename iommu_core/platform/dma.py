@@ -32,8 +32,9 @@ class DmaFault(Exception):
     """A device's DMA was not translated: the IOMMU aborted it (or parked it for PRI).
 
     ``reason`` is the hardware's own name for the fault (an SMMU event id such as
-    ``F_TRANSLATION``, a VT-d fault reason, an AMD event type); ``detail`` carries the
-    rest of the hardware record (event code, level, StreamID...).
+    ``F_TRANSLATION``, a VT-d fault reason, an AMD event type) and ``code`` its number in
+    the hardware's records (the event id 0x10, fault reason 0x91, event type 2; 0 when the
+    hardware has none); ``detail`` carries the rest of the record (level, StreamID...).
     """
 
     def __init__(
@@ -45,6 +46,7 @@ class DmaFault(Exception):
         reason: str,
         detail: dict[str, Any] | None = None,
         page_request: bool = False,
+        code: int = 0,
     ) -> None:
         self.device = device
         self.address = address
@@ -55,6 +57,7 @@ class DmaFault(Exception):
         #: The fault was turned into a PRI page request (or a stall): the device may
         #: retry once the response arrives.
         self.page_request = page_request
+        self.code = code
         p = "" if pasid is None else f" pasid {pasid}"
         super().__init__(
             f"DMA {access_str(access)} by {device} at {address:#x}{p}: {reason}"
@@ -242,3 +245,24 @@ def device_dma_write(hw: IommuHardware, mem: PhysicalMemory, dev: Device, iova: 
     write = mem.write
     for pa, p, c in pieces:
         write(pa, mv[p : p + c])
+
+
+class DmaPort:
+    """Where a device's memory requests go: through the IOMMU it sits behind, to memory.
+    The platform wires one into every device it adds (``Device.dma_port``); a device model
+    that masters DMA (the DMA engine) issues its reads and writes here, the same path as
+    ``Machine.dma_read``/``dma_write``."""
+
+    __slots__ = ("hw", "mem", "tracer")
+
+    def __init__(self, hw: IommuHardware, mem: Any, tracer: Any) -> None:
+        self.hw = hw
+        self.mem = mem
+        self.tracer = tracer
+
+    def read(self, dev: Device, iova: int, n: int, pasid: int | None = None) -> bytes:
+        return device_dma_read(self.hw, self.mem, dev, iova, n, pasid)
+
+    def write(self, dev: Device, iova: int, data: bytes | bytearray | memoryview,
+              pasid: int | None = None) -> None:
+        device_dma_write(self.hw, self.mem, dev, iova, data, pasid)

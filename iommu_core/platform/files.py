@@ -107,6 +107,10 @@ class File:
     def poll(self) -> int:
         return 0
 
+    def is_eventfd(self) -> bool:
+        """``file->f_op == &eventfd_fops`` (what ``eventfd_ctx_fileget`` checks)."""
+        return False
+
     def eventfd_signal(self, n: int = 1) -> None:
         """Add ``n`` to an eventfd's counter (a device interrupt); anything else is not
         an eventfd (``eventfd_ctx_fdget``: EINVAL)."""

@@ -13,7 +13,7 @@ import abc
 import errno
 
 from iommu_core.errors import IommuError
-from iommu_core.platform.memory import PhysicalMemory
+from iommu_core.platform.memory import PAGE_SHIFT, PhysicalMemory
 from iommu_core.platform.page_alloc import PageAllocator, PfnRun
 
 HPAGE_SHIFT = 21
@@ -69,6 +69,18 @@ class MmStruct(abc.ABC):
     @abc.abstractmethod
     def get_user_page(self, va: int, write: bool = False) -> int:
         """``get_user_pages_fast`` of one page: its frame number, faulting it in."""
+
+    def get_user_pages(self, va: int, npages: int, write: bool = False) -> list[PfnRun]:
+        """``get_user_pages`` (no pin) of ``npages`` from page-aligned ``va``: the frames,
+        as runs, faulting them in (EFAULT if one is not there)."""
+        runs: list[PfnRun] = []
+        for i in range(npages):
+            pfn = self.get_user_page(va + (i << PAGE_SHIFT), write)
+            if runs and runs[-1][0] + runs[-1][1] == pfn:
+                runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+            else:
+                runs.append((pfn, 1))
+        return runs
 
     @abc.abstractmethod
     def is_compound(self, va: int) -> bool:

@@ -40,7 +40,7 @@ class PageAllocator:
     """
 
     __slots__ = ("_free", "_free_runs", "_live", "_next_pfn", "_orphans", "_pins", "allocs",
-                 "by_tag", "fault_injector", "mem")
+                 "by_tag", "mem", "should_fail")
 
     def __init__(self, mem: PhysicalMemory, ram_base: int = RAM_BASE) -> None:
         self.mem = mem
@@ -54,10 +54,12 @@ class PageAllocator:
         self._pins: RangeMap[int] = RangeMap()
         self._orphans: RangeMap[bool] = RangeMap()
         self.by_tag: Counter[str] = Counter()
-        #: Number of successful allocations so far (fail-nth counts these calls).
+        #: Number of successful allocations so far.
         self.allocs = 0
-        #: Called before every allocation with (order, tag); may raise ENOMEM (fail-nth).
-        self.fault_injector: Callable[[int, str], None] | None = None
+        #: fail_page_alloc: asked with the order before every kernel allocation; True
+        #: fails it with ENOMEM. The platform connects it to the tasks' fail-nth
+        #: (:meth:`Platform.should_fail`); user pages are never injected.
+        self.should_fail: Callable[[int], bool] | None = None
 
     # -- allocation ---------------------------------------------------------------------
     def _carve(self, count: int, align: int) -> int | None:
@@ -79,8 +81,8 @@ class PageAllocator:
         return pfn
 
     def alloc_pages(self, order: int = 0, tag: str = "kernel") -> int:
-        if self.fault_injector is not None:
-            self.fault_injector(order, tag)
+        if tag == "kernel" and self.should_fail is not None and self.should_fail(order):
+            raise enomem(f"fail-nth: order-{order} page allocation failed")
         count = 1 << order
         free = self._free.get(order)
         pfn = free.pop() if free else self._take(count, count)
@@ -94,11 +96,9 @@ class PageAllocator:
 
     def alloc_range(self, count: int, align: int = 1, tag: str = "user") -> int:
         """One run of ``count`` contiguous frames aligned to ``align`` frames (a power of
-        two); its first pfn. A single allocation whatever its length (one fail-nth point)."""
+        two); its first pfn (user memory: THP-backed populations)."""
         if count <= 0:
             raise IommuError(errno.EINVAL, "empty allocation")
-        if self.fault_injector is not None:
-            self.fault_injector(max(0, (count - 1).bit_length()), tag)
         pfn = self._take(count, align)
         self._live.set(pfn, pfn + count, tag)
         self.by_tag[tag] += count
@@ -109,11 +109,9 @@ class PageAllocator:
         """``count`` single frames, no two of them adjacent: what a run of 4 KiB page
         faults gets on a machine whose memory is fragmented. (Were they adjacent, an
         IOMMU could map them with one larger IOPTE, which real 4 KiB user memory rarely
-        allows and which would coarsen dirty tracking.) One fault-injection point."""
+        allows and which would coarsen dirty tracking.)"""
         if count <= 0:
             raise IommuError(errno.EINVAL, "empty allocation")
-        if self.fault_injector is not None:
-            self.fault_injector(0, tag)
         base = self._take(2 * count - 1, 1)
         pfns = list(range(base, base + 2 * count, 2))
         for pfn in pfns:
@@ -173,6 +171,20 @@ class PageAllocator:
 
     def pin_count(self, pfn: int) -> int:
         return self._pins.get(pfn, 0) or 0
+
+    def pin_spans(self, pfn: int, count: int) -> list[tuple[int, int, int]]:
+        """``[pfn, pfn+count)`` cut into (start, end, pins) spans, unpinned ones with 0."""
+        out: list[tuple[int, int, int]] = []
+        pos = pfn
+        for s, e, n in self._pins.overlapping(pfn, pfn + count):
+            s, e = max(s, pfn), min(e, pfn + count)
+            if s > pos:
+                out.append((pos, s, 0))
+            out.append((s, e, n))
+            pos = e
+        if pos < pfn + count:
+            out.append((pos, pfn + count, 0))
+        return out
 
     def pin_count_in(self, pfn: int, count: int) -> int:
         """Frames of ``[pfn, pfn+count)`` holding a pin."""

@@ -12,8 +12,15 @@ assignment; absent from the pci.ids database):
 * extended capabilities as the Machine config gives them (:class:`~.bus.Device`): ATS at
   0x100 (``ats``), PRI (``pri``), PASID (``pasid_bits``, ``pasid_exec``, ``pasid_priv``),
   chained in that order;
-* INTx pin A (none for a VF), and the BARs its model declares (:class:`PciBar`, none by
-  default). A VF reads vendor/device 0xffff and has no Memory Space Enable, as SR-IOV says.
+* INTx pin A (none for a VF), and the BARs its model declares (:class:`PciBar`; by default
+  BAR0 is the DMA engine of :mod:`~iommu_core.platform.dma_engine`). A VF reads
+  vendor/device 0xffff and has no Memory Space Enable, as SR-IOV says.
+
+A device model raises its interrupt with :meth:`PciFunction.raise_irq`: an MSI when MSI is
+enabled (the vector's Pending bit while it is masked), else INTx pin A, level-triggered
+until :meth:`PciFunction.lower_irq`, shown in Status.Interrupt and held back by Command's
+Interrupt Disable. The host sees them on :attr:`PciFunction.msi_irq` and
+:attr:`PciFunction.intx_irq`.
 
 Registers behave as the PCI Express base specification defines them: read-only bits keep
 their value, RW1C bits clear when written with 1, reserved space reads 0 and ignores writes.
@@ -28,7 +35,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from iommu_core.errors import IommuError
-from iommu_core.platform.dma import Mmio
+from iommu_core.platform.dma import IrqLine, Mmio
 
 if TYPE_CHECKING:
     from iommu_core.platform.bus import Device
@@ -218,8 +225,18 @@ class PciBarOps(Mmio):
     @abc.abstractmethod
     def write(self, offset: int, size: int, value: int) -> None: ...
 
+    #: Offsets of registers whose writes start work (doorbells): a mapping of the BAR that
+    #: replays stores in bulk (``iommu-sim exec``) writes them after the others.
+    doorbells: frozenset[int] = frozenset()
+
     def reset(self) -> None:
         """Function Level Reset: back to the power-on state."""
+
+    def snapshot(self, offset: int, n: int) -> bytes:
+        """The ``n`` bytes from ``offset`` as 32-bit reads would return them (reads have no
+        side effects); models override it with something faster."""
+        return b"".join(self.read(o, 4).to_bytes(4, "little") for o in range(offset,
+                                                                             offset + n, 4))
 
     def read32(self, offset: int) -> int:
         return self.read(offset, 4)
@@ -320,6 +337,14 @@ class PciFunction:
         self.no_command_memory = dev.is_virtfn
         self.current_state = PCI_D0
         self.ext_caps: dict[int, int] = {}  # ext cap id -> offset
+        #: The function's interrupts as the host's interrupt controller delivers them:
+        #: its MSI vector and INTx pin A (``request_irq`` on them).
+        self.msi_irq = IrqLine(f"{dev.name}-msi")
+        self.intx_irq = IrqLine(f"{dev.name}-intx")
+        #: The device holds INTx asserted (level), whether or not Interrupt Disable lets it
+        #: through.
+        self.intx_level = False
+        self._intx_asserted = False
         self.cfg = PciConfigSpace(self.cfg_size)
         self._build(dev)
         self.cfg.power_on = bytes(self.cfg.data)
@@ -454,7 +479,12 @@ class PciFunction:
         devctl = self.pcie_cap + PCI_EXP_DEVCTL
         flr = (off <= devctl + 1 < off + size
                and (value >> (8 * (devctl + 1 - off))) & (PCI_EXP_DEVCTL_BCR_FLR >> 8))
+        was_masked = self._msi_masked()
         cfg.write(off, size, value)
+        if off < PCI_COMMAND + 2 and off + size > PCI_COMMAND:
+            self._update_intx()
+        if was_masked and not self._msi_masked() and self._msi_pending():
+            self._msi_send()  # unmasked with a message pending: it goes now
         if off <= pm_ctrl < off + size:
             state = (value >> (8 * (pm_ctrl - off))) & PCI_PM_CTRL_STATE_MASK
             self._set_d_state(state)
@@ -474,6 +504,65 @@ class PciFunction:
             state = self.current_state
         self.current_state = state
         c.data[ctrl] = (c.data[ctrl] & ~PCI_PM_CTRL_STATE_MASK) | state
+
+    # -- interrupts -----------------------------------------------------------------------
+    def msi_enabled(self) -> bool:
+        return bool(self.msi_cap and self.cfg.read(self.msi_cap + PCI_MSI_FLAGS, 2)
+                    & PCI_MSI_FLAGS_ENABLE)
+
+    def _msi_masked(self) -> bool:
+        return bool(self.msi_cap and self.cfg.read(self.msi_cap + PCI_MSI_MASK_64, 4) & 1)
+
+    def _msi_pending(self) -> bool:
+        return bool(self.msi_cap and self.cfg.read(self.msi_cap + PCI_MSI_PENDING_64, 4) & 1)
+
+    def _set_msi_pending(self, on: bool) -> None:
+        off = self.msi_cap + PCI_MSI_PENDING_64
+        self.cfg.data[off] = (self.cfg.data[off] & ~1) | int(on)
+
+    def _msi_send(self) -> None:
+        """The message is written; with no handler on the vector it is lost (spurious),
+        not kept: MSI is an edge."""
+        self._set_msi_pending(False)
+        if self.msi_irq.handler is not None:
+            self.msi_irq.assert_irq()
+
+    def _update_intx(self) -> None:
+        """Status.Interrupt follows the device's level; the pin is asserted while Interrupt
+        Disable is clear, and a newly asserted pin interrupts."""
+        c = self.cfg
+        status = c.read(PCI_STATUS, 2) & ~PCI_STATUS_INTERRUPT
+        c.data[PCI_STATUS:PCI_STATUS + 2] = (
+            status | (PCI_STATUS_INTERRUPT if self.intx_level else 0)).to_bytes(2, "little")
+        asserted = self.intx_level and not c.read(PCI_COMMAND, 2) & PCI_COMMAND_INTX_DISABLE
+        if asserted and not self._intx_asserted:
+            self._intx_asserted = True
+            self.intx_irq.assert_irq()
+        elif not asserted:
+            self._intx_asserted = False
+            self.intx_irq.pending = False
+
+    def raise_irq(self) -> None:
+        """The device signals its interrupt: an MSI (Pending while masked) when MSI is
+        enabled and the function is in D0, else INTx asserted until :meth:`lower_irq`. A
+        function without a routed INTx pin (a VF) and MSI off signals nothing."""
+        if self.msi_enabled():
+            if self.current_state != PCI_D0:
+                return
+            if self._msi_masked():
+                self._set_msi_pending(True)
+            else:
+                self._msi_send()
+            return
+        if self.irq:
+            self.intx_level = True
+            self._update_intx()
+
+    def lower_irq(self) -> None:
+        """The device deasserts INTx (MSI is an edge: nothing to lower)."""
+        if self.intx_level:
+            self.intx_level = False
+            self._update_intx()
 
     # -- memory requests ------------------------------------------------------------------
     def memory_decode(self) -> bool:
@@ -504,9 +593,54 @@ class PciFunction:
                         e + PCI_EXP_LNKCTL: (2, PCI_EXP_LNKCTL_ASPMC | PCI_EXP_LNKCTL_CCC
                                              | PCI_EXP_LNKCTL_ES)})
         self.current_state = PCI_D0
+        self.intx_level = False
+        self._update_intx()
         for bar in self.bars:
             if bar is not None:
                 bar.ops.reset()
+
+    def bus_master(self) -> bool:
+        """Bus Master Enable: the function may issue memory requests (its DMA)."""
+        return bool(self.cfg.read(PCI_COMMAND, 2) & PCI_COMMAND_MASTER)
+
+    def bar_window(self, bar: int) -> PciBarWindow:
+        """BAR ``bar`` as an :class:`~iommu_core.platform.dma.Mmio` (what a CPU mapping of
+        the BAR reaches: memory requests to the function)."""
+        return PciBarWindow(self, bar)
+
+
+class PciBarWindow(Mmio):
+    """A mapping of one BAR: loads and stores become memory requests to the function
+    (all ones and dropped without memory decode, as a real mapping would see them)."""
+
+    def __init__(self, pdev: PciFunction, bar: int) -> None:
+        self.pdev = pdev
+        self.bar = bar
+        b = pdev.bars[bar]
+        self.ops = b.ops if b is not None else None
+
+    @property
+    def doorbells(self) -> frozenset[int]:
+        return self.ops.doorbells if self.ops is not None else frozenset()
+
+    def _size(self) -> int:
+        b = self.pdev.bars[self.bar]
+        return b.size if b is not None else 0
+
+    def read32(self, offset: int) -> int:
+        if offset + 4 > self._size():  # the rest of a small BAR's page decodes nothing
+            return 0xFFFF_FFFF
+        return self.pdev.bar_read(self.bar, offset, 4)
+
+    def write32(self, offset: int, value: int) -> None:
+        if offset + 4 <= self._size():
+            self.pdev.bar_write(self.bar, offset, 4, value)
+
+    def snapshot(self, offset: int, n: int) -> bytes:
+        if self.ops is None or not self.pdev.memory_decode():
+            return b"\xff" * n
+        inside = max(0, min(n, self._size() - offset))
+        return self.ops.snapshot(offset, inside) + b"\xff" * (n - inside)
 
 
 # -- the PCI core (drivers/pci/pci.c) -------------------------------------------------------
@@ -530,6 +664,11 @@ def pci_save_state(pdev: PciFunction) -> PciSavedState:
     pri = pdev.ext_caps.get(PCI_EXT_CAP_ID_PRI)
     if pri is not None:
         regs.append((pri + PCI_PRI_ALLOC_REQ, 4, pdev.config_read(pri + PCI_PRI_ALLOC_REQ, 4)))
+    if pdev.msi_cap:  # pci_restore_msi_state: the message and mask, then the control
+        m = pdev.msi_cap
+        regs += [(m + r, n, pdev.config_read(m + r, n))
+                 for r, n in ((PCI_MSI_ADDRESS_LO, 4), (PCI_MSI_ADDRESS_HI, 4),
+                              (PCI_MSI_DATA_64, 2), (PCI_MSI_MASK_64, 4), (PCI_MSI_FLAGS, 2))]
     return PciSavedState(tuple(regs))
 
 
@@ -566,3 +705,76 @@ def pci_set_power_state(pdev: PciFunction, state: int) -> None:
         return
     ctrl = pdev.pm_cap + PCI_PM_CTRL
     pdev.config_write(ctrl, 2, (pdev.config_read(ctrl, 2) & ~PCI_PM_CTRL_STATE_MASK) | state)
+
+
+# -- MSI and INTx (drivers/pci/msi, drivers/pci/pci.c) -------------------------------------
+PCI_IRQ_INTX = 1 << 0
+PCI_IRQ_MSI = 1 << 1
+PCI_IRQ_MSIX = 1 << 2
+#: The message the host's MSI domain writes: the x86 interrupt window and a vector.
+MSI_ADDRESS = 0xFEE0_0000
+MSI_DATA = 0x4021
+
+
+def pci_msi_vec_count(pdev: PciFunction) -> int:
+    if not pdev.msi_cap:
+        return 0
+    flags = pdev.config_read(pdev.msi_cap + PCI_MSI_FLAGS, 2)
+    return 1 << ((flags & PCI_MSI_FLAGS_QMASK) >> 1)
+
+
+def pci_alloc_irq_vectors(pdev: PciFunction, min_vecs: int, max_vecs: int, flags: int) -> int:
+    """``pci_alloc_irq_vectors`` for MSI (the function has no MSI-X): program the message,
+    turn INTx off and MSI on; the number of vectors. ERANGE for max < min, ENOSPC when the
+    function cannot give ``min_vecs``, EINVAL when MSI is already on."""
+    if max_vecs < min_vecs:
+        raise IommuError(errno.ERANGE, f"max {max_vecs} < min {min_vecs} vectors")
+    if not flags & PCI_IRQ_MSI or pci_msi_vec_count(pdev) < min_vecs:
+        raise IommuError(errno.ENOSPC, f"{pdev.name}: no {min_vecs} MSI vectors")
+    if pdev.msi_enabled():
+        raise IommuError(errno.EINVAL, f"{pdev.name}: MSI already enabled")
+    nvec = min(pci_msi_vec_count(pdev), max_vecs)
+    cap = pdev.msi_cap
+    pdev.config_write(cap + PCI_MSI_ADDRESS_LO, 4, MSI_ADDRESS)
+    pdev.config_write(cap + PCI_MSI_ADDRESS_HI, 4, 0)
+    pdev.config_write(cap + PCI_MSI_DATA_64, 2, MSI_DATA)
+    pci_intx(pdev, False)  # pci_intx_for_msi
+    flags_now = pdev.config_read(cap + PCI_MSI_FLAGS, 2) & ~PCI_MSI_FLAGS_QSIZE
+    pdev.config_write(cap + PCI_MSI_FLAGS, 2, flags_now | PCI_MSI_FLAGS_ENABLE)
+    return nvec
+
+
+def pci_free_irq_vectors(pdev: PciFunction) -> None:
+    """``pci_free_irq_vectors``: MSI off, INTx back on (``pci_intx_for_msi``)."""
+    if pdev.msi_enabled():
+        cap = pdev.msi_cap
+        pdev.config_write(cap + PCI_MSI_FLAGS, 2,
+                          pdev.config_read(cap + PCI_MSI_FLAGS, 2) & ~PCI_MSI_FLAGS_ENABLE)
+        pci_intx(pdev, True)
+
+
+def pci_intx(pdev: PciFunction, enable: bool) -> None:
+    """``pci_intx``: clear (enable) or set Interrupt Disable."""
+    cmd = pdev.config_read(PCI_COMMAND, 2)
+    new = cmd & ~PCI_COMMAND_INTX_DISABLE if enable else cmd | PCI_COMMAND_INTX_DISABLE
+    if new != cmd:
+        pdev.config_write(PCI_COMMAND, 2, new)
+
+
+def _pci_check_and_set_intx_mask(pdev: PciFunction, mask: bool) -> bool:
+    """Mask only with an interrupt pending, unmask only without: False otherwise."""
+    pending = bool(pdev.config_read(PCI_STATUS, 2) & PCI_STATUS_INTERRUPT)
+    if mask != pending:
+        return False
+    pci_intx(pdev, not mask)
+    return True
+
+
+def pci_check_and_mask_intx(pdev: PciFunction) -> bool:
+    """``pci_check_and_mask_intx``: mask INTx if this function is the one interrupting."""
+    return _pci_check_and_set_intx_mask(pdev, True)
+
+
+def pci_check_and_unmask_intx(pdev: PciFunction) -> bool:
+    """``pci_check_and_unmask_intx``: unmask INTx unless an interrupt is still pending."""
+    return _pci_check_and_set_intx_mask(pdev, False)

@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import errno
 import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import attrs
 
 from iommu_core.errors import IommuError
 from iommu_core.platform.bus import Device
-from iommu_core.platform.dma import IommuHardware, IrqLine, Mmio
-from iommu_core.platform.files import Opener
+from iommu_core.platform.dma import DmaPort, IommuHardware, IrqLine, Mmio
+from iommu_core.platform.fault_inject import PAGE, SLAB, FaultAttrs
+from iommu_core.platform.files import File, Opener
 from iommu_core.platform.memory import PhysicalMemory
 from iommu_core.platform.page_alloc import PageAllocator
-from iommu_core.platform.task import TaskTable
+from iommu_core.platform.task import Task, TaskTable
 from iommu_core.trace import Tracer
 
 
@@ -37,6 +40,10 @@ class Platform:
         self.mem = PhysicalMemory(phys_bits)
         self.alloc = PageAllocator(self.mem)
         self.tracer = Tracer()
+        #: The fault-injection knobs; the count itself is each task's ``fail_nth``.
+        self.fault_attrs = FaultAttrs()
+        self._nofail = 0
+        self.alloc.should_fail = self._should_fail_page
         self.iommus: dict[str, IommuHardware] = {}
         self.devices: dict[str, Device] = {}
         #: Device name -> (the device, the unit it sits behind): a DMA's one lookup.
@@ -46,14 +53,54 @@ class Platform:
         #: Device nodes: path -> opener (registered by the subsystems that own them).
         self.chrdevs: dict[str, Opener] = {}
 
-    def should_fail(self, what: str) -> bool:
-        """``should_fail``: fault injection at one point (an allocation, a pin). The
+    def should_fail(self, what: str, site: str = "") -> bool:
+        """``should_fail``: one fault-injection point of kind ``what`` (``slab``,
+        ``page``, ``iommufd``: :mod:`iommu_core.platform.fault_inject`) at ``site``. The
         current task's ``fail_nth`` counts points down; the one that reaches zero fails."""
         task = self.tasks.current
-        if task is None or not task.fail_nth:
+        if task is None or not task.fail_nth or self._nofail:
             return False
         task.fail_nth -= 1
-        return task.fail_nth == 0
+        if task.fail_nth:
+            return False
+        if self.tracer.enabled:
+            self.tracer.event("fault", f"fail-nth {what}", site)
+        return True
+
+    @contextmanager
+    def nofail(self) -> Iterator[None]:
+        """A path the kernel requires to succeed (``__iommu_group_set_domain_nofail``,
+        detaches): what it allocates reaches no fault-injection point."""
+        self._nofail += 1
+        try:
+            yield
+        finally:
+            self._nofail -= 1
+
+    def kzalloc(self, site: str) -> None:
+        """A slab allocation the kernel makes here (the Python object stands for the
+        memory): a failslab point, ENOMEM when it fires."""
+        task = self.tasks.current
+        if task is not None and task.fail_nth and self.should_fail(SLAB, site):
+            raise IommuError(errno.ENOMEM, f"fail-nth: kzalloc of {site} failed")
+
+    def _should_fail_page(self, order: int) -> bool:
+        """fail_page_alloc: kernel pages of at least ``page_min_order``."""
+        task = self.tasks.current
+        if task is None or not task.fail_nth or order < self.fault_attrs.page_min_order:
+            return False
+        return self.should_fail(PAGE, f"order-{order} page")
+
+    def open_chrdev(self, path: str, task: Task) -> File | None:
+        """``open(2)`` of one of the machine's device nodes (None if ``path`` is not
+        one): ``getname`` and the ``struct file`` are allocated (ENOMEM), then the
+        driver's open runs."""
+        opener = self.chrdevs.get(path)
+        if opener is None:
+            return None
+        self.kzalloc("getname")
+        self.kzalloc("struct file")
+        return opener(task)
 
     def add_iommu(self, hw: IommuHardware) -> IommuResources:
         if hw.name in self.iommus:
@@ -71,6 +118,7 @@ class Platform:
                              f"{dev.iommu_name!r}")
         self.devices[dev.name] = dev
         self.dma_targets[dev.name] = (dev, hw)
+        dev.dma_port = DmaPort(hw, self.mem, self.tracer)
         hw.attach_device(dev)
         dev.props.on_change = functools.partial(hw.device_changed, dev)
 
@@ -79,6 +127,7 @@ class Platform:
             del self.devices[dev.name]
             del self.dma_targets[dev.name]
         dev.props.on_change = None
+        dev.dma_port = None
         hw = self.iommus.get(dev.iommu_name)
         if hw is not None:
             hw.detach_device(dev)

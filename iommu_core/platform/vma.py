@@ -482,7 +482,9 @@ class SimMm(MmStruct):
                           mv[lo - va : hi - va])
 
     # -- GUP ------------------------------------------------------------------------------
-    def pin_user_pages(self, va: int, npages: int, write: bool) -> list[PfnRun]:
+    def _gup(self, va: int, npages: int, unshare: bool) -> list[PfnRun]:
+        """The frames of ``npages`` from page-aligned ``va``, faulted in (``unshare``:
+        a private mapping's pages become its own)."""
         if va & PAGE_MASK:
             raise IommuError(errno.EINVAL, "pin address not page aligned")
         if not self.alive:
@@ -494,17 +496,24 @@ class SimMm(MmStruct):
         runs: list[PfnRun] = []
         for v, s, e in pieces:
             first = v.index(s)
-            # FOLL_LONGTERM always unshares a private mapping's pages.
             for _idx, cnt, pfn in v.obj.resolve(first, (e - s) >> PAGE_SHIFT, True,
-                                                not v.shared, v.lo, v.hi):
+                                                unshare and not v.shared, v.lo, v.hi):
                 assert pfn is not None
                 if runs and runs[-1][0] + runs[-1][1] == pfn:
                     runs[-1] = (runs[-1][0], runs[-1][1] + cnt)
                 else:
                     runs.append((pfn, cnt))
+        return runs
+
+    def pin_user_pages(self, va: int, npages: int, write: bool) -> list[PfnRun]:
+        # FOLL_LONGTERM always unshares a private mapping's pages.
+        runs = self._gup(va, npages, True)
         for pfn, cnt in runs:
             self.alloc.pin(pfn, cnt)
         return runs
+
+    def get_user_pages(self, va: int, npages: int, write: bool = False) -> list[PfnRun]:
+        return self._gup(va, npages, write)
 
     def get_user_page(self, va: int, write: bool = False) -> int:
         v = self._find(va)

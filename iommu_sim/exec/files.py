@@ -61,16 +61,27 @@ class Exported:
 
 class RegisterShadow:
     """Device registers (an ``Mmio``) mapped into the program: a shared page the program
-    loads from and stores to. At every sync point the supervisor replays the words the
-    program changed as register writes, in address order, then shows the registers' values
-    again. So a store takes effect at the program's next watched system call or within a
-    tick, and a load sees the registers as of the last sync (reads have no side effects)."""
+    loads from and stores to, synced by the supervisor at each watched system call and
+    every tick (~2 ms) while it is mapped.
+
+    A sync replays the 32-bit words the program changed since the last sync as register
+    writes, in address order except that the block's doorbells (``mmio.doorbells``: a
+    DMA engine's command) go last, so a program that fills in a buffer and the transfer's
+    registers and then rings the doorbell is replayed in that order. Then the words whose
+    register value differs from the page are written back, and only those: a store the
+    program makes meanwhile to any other word is kept for the next sync. So a store takes
+    effect within a tick, a load sees the registers as of the last sync (reads have no side
+    effects), and a word stored twice between two syncs is written once, with its last
+    value."""
 
     def __init__(self, mmio: Any, base: int, host: mmap.mmap) -> None:
         self.mmio = mmio
         self.base = base
         self.host = host
         self.view = memoryview(host)
+        n = len(self.view)
+        self.doorbells = {o - base for o in getattr(mmio, "doorbells", ())
+                          if base <= o < base + n}
         self.last = self._registers()
         self.view[:] = self.last
 
@@ -84,16 +95,45 @@ class RegisterShadow:
         return b"".join(self.mmio.read32(self.base + o).to_bytes(4, "little")
                         for o in range(0, n, 4))
 
+    @staticmethod
+    def _diff(a: bytes, b: bytes, start: int = 0, end: int = -1, chunk: int = 512
+              ) -> list[int]:
+        """Offsets of the 32-bit words that differ in [start, end), ascending: equal
+        chunks are skipped whole, differing ones searched in smaller chunks."""
+        end = len(a) if end < 0 else end
+        if chunk <= 4:
+            return [o for o in range(start, end, 4) if a[o : o + 4] != b[o : o + 4]]
+        out = []
+        for base in range(start, end, chunk):
+            top = min(base + chunk, end)
+            if a[base:top] != b[base:top]:
+                out += RegisterShadow._diff(a, b, base, top, chunk // 8)
+        return out
+
     def sync(self) -> None:
         cur = bytes(self.view)
         if cur != self.last:
-            for o in range(0, len(cur), 4):
-                if cur[o : o + 4] != self.last[o : o + 4]:
-                    self.mmio.write32(self.base + o, int.from_bytes(cur[o : o + 4], "little"))
+            changed = self._diff(cur, self.last)
+            write32 = self.mmio.write32
+            for o in [o for o in changed if o not in self.doorbells] + [
+                    o for o in changed if o in self.doorbells]:
+                write32(self.base + o, int.from_bytes(cur[o : o + 4], "little"))
         regs = self._registers()
         if regs != cur:
-            self.view[:] = regs
+            for a, b in _word_runs(self._diff(regs, cur)):
+                self.view[a:b] = regs[a:b]
         self.last = regs
+
+
+def _word_runs(offsets: list[int]) -> list[tuple[int, int]]:
+    """Ascending word offsets as [start, end) runs of consecutive words."""
+    runs: list[tuple[int, int]] = []
+    for o in offsets:
+        if runs and runs[-1][1] == o:
+            runs[-1] = (runs[-1][0], o + 4)
+        else:
+            runs.append((o, o + 4))
+    return runs
 
 
 class ExportTable:
@@ -174,8 +214,12 @@ class ExportTable:
         length = (length + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
         if os.fstat(ex.own_fd).st_size < offset + length:
             os.ftruncate(ex.own_fd, offset + length)
-        if offset in ex.shadows:
-            return
+        old = ex.shadows.get(offset)
+        if old is not None:
+            if len(old.view) >= length:
+                return
+            old.sync()  # a longer mapping of the same registers: one page set, grown
+            old.view.release()
         host = mmap.mmap(ex.own_fd, length, mmap.MAP_SHARED,
                          mmap.PROT_READ | mmap.PROT_WRITE, offset=offset)
         ex.shadows[offset] = RegisterShadow(region.mmio, region.mmio_offset, host)
@@ -345,6 +389,9 @@ class HostFile(File):
         pfn, n = w.pfns(first, (end >> PAGE_SHIFT) - first + 1)
         self.windows.alloc.pin(pfn, n)
         return [(pfn, n)]
+
+    def is_eventfd(self) -> bool:
+        return self.name == "anon_inode:[eventfd]"
 
     def eventfd_signal(self, n: int = 1) -> None:
         """Add ``n`` to the program's eventfd (a device interrupt delivered to it)."""

@@ -12,6 +12,7 @@ import shutil
 import tempfile
 
 from iommu_core.errors import IommuError
+from iommu_core.platform.fault_inject import FaultAttrs, kstrtouint
 from iommu_core.platform.files import POLLIN, File
 from iommu_core.platform.memory import PAGE_SIZE
 from iommu_core.platform.task import Task
@@ -19,14 +20,16 @@ from iommu_core.platform.task import Task
 _STATUS = re.compile(r"^/proc/(\d+)/(?:task/(\d+)/)?status$")
 _FAIL_NTH = re.compile(r"^/proc/(\d+)/task/(\d+)/fail-nth$")
 DEBUGFS = "/sys/kernel/debug"
-#: What ``/sys/kernel/debug`` holds for fault injection (failslab, fail_page_alloc).
+#: What ``/sys/kernel/debug`` holds for fault injection (failslab, fail_page_alloc). The
+#: Machine injects whatever the GFP flags (``ignore-gfp-*`` N, what the fail_nth selftest
+#: writes); ``min-order`` is the Machine's (:class:`FaultAttrs`).
 _DEBUGFS_FILES = {
     "failslab": {"probability": "0", "interval": "1", "times": "1", "space": "0",
-                 "verbose": "2", "ignore-gfp-wait": "Y", "cache-filter": "N",
+                 "verbose": "2", "ignore-gfp-wait": "N", "cache-filter": "N",
                  "task-filter": "N"},
     "fail_page_alloc": {"probability": "0", "interval": "1", "times": "1", "space": "0",
-                        "verbose": "2", "ignore-gfp-wait": "Y", "ignore-gfp-highmem": "Y",
-                        "min-order": "1", "task-filter": "N"},
+                        "verbose": "2", "ignore-gfp-wait": "N", "ignore-gfp-highmem": "N",
+                        "min-order": "{min_order}", "task-filter": "N"},
 }
 
 
@@ -68,6 +71,8 @@ class FailNthFile(File):
         return self.pread(n, 0)
 
     def pread(self, n: int, offset: int) -> bytes:
+        if self.task.exited:
+            raise IommuError(errno.ESRCH, f"task {self.task.pid} has exited")
         text = f"{self.task.fail_nth}\n".encode()
         return text[offset : offset + n]
 
@@ -75,13 +80,11 @@ class FailNthFile(File):
         return self.pwrite(data, 0)
 
     def pwrite(self, data: bytes, offset: int) -> int:
-        # kstrtouint_from_user: an optional trailing newline, base auto-detected
-        try:
-            n = int(data.decode().strip() or "x", 0)
-        except (ValueError, UnicodeDecodeError):
-            raise IommuError(errno.EINVAL, f"fail-nth: {data[:20]!r} is not a number") from None
-        if not 0 <= n <= 0xFFFF_FFFF:
-            raise IommuError(errno.ERANGE, f"fail-nth: {n} out of range")
+        """``proc_fail_nth_write``: the offset is ignored; EINVAL/ERANGE as
+        ``kstrtouint_from_user`` answers; ESRCH once the task is gone."""
+        n = kstrtouint(data)
+        if self.task.exited:
+            raise IommuError(errno.ESRCH, f"task {self.task.pid} has exited")
         self.task.fail_nth = n
         return len(data)
 
@@ -93,13 +96,13 @@ class DebugFs:
     """A directory standing for ``/sys/kernel/debug``: the fault-injection knobs, as
     regular files the program reads and writes natively."""
 
-    def __init__(self) -> None:
+    def __init__(self, attrs: FaultAttrs) -> None:
         self.root = tempfile.mkdtemp(prefix="iommu-sim-debugfs-")
         for d, files in _DEBUGFS_FILES.items():
             os.makedirs(os.path.join(self.root, d))
             for name, value in files.items():
                 with open(os.path.join(self.root, d, name), "w") as f:
-                    f.write(value + "\n")
+                    f.write(value.format(min_order=attrs.page_min_order) + "\n")
 
     def translate(self, path: str) -> str | None:
         """Our path for a path under ``/sys/kernel/debug`` (None if it is not one)."""

@@ -324,6 +324,9 @@ class RemoteMm(MmStruct):
         (pfn, _n), = self._resolve(va & ~(PAGE_SIZE - 1), 1, write, False)
         return pfn
 
+    def get_user_pages(self, va: int, npages: int, write: bool = False) -> list[PfnRun]:
+        return self._resolve(va, npages, write, False)
+
     def is_compound(self, va: int) -> bool:
         for e in self.maps():
             if e.start <= va < e.end:

@@ -188,7 +188,7 @@ class Supervisor:
         self.exports = ExportTable(self.platform.mem)
         self.exports.holders = lambda: list(self.procs)
         self.windows = HostWindows(self.platform.alloc)
-        self.debugfs = DebugFs()
+        self.debugfs = DebugFs(self.platform.fault_attrs)
         self.procs: dict[int, Proc] = {}
         self.tid_tgid: dict[int, int] = {}
         self.nid = 0
@@ -430,9 +430,9 @@ class Supervisor:
     def _open(self, task: ExecTask, dirfd: int, addr: int, flags: int, mode: int) -> Any:
         path = self._path(task, dirfd, addr)
         cloexec = bool(flags & os.O_CLOEXEC)
-        opener = self.platform.chrdevs.get(path)
-        if opener is not None:
-            self.install_file(opener(task), None, cloexec, send=True)
+        f = self.platform.open_chrdev(path, task)
+        if f is not None:
+            self.install_file(f, None, cloexec, send=True)
             return SENT
         pid = match_status(path)
         if pid is not None and (proc := self.procs.get(pid)) is not None:

@@ -131,6 +131,8 @@ LAYOUT: dict[str, tuple[int, dict[str, tuple[int, int]]]] = {
         "size": (16, 8), "offset": (24, 8)}),
     "vfio_region_info_cap_type": (16, {"header": (0, 8), "type": (8, 4), "subtype": (12, 4)}),
     "vfio_irq_info": (16, {"argsz": (0, 4), "flags": (4, 4), "index": (8, 4), "count": (12, 4)}),
+    "vfio_irq_set": (20, {"argsz": (0, 4), "flags": (4, 4), "index": (8, 4), "start": (12, 4),
+                          "count": (16, 4)}),
     "vfio_device_feature": (8, {"argsz": (0, 4), "flags": (4, 4)}),
     "vfio_device_low_power_entry_with_wakeup": (8, {"wakeup_eventfd": (0, 4),
                                                     "reserved": (4, 4)}),
@@ -418,6 +420,7 @@ def test_vfio_device_table() -> None:
         "VFIO_DEVICE_GET_INFO": (0x3B6B, "vfio_device_info", 24, 16),
         "VFIO_DEVICE_GET_REGION_INFO": (0x3B6C, "vfio_region_info", 32, 32),
         "VFIO_DEVICE_GET_IRQ_INFO": (0x3B6D, "vfio_irq_info", 16, 16),
+        "VFIO_DEVICE_SET_IRQS": (0x3B6E, "vfio_irq_set", 20, 20),
         "VFIO_DEVICE_FEATURE": (0x3B75, "vfio_device_feature", 8, 8),
     }
     assert {op.name: (op.request, op.struct.__name__, op.size, op.min_size)
@@ -518,6 +521,10 @@ VFIO_CONSTANTS = {
     "VFIO_DEVICE_INFO_CAP_PCI_ATOMIC_COMP": 5,
     "VFIO_IRQ_INFO_EVENTFD": 1, "VFIO_IRQ_INFO_MASKABLE": 2, "VFIO_IRQ_INFO_AUTOMASKED": 4,
     "VFIO_IRQ_INFO_NORESIZE": 8,
+    "VFIO_IRQ_SET_DATA_NONE": 1, "VFIO_IRQ_SET_DATA_BOOL": 2, "VFIO_IRQ_SET_DATA_EVENTFD": 4,
+    "VFIO_IRQ_SET_ACTION_MASK": 8, "VFIO_IRQ_SET_ACTION_UNMASK": 0x10,
+    "VFIO_IRQ_SET_ACTION_TRIGGER": 0x20, "VFIO_IRQ_SET_DATA_TYPE_MASK": 7,
+    "VFIO_IRQ_SET_ACTION_TYPE_MASK": 0x38,
     "VFIO_PCI_BAR0_REGION_INDEX": 0, "VFIO_PCI_ROM_REGION_INDEX": 6,
     "VFIO_PCI_CONFIG_REGION_INDEX": 7, "VFIO_PCI_VGA_REGION_INDEX": 8,
     "VFIO_PCI_NUM_REGIONS": 9, "VFIO_PCI_INTX_IRQ_INDEX": 0, "VFIO_PCI_MSI_IRQ_INDEX": 1,

@@ -33,6 +33,19 @@ def make_env(**options: Any) -> DriverEnv:
     return DriverEnv("amd_vi", plugin=plugin, options=options)
 
 
+def mapped_device(env: DriverEnv, iova: int, npages: int = 2) -> tuple[Device, Any]:
+    """A device without PASIDs on a v1 paging domain mapping ``npages`` user pages at
+    ``iova``: (device, domain)."""
+    dev = env.add_device(pasid_bits=0)
+    env.claim(dev)
+    dom = env.paging_domain(dev)
+    env.core.iommu_group_replace_domain(dev.iommu_group, dom)
+    _va, pfns = env.user_pages(npages)
+    for i, pfn in enumerate(pfns):
+        env.core.iommu_map(dom, iova + i * PAGE_SIZE, pfn * PAGE_SIZE, PAGE_SIZE, RW)
+    return dev, dom
+
+
 @pytest.fixture
 def env() -> Iterator[DriverEnv]:
     e = make_env()

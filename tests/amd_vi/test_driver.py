@@ -108,11 +108,16 @@ def test_dirty_tracking_sets_had(env: DriverEnv) -> None:
     class Rec:
         has_bitmap = True  # a real bitmap, not the clear-only pass
 
-        bitmap = object()
+        def __init__(self) -> None:
+            self.seen: list[tuple[int, int]] = []
 
-        def record(self, iova: int, n: int) -> None: ...
+        def record(self, iova: int, n: int) -> None:
+            self.seen.append((iova, n))
 
-    expect_errno(errno.EINVAL, dom.ops.read_and_clear_dirty, dom, 0, PAGE_SIZE, 0, Rec())
+    # 7.3's generic read_and_clear_dirty reads with tracking off too (nothing is dirty)
+    rec = Rec()
+    dom.ops.read_and_clear_dirty(dom, 0, PAGE_SIZE, 0, rec)
+    assert rec.seen == []
 
 
 def test_pasid_attach_writes_gcr3(env: DriverEnv) -> None:

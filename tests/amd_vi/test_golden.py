@@ -9,7 +9,19 @@ from typing import Any
 import pytest
 
 from drivers.amd_vi import iommu as amd
-from drivers.amd_vi.amd_iommu_types import DevTableEntry, EventLogEntry, IommuCmd, PprLogEntry
+from drivers.amd_vi.amd_iommu_types import (
+    CMD_INV_IOMMU_PAGES_GN_MASK as GN,
+)
+from drivers.amd_vi.amd_iommu_types import (
+    CMD_INV_IOMMU_PAGES_PDE_MASK as PDE,
+)
+from drivers.amd_vi.amd_iommu_types import (
+    U64,
+    DevTableEntry,
+    EventLogEntry,
+    IommuCmd,
+    PprLogEntry,
+)
 from drivers.amd_vi.hw.amd_iommu import AmdIommuHw
 from drivers.amd_vi.nested import set_dte_nested
 
@@ -85,15 +97,17 @@ def test_nested_dte() -> None:
     (lambda: amd.build_completion_wait(0x1_0000_5008, 0x1_0000_0002),
      (0x0000_5009, 0x1000_0001, 0x2, 0x1)),
     (lambda: amd.build_inv_dte(0x2008), (0x2008, 0x2000_0000, 0, 0)),
-    (lambda: amd.build_inv_iommu_pages(0x1234_5000, 0x1000, 5, 0, False),
-     (0, 0x3000_0005, 0x1234_5002, 0)),
-    (lambda: amd.build_inv_iommu_pages(0x20_0000, 0x20_0000, 5, 0, False),
+    (lambda: amd.build_inv_iommu_pages(0x1234_5000, 0x1234_5FFF, 5, 0, 0),
+     (0, 0x3000_0005, 0x1234_5000, 0)),
+    (lambda: amd.build_inv_iommu_pages(0x20_0000, 0x3F_FFFF, 5, 0, PDE),
      (0, 0x3000_0005, 0x002F_F003, 0)),
-    (lambda: amd.build_inv_iommu_pages(0, 1 << 64, 5, 0, False),
+    (lambda: amd.build_inv_iommu_pages(0, U64, 5, 0, PDE),
      (0, 0x3000_0005, 0xFFFF_F003, 0x7FFF_FFFF)),
-    (lambda: amd.build_inv_iommu_pages(0x4000, 0x1000, 9, 0x12345, True),
+    (lambda: amd.build_inv_iommu_pages(0x4000, 0x4FFF, 9, 0x12345, GN | PDE),
      (0x12345, 0x3000_0009, 0x4006, 0)),
-    (lambda: amd.build_inv_iotlb_pages(0x2008, 32, 0, 1 << 64, 0x1234, True),
+    (lambda: amd.build_inv_iommu_pages(0x4000, 0x5FFF, 9, 0x12345, GN),
+     (0x12345, 0x3000_0009, 0x4005, 0)),
+    (lambda: amd.build_inv_iotlb_pages(0x2008, 32, 0, U64, 0x1234, True),
      (0x2012_2008, 0x4034_2008, 0xFFFF_F005, 0x7FFF_FFFF)),
     (lambda: amd.build_complete_ppr(0x2008, 5, 1, 0x1A, True),
      (0x2008, 0x7000_0005, 0x4, 0x101A)),
@@ -111,7 +125,7 @@ def test_command_encoding(cmd: Any, words: tuple[int, ...]) -> None:
 def test_inv_address_covers_range(start: int, size: int) -> None:
     """What the hardware decodes from build_inv_address is the smallest naturally
     aligned range covering [start, start + size)."""
-    inv = amd.build_inv_address(start, size)
+    inv = amd.build_inv_address(start, start + size - 1)
     first, last = AmdIommuHw.inv_range(inv & 0xFFFF_FFFF, inv >> 32)
     assert first <= start and start + size - 1 <= last
     span = last - first + 1

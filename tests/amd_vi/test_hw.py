@@ -147,11 +147,11 @@ def test_v1_walk_tlb_stale_until_inv_pages() -> None:
     pt.unmap(0x10_0000, 4096)
     pt.map(0x10_0000, b, 4096, RW)
     assert r.hw.dma_translate(r.dev, None, 0x10_0000, ACCESS_READ) == a, "stale IOTLB"
-    r.send(build_inv_iommu_pages(0x20_0000, 4096, 5, 0, False))  # other page: still stale
+    r.send(build_inv_iommu_pages(0x20_0000, 0x20_0FFF, 5, 0, 0))  # other page: still stale
     assert r.hw.dma_translate(r.dev, None, 0x10_0000, ACCESS_READ) == a
-    r.send(build_inv_iommu_pages(0x10_0000, 4096, 6, 0, False))  # other DomainID
+    r.send(build_inv_iommu_pages(0x10_0000, 0x10_0FFF, 6, 0, 0))  # other DomainID
     assert r.hw.dma_translate(r.dev, None, 0x10_0000, ACCESS_READ) == a
-    r.send(build_inv_iommu_pages(0, 0x40_0000, 5, 0, False))  # S=1 range covering it
+    r.send(build_inv_iommu_pages(0, 0x3F_FFFF, 5, 0, 0))  # S=1 range covering it
     assert r.hw.dma_translate(r.dev, None, 0x10_0000, ACCESS_READ) == b
 
 
@@ -163,7 +163,7 @@ def test_dte_cache_stale_until_inv_dte() -> None:
     r.dte(v1_dte(pt, 5))
     r.hw.dma_translate(r.dev, None, 0, ACCESS_READ)
     r.dte([DTE_FLAG_V | DTE_FLAG_TV, 0, 0, 0])  # blocked, not yet invalidated
-    r.send(build_inv_iommu_pages(0, 1 << 64, 5, 0, False))
+    r.send(build_inv_iommu_pages(0, (1 << 64) - 1, 5, 0, 0))
     assert r.hw.dma_translate(r.dev, None, 0, ACCESS_READ) == a, "cached DTE still used"
     r.send(build_inv_dte(8))
     with pytest.raises(DmaFault) as f:
@@ -268,7 +268,7 @@ def test_gcr3_v2_walk(nested: bool) -> None:
     if nested:
         assert host is not None
         host.unmap(0x200_0000, 4096)  # S2 change: GN=0 on the DomainID drops nested entries
-        r.send(build_inv_iommu_pages(0x200_0000, 4096, 9, 0, False))
+        r.send(build_inv_iommu_pages(0x200_0000, 0x200_0FFF, 9, 0, 0))
         with pytest.raises(DmaFault) as f:
             r.hw.dma_translate(r.dev, 600, 0x40_0000, ACCESS_READ)
         assert f.value.detail["stage"] == "host"

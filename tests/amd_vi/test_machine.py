@@ -14,6 +14,8 @@ import pytest
 
 pytest.importorskip("iommufd.main", reason="iommufd is not in this tree yet")
 
+from drivers.amd_vi.amd_iommu_types import CMD_INV_IOMMU_PAGES_GN_MASK as GN
+from drivers.amd_vi.amd_iommu_types import CMD_INV_IOMMU_PAGES_PDE_MASK as PDE
 from drivers.amd_vi.amd_iommu_types import GCR3_VALID
 from drivers.amd_vi.iommu import build_inv_iommu_pages, read_dte
 from drivers.amd_vi.uapi import IOMMU_VIOMMU_INVALIDATE_DATA_AMD_PROTOTYPE
@@ -176,7 +178,9 @@ def test_stale_until_prototype_invalidation(vm: Vm) -> None:
     pt.unmap(GVA, PAGE)
     pt.map(GVA, other, PAGE, IOMMU_READ | IOMMU_WRITE)
     assert vm.m.dma_read(DEV, GVA, 4) == b"OLD!"
-    assert vm.invalidate([build_inv_iommu_pages(GVA, PAGE, 0x33, 0, True).data]) == 1
+    # the guest's unmap freed its tables and map made new ones: PDEs too
+    cmd = build_inv_iommu_pages(GVA, GVA + PAGE - 1, 0x33, 0, GN | PDE)
+    assert vm.invalidate([cmd.data]) == 1
     assert vm.m.dma_read(DEV, GVA, 4) == b"NEW!"
     with pytest.raises(OSError) as e:
         vm.invalidate([(0, 0x8000_0000, 0, 0)])  # INVALIDATE_IOMMU_ALL from the guest

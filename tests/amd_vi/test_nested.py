@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from drivers.amd_vi.amd_iommu_types import CMD_INV_IOMMU_PAGES_GN_MASK as GN
 from drivers.amd_vi.amd_iommu_types import DTE_FLAG_GV, DTE_FLAG_V, DevTableEntry
 from drivers.amd_vi.iommu import build_inv_iommu_pages, dev_iommu_priv_get, read_dte
 from drivers.amd_vi.uapi import IOMMU_VIOMMU_INVALIDATE_DATA_AMD_PROTOTYPE
@@ -141,11 +142,12 @@ def test_guest_pte_change_stale_until_prototype_invalidation(env: DriverEnv) -> 
     n.ram.write(data, b"OLD!")
     n.ram.write(other, b"NEW!")
     assert env.dma_read(dev, GVA, 4) == b"OLD!"
+    pt.map(GVA + PAGE_SIZE, data, PAGE_SIZE, RW)  # keeps the leaf table: a leaf change
     pt.unmap(GVA, PAGE_SIZE)
     pt.map(GVA, other, PAGE_SIZE, RW)
     assert env.dma_read(dev, GVA, 4) == b"OLD!", "no invalidation yet: the IOTLB is stale"
     # The guest's INVALIDATE_IOMMU_PAGES (GN=1, PASID 0, its gDomID) through the vIOMMU.
-    arr = _invalidate(n, [build_inv_iommu_pages(GVA, PAGE_SIZE, 0x33, 0, True).data])
+    arr = _invalidate(n, [build_inv_iommu_pages(GVA, GVA + PAGE_SIZE - 1, 0x33, 0, GN).data])
     assert arr.entry_num == 1
     assert env.dma_read(dev, GVA, 4) == b"NEW!"
     last = [c for c in env.hw.cmd_log if c.opcode == 3][-2:]
@@ -169,7 +171,7 @@ def test_s2_unmap_visible_immediately(env: DriverEnv) -> None:
 def test_prototype_invalidation_errors(env: DriverEnv) -> None:
     dev, n = _setup(env)
     n.viommu.vdevs[0x0800] = dev
-    good = build_inv_iommu_pages(0, 1 << 64, 0x33, 0, False).data
+    good = build_inv_iommu_pages(0, (1 << 64) - 1, 0x33, 0, 0).data
     compl = (0x1009, 0x1000_0000, 0, 0)  # COMPLETION_WAIT is not forwarded
     with pytest.raises(IommuError) as e:
         _invalidate(n, [good, good, compl, good])
@@ -188,7 +190,7 @@ def test_prototype_invalidation_errors(env: DriverEnv) -> None:
 
 def test_prototype_entry_num_on_error(env: DriverEnv) -> None:
     _dev, n = _setup(env)
-    good = build_inv_iommu_pages(0, 1 << 64, 0x33, 0, False).data
+    good = build_inv_iommu_pages(0, (1 << 64) - 1, 0x33, 0, 0).data
     va = env.mm.mmap(PAGE_SIZE)
     raw = b"".join(w.to_bytes(4, "little") for c in (good, good, (0, 0x8000_0000, 0, 0))
                    for w in c)

@@ -103,7 +103,7 @@ def test_one_tib_child_reads_the_last_page() -> None:
     """The --tib step, at 2 GiB: a nest parent attached, guest RAM mapped, a DMA at the
     last page reads what the guest wrote there."""
     r = bench.child_tib("arm_smmu_v3", gib=2)
-    assert r["gib"] == 2 and r["map_seconds"] > 0 and r["peak_kib"] >= r["rss_kib"] > 0
+    assert r["gib"] == 2 and r["map_seconds"] > 0 and r["peak_kib"] > 0 and r["rss_kib"] > 0
 
 
 def test_drivers_say_what_the_bench_needs() -> None:

@@ -192,9 +192,9 @@ def test_dte_bad(words: list[int], problem: str) -> None:
 
 
 @pytest.mark.parametrize(("cmd", "want"), [
-    (lambda: amd.build_inv_iommu_pages(0x1234_5000, 0x1000, 5, 0, False),
+    (lambda: amd.build_inv_iommu_pages(0x1234_5000, 0x1234_5FFF, 5, 0, 2),  # PDE
      {"DomainID": 5, "ADDR": 0x1234_5000, "S": 0, "PDE": 1, "GN": 0}),
-    (lambda: amd.build_inv_iotlb_pages(0x2008, 32, 0, 1 << 64, 0x1234, True),
+    (lambda: amd.build_inv_iotlb_pages(0x2008, 32, 0, (1 << 64) - 1, 0x1234, True),
      {"DeviceID": 0x2008, "Maxpend": 32, "PASID[15:8]": 0x12, "PASID[7:0]": 0x34, "GN": 1,
       "S": 1}),
     (lambda: amd.build_complete_ppr(0x2008, 5, 1, 0x1A, True),

@@ -177,6 +177,9 @@ def test_api_errno_table_is_true() -> None:
         ("pread", lambda: m.pread(mfd, 1, -1), "EINVAL"),
         ("pread", lambda: m.pread(fd, 1, 0), "ESPIPE"),
         ("from_config", lambda: Machine.from_config({"x": 1}), "EINVAL"),
+        ("fail_nth", lambda: setattr(m, "fail_nth", -1), "EINVAL"),
+        ("fail_nth", lambda: setattr(m, "fail_nth", 1 << 32), "ERANGE"),
+        ("eventfd", lambda: m.eventfd(0, 1 << 4), "EINVAL"),
     ]
     try:
         for call, fn, want in cases:

@@ -13,11 +13,25 @@ import pytest
 from iommu_sim import Machine
 from iommu_sim.exec import HostUnsupported, exec_program
 
-PROGRAMS = ["paging", "private", "fork", "fault_poll", "crash", "memfd", "stress"]
+PROGRAMS = ["paging", "private", "fork", "fault_poll", "crash", "memfd", "stress",
+            "fail_nth"]
+DEV = "0000:00:01.0"
+VENDORS = ["arm_smmu_v3", "intel_vtd", "amd_vi"]
+#: Programs that make the device DMA (its DMA engine, through VFIO): the paging flow on
+#: every vendor, nesting through guest tables (stale until the guest's invalidation) on
+#: each vendor.
+DMA_PROGRAMS = [("dma_paging", v) for v in VENDORS] + [
+    ("dma_nested_smmu", "arm_smmu_v3"), ("dma_nested_vtd", "intel_vtd"),
+    ("dma_nested_amd", "amd_vi")]
 
 
-def run(cprog: Callable[[str], Path], name: str, **kw: object) -> tuple[Machine, int]:
-    m = Machine.from_config({"iommus": [], "devices": []})
+def run(cprog: Callable[[str], Path], name: str, driver: str = "", **kw: object
+        ) -> tuple[Machine, int]:
+    """Run program ``name`` on a Machine with no IOMMU but the mock, or with one unit of
+    ``driver`` and one device behind it (its cdev: /dev/vfio/devices/vfio0)."""
+    iommus = [{"name": "u0", "driver": driver}] if driver else []
+    devices = [{"name": DEV, "iommu": "u0"}] if driver else []
+    m = Machine.from_config({"iommus": iommus, "devices": devices})
     try:
         code = exec_program(m, str(cprog(name)), [], **kw)  # type: ignore[arg-type]
     except HostUnsupported as e:
@@ -25,10 +39,10 @@ def run(cprog: Callable[[str], Path], name: str, **kw: object) -> tuple[Machine,
     return m, code
 
 
-@pytest.mark.parametrize("name", PROGRAMS)
-def test_program(cprog: Callable[[str], Path], name: str,
+@pytest.mark.parametrize(("name", "driver"), [(p, "") for p in PROGRAMS] + DMA_PROGRAMS)
+def test_program(cprog: Callable[[str], Path], name: str, driver: str,
                  capfd: pytest.CaptureFixture[str]) -> None:
-    m, code = run(cprog, name)
+    m, code = run(cprog, name, driver)
     out, err = capfd.readouterr()
     assert code == 0, out + err
     assert f"{name} ok" in out
@@ -36,6 +50,12 @@ def test_program(cprog: Callable[[str], Path], name: str,
     # every kernel page and pin the program caused is gone with it
     assert m.kernel_pages_in_use == m.kernel_pages_baseline
     assert m.platform.alloc.pin_total() == 0
+    if driver:  # the last close reset the function: its engine idle, interrupts off
+        pdev = m.device(DEV).pci
+        assert pdev is not None and not pdev.msi_enabled() and not pdev.bus_master()
+        assert pdev.msi_irq.handler is None
+        engine = pdev.bars[0].ops  # type: ignore[union-attr]
+        assert engine.status == 0 and engine.buf == bytes(4096)
 
 
 def test_trace_records_the_programs_ioctls(cprog: Callable[[str], Path], tmp_path: Path,

@@ -33,10 +33,11 @@ def fake_iommu(**over: object) -> SimpleNamespace:
     return SimpleNamespace(name="dmar-test", cap=cfg.cap(), ecap=cfg.ecap(), agaw=2)
 
 
-def fake_s2(root: int, agaw: int = 2, dirty: bool = False, snoop: bool = False
-            ) -> SimpleNamespace:
+def fake_s2(root: int, agaw: int = 2, dirty: bool = False, snoop: bool = False,
+            coherent: bool = True) -> SimpleNamespace:
     return SimpleNamespace(pgtable=SimpleNamespace(root=root), agaw=agaw,
-                           dirty_tracking=dirty, force_snooping=snoop)
+                           dirty_tracking=dirty, force_snooping=snoop,
+                           iommu_coherency=coherent)
 
 
 # PASID entry fields (absolute bits, §A4.1)
@@ -191,10 +192,10 @@ class TestDescriptorGolden:
             (63, 52): 0x123, (127, 76): 0x83, (75, 75): 1})
 
     def test_page_group_response(self) -> None:
-        d = h.qi_desc_page_response(0x0810, 0x77, True, h.QI_RESP_FAILURE, 0x1AB, True)
+        d = h.qi_desc_page_response(0x0810, 0x77, True, h.QI_RESP_FAILURE, 0x1AB)
         assert (d.qw0, d.qw1) == spec_entry(128, {(3, 0): 9, (4, 4): 1, (15, 12): 0xF,
                                                   (31, 16): 0x0810, (51, 32): 0x77,
-                                                  (66, 66): 1, (75, 67): 0x1AB})
+                                                  (75, 67): 0x1AB})
 
     def test_page_request_descriptor_roundtrip(self) -> None:
         d = h.make_page_req_dsc(0x0810, 5, 0x7F00_1000, rd=True, wr=True, exe=False,

@@ -274,8 +274,7 @@ class TestPageRequests:
         env.core.iommu_map(dom, IOVA, pfns[0] << 12, 4096, RW)
         env.core.iopf_group_response(groups[0], PageResponseCode.SUCCESS)
         resp = hw(env).page_responses[-1]
-        assert (resp["rid"], resp["code"], resp["prg_index"], resp["lpig"]) == (
-            dev.rid, 0, 0, True)
+        assert (resp["rid"], resp["code"], resp["prg_index"]) == (dev.rid, 0, 0)
         env.dma_write(dev, IOVA, b"abc")  # the device retries
         assert env.platform.mem.read(pfns[0] << 12, 3) == b"abc"
         env.core.iommu_detach_group(dom, dev.iommu_group)

@@ -119,6 +119,8 @@ class TestNestedTranslation:
     def test_guest_pte_change_needs_invalidation(self, guest: Guest) -> None:
         env = guest.env
         guest.s1.map(GIOVA, DATA_GPA, 4096, RW)
+        # a neighbour keeps the leaf table: remapping GIOVA changes one leaf only
+        guest.s1.map(GIOVA + 0x1000, DATA_GPA, 4096, RW)
         env.platform.mem.write(guest.hpa(DATA_GPA), b"first")
         env.platform.mem.write(guest.hpa(DATA_GPA + 0x1000), b"second")
         nested = guest.nested()
@@ -363,7 +365,8 @@ class TestFlushSequences:
         hw = env.hw
         orig = hw._process_desc  # type: ignore[attr-defined]
 
-        def rec(d: h.QiDesc) -> bool:
+        def rec(*words: int) -> bool:
+            d = h.QiDesc(*words)
             t = d.type
             if t == h.QI_IWD_TYPE:
                 pass
@@ -373,7 +376,7 @@ class TestFlushSequences:
                              d.qw0 >> 32 & 0xFFFFF if t != h.QI_IOTLB_TYPE else d.qw1 & 63))
             else:
                 seen.append((t,))
-            return bool(orig(d))
+            return bool(orig(*words))
 
         monkeypatch.setattr(hw, "_process_desc", rec)
         return seen

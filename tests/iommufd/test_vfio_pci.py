@@ -164,7 +164,10 @@ def test_get_region_info(v: Vfio) -> None:
     rw = vf.VFIO_REGION_INFO_FLAG_READ | vf.VFIO_REGION_INFO_FLAG_WRITE
     cfg = v.region(vf.VFIO_PCI_CONFIG_REGION_INDEX)
     assert (cfg.flags, cfg.size, cfg.offset, cfg.cap_offset) == (rw, 4096, 7 << 40, 0)
-    for i in range(vf.VFIO_PCI_BAR5_REGION_INDEX + 1):  # the function has no BAR
+    bar0 = v.region(vf.VFIO_PCI_BAR0_REGION_INDEX)  # the DMA engine: 8 KiB, mmap-able
+    assert (bar0.flags, bar0.size, bar0.offset, bar0.cap_offset) == (
+        rw | vf.VFIO_REGION_INFO_FLAG_MMAP, 0x2000, 0, 0)
+    for i in range(1, vf.VFIO_PCI_BAR5_REGION_INDEX + 1):  # no other BAR
         r = v.region(i)
         assert (r.flags, r.size, r.offset) == (0, 0, i << 40)
     rom = v.region(vf.VFIO_PCI_ROM_REGION_INDEX)
@@ -257,13 +260,20 @@ def test_config_writes_follow_the_permission_tables(v: Vfio) -> None:
     hw = v.hw
     v.cfg_write(P.PCI_VENDOR_ID, 4, 0)  # read-only, dropped
     assert v.cfg_read(0, 4) == 0x0001_8E5A
-    # BARs and the ROM are virtual; an absent BAR sizes to 0.
+    # BARs and the ROM are virtual: BAR0 sizes as the 8 KiB it is, an absent BAR to 0.
     assert v.cfg_write(P.PCI_BASE_ADDRESS_0, 4, 0xFFFF_FFFF) == 4
-    assert v.cfg_read(P.PCI_BASE_ADDRESS_0, 4) == 0 and v.cfg_read(P.PCI_ROM_ADDRESS, 4) == 0
-    # COMMAND: INTx Disable is virtual, the rest goes to the hardware.
+    assert v.cfg_read(P.PCI_BASE_ADDRESS_0, 4) == 0xFFFF_E000
+    assert hw.config_read(P.PCI_BASE_ADDRESS_0, 4) == hw.bar_start[0]
+    assert v.cfg_write(P.PCI_BASE_ADDRESS_0 + 4, 4, 0xFFFF_FFFF) == 4
+    assert v.cfg_read(P.PCI_BASE_ADDRESS_0 + 4, 4) == 0 and v.cfg_read(P.PCI_ROM_ADDRESS, 4) == 0
+    # COMMAND: INTx Disable is virtual, the rest goes to the hardware; with no INTx in use
+    # the physical bit follows the virtual one (vfio_pci_intx_mask/unmask).
     v.cfg_write(P.PCI_COMMAND, 2, P.PCI_COMMAND_MASTER | P.PCI_COMMAND_INTX_DISABLE)
-    assert hw.config_read(P.PCI_COMMAND, 2) == P.PCI_COMMAND_MASTER
+    assert hw.config_read(P.PCI_COMMAND, 2) == (P.PCI_COMMAND_MASTER
+                                                | P.PCI_COMMAND_INTX_DISABLE)
     assert v.cfg_read(P.PCI_COMMAND, 2) == P.PCI_COMMAND_MASTER | P.PCI_COMMAND_INTX_DISABLE
+    v.cfg_write(P.PCI_COMMAND, 2, P.PCI_COMMAND_MASTER)
+    assert hw.config_read(P.PCI_COMMAND, 2) == P.PCI_COMMAND_MASTER
     # Interrupt line: virtual. Cache line size: the hardware's.
     v.cfg_write(P.PCI_INTERRUPT_LINE, 1, 0x42)
     v.cfg_write(P.PCI_CACHE_LINE_SIZE, 1, 0x10)
@@ -332,13 +342,13 @@ def test_config_access_bounds_and_chunks(v: Vfio) -> None:
     assert errno_of(m.pread, fd, 2, CFG + 4095) == errno.EFAULT
     assert errno_of(m.pread, fd, 1, CFG + 4096) == errno.EFAULT
     assert errno_of(m.pwrite, fd, b"\0\0", CFG + 4095) == errno.EFAULT
-    # Other regions: no BAR, no ROM, no VGA, nothing past index 8.
-    for index in (0, 5, 6, 8, 9, 0x7F_FFFF):
+    # Other regions: no BAR past BAR0, no ROM, no VGA, nothing past index 8.
+    for index in (1, 5, 6, 8, 9, 0x7F_FFFF):
         assert errno_of(m.pread, fd, 4, index << 40) == errno.EINVAL, index
     assert errno_of(m.pwrite, fd, b"\0", 6 << 40) == errno.EINVAL  # the ROM is read-only
-    # read(2)/write(2) use the file position: 0 is BAR0's region, absent here.
-    assert errno_of(m.read, fd, 4) == errno.EINVAL
-    assert errno_of(m.write, fd, b"\0") == errno.EINVAL
+    # read(2)/write(2) use the file position: 0 is BAR0's region, the DMA engine's ID.
+    assert m.read(fd, 4) == (0x0100_8E5A).to_bytes(4, "little")
+    assert errno_of(m.pread, fd, 4, 0x2000) == errno.EINVAL  # past BAR0
 
 
 @settings(max_examples=60, deadline=None)
@@ -452,6 +462,17 @@ def test_low_power_entry_with_wakeup_needs_an_eventfd(v: Vfio) -> None:
     assert v.feature(SET | wake, arg(-1)) == errno.EINVAL
     assert v.feature(SET | wake, arg(99)) == errno.EBADF
     assert v.feature(SET | wake, arg(v.iommufd)) == errno.EINVAL  # not an eventfd
+    # With an eventfd: the next access through the device fd wakes the device and
+    # signals it, once; low power is over.
+    efd = v.m.eventfd()
+    assert v.feature(SET | wake, arg(efd)) == 0
+    assert v.feature(SET | wake, arg(efd)) == 0  # the ioctl itself woke it first
+    assert v.m.read(efd, 8) == (1).to_bytes(8, "little")
+    v.cfg_read(0, 4)
+    assert v.m.read(efd, 8) == (1).to_bytes(8, "little")
+    v.cfg_read(0, 4)
+    assert errno_of(v.m.read, efd, 8) == errno.EAGAIN
+    v.m.close(efd)  # the device holds no reference any more
 
 
 def test_dma_buf_feature_rules(v: Vfio) -> None:
@@ -466,8 +487,9 @@ def test_dma_buf_feature_rules(v: Vfio) -> None:
     assert v.feature(GET | dmabuf, req()[:15]) == errno.EINVAL
     assert v.feature(GET | dmabuf, req(nr=0)) == errno.EINVAL
     assert v.feature(GET | dmabuf, req(flags=1)) == errno.EINVAL
-    for index in (0, 5, vf.VFIO_PCI_ROM_REGION_INDEX, vf.VFIO_PCI_CONFIG_REGION_INDEX):
+    for index in (1, 5, vf.VFIO_PCI_ROM_REGION_INDEX, vf.VFIO_PCI_CONFIG_REGION_INDEX):
         assert v.feature(GET | dmabuf, req(index)) == errno.ENODEV  # no such BAR
+    assert v.feature(GET | dmabuf, req(0)) == errno.EOPNOTSUPP  # BAR0: export not simulated
 
 
 # -- a function with a BAR (the region model a device's registers plug into) ---------------
@@ -477,7 +499,8 @@ def test_bar_regions_read_and_write_the_device() -> None:
     u = Vfio(m)
     r2, r3 = u.region(2), u.region(3)
     assert (r2.flags, r2.size, r2.offset) == (
-        vf.VFIO_REGION_INFO_FLAG_READ | vf.VFIO_REGION_INFO_FLAG_WRITE, 0x1000, 2 << 40)
+        vf.VFIO_REGION_INFO_FLAG_READ | vf.VFIO_REGION_INFO_FLAG_WRITE
+        | vf.VFIO_REGION_INFO_FLAG_MMAP, 0x1000, 2 << 40)
     assert (r3.flags, r3.size) == (0, 0)  # the upper half of the 64-bit BAR
     # The virtual BAR sizes like the hardware would.
     u.cfg_write(P.PCI_BASE_ADDRESS_0 + 8, 4, 0xFFFF_FFFF)
@@ -497,9 +520,19 @@ def test_bar_regions_read_and_write_the_device() -> None:
     assert m.pread(u.fd, 64, (2 << 40) + 0xFF8) == ram.mem[0xFF8:]  # short at the end
     assert errno_of(m.pread, u.fd, 1, (2 << 40) + 0x1000) == errno.EINVAL
     assert errno_of(m.pread, u.fd, 4, 3 << 40) == errno.EINVAL
-    # Not mmap-able yet: vfio_pci_core_mmap's checks, all EINVAL.
-    for off, shared in ((2 << 40, True), (2 << 40, False), (7 << 40, True), (9 << 40, True)):
-        assert errno_of(m.mmap, 4096, u.fd, off, shared=shared) == errno.EINVAL
+    # mmap: vfio_pci_core_mmap's checks (MAP_SHARED, a BAR, inside it), then the BAR's
+    # bytes are loads and stores.
+    for off, n, shared in ((2 << 40, 4096, False), (7 << 40, 4096, True),
+                           (9 << 40, 4096, True), (3 << 40, 4096, True),
+                           (2 << 40, 8192, True), ((2 << 40) + 4096, 4096, True)):
+        assert errno_of(m.mmap, n, u.fd, off, shared=shared) == errno.EINVAL, (off, n)
+    va = m.mmap(4096, u.fd, 2 << 40)
+    assert m.mem_read(va, 16) == bytes(range(16))
+    m.mem_write(va + 0x100, b"stored")
+    assert ram.mem[0x100:0x106] == b"stored"
+    u.cfg_write(P.PCI_COMMAND, 2, 0)  # no decode: all ones, stores dropped
+    assert m.mem_read(va, 4) == b"\xff" * 4
+    m.munmap(va, 4096)
     u.close()
     m.shutdown()
 

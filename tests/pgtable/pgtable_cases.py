@@ -6,8 +6,10 @@ from collections.abc import Callable
 
 from iommu_core.pgtable import IoPageTable, PhysTableMemory, PtFormat, formats
 from iommu_core.pgtable.formats import ArmLpaeFormat
-from iommu_core.platform.memory import PhysicalMemory
-from iommu_core.platform.page_alloc import PageAllocator
+from iommu_core.platform.files import FileTable
+from iommu_core.platform.platform import Platform
+from iommu_core.platform.task import Task
+from iommu_core.platform.vma import SimMm
 from iommu_core.prot import IOMMU_NOEXEC, IOMMU_READ, IOMMU_WRITE
 
 #: Every format family with the parameter variants that change the geometry.
@@ -37,11 +39,17 @@ RW = IOMMU_READ | IOMMU_WRITE
 
 
 class Env:
-    """Simulated memory, a page allocator and helpers to make tables in them."""
+    """Simulated memory, a page allocator and helpers to make tables in them; a task is
+    ``current`` so that its fail-nth reaches the allocator."""
 
     def __init__(self) -> None:
-        self.mem = PhysicalMemory(phys_bits=52)
-        self.alloc = PageAllocator(self.mem)
+        self.platform = Platform(phys_bits=52)
+        self.mem = self.platform.mem
+        self.alloc = self.platform.alloc
+        tasks = self.platform.tasks
+        self.task = tasks.add(Task(tasks.alloc_pid(), SimMm(self.mem, self.alloc),
+                                   FileTable()))
+        tasks.current = self.task
         self.baseline = self.alloc.in_use()
 
     def table(self, fmt: PtFormat) -> IoPageTable:

@@ -11,7 +11,6 @@ from pgtable_cases import FORMAT_CASES, RW, Env, pa_base, va_base
 from iommu_core.errors import IommuError
 from iommu_core.gather import IotlbGather
 from iommu_core.pgtable import IoPageTable, PtFormat, formats
-from iommu_core.platform.page_alloc import enomem
 from iommu_core.prot import IOMMU_READ
 
 CASES = sorted(FORMAT_CASES)
@@ -178,23 +177,17 @@ def test_enomem_rolls_back(case: str) -> None:
     pt.map_pages(va + span - g, 0, g, 1, RW)
     before = (list(pt.iter_leaves()), list(pt.iter_mappings()), env.alloc.in_use())
     for nth in range(1, fmt.levels + 1):
-        calls = [0]
-
-        def inject(order: int, tag: str, nth: int = nth, calls: list[int] = calls) -> None:
-            calls[0] += 1
-            if calls[0] == nth:
-                raise enomem()
-
-        env.alloc.fault_injector = inject
+        env.task.fail_nth = nth  # the Nth table allocation of this task fails
         try:
             pt.map_pages(va + span * 7, 0x10 * g, g, 3, RW)
         except IommuError as e:
             assert e.errno == errno.ENOMEM
+            assert env.task.fail_nth == 0
             assert (list(pt.iter_leaves()), list(pt.iter_mappings()), env.alloc.in_use()) == before
         else:
-            assert calls[0] < nth  # fewer allocations than the failure point: it mapped
+            assert env.task.fail_nth  # fewer allocations than the failure point: it mapped
             assert pt.unmap_pages(va + span * 7, g, 3) == 3 * g
-        env.alloc.fault_injector = None
+        env.task.fail_nth = 0
     pt.free()
     assert env.leaked() == 0
 

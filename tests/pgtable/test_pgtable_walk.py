@@ -350,3 +350,30 @@ def test_walk_needs_write_for_updates() -> None:
     with pytest.raises(ValueError):
         walk(pt.fmt, env.mem.read_u64, pt.root, 0, set_accessed=True)
     pt.free()
+
+
+@pytest.mark.parametrize("case", sorted(FORMAT_CASES))
+def test_walk_resumes_at_a_reported_table(case: str) -> None:
+    """``on_table`` reports each table the walk descends into; resuming with ``start``
+    at any of them gives the same translation, reading only the levels below."""
+    fmt = FORMAT_CASES[case]()
+    env = Env()
+    pt = env.table(fmt)
+    g = fmt.granule
+    va = va_base(fmt) + 64 * g
+    pt.map_pages(va, pa_base(fmt, g), g, 1, RW)
+    seen: list[tuple[int, int, int]] = []
+    full = ok(walk(fmt, env.mem.read_u64, pt.root, va + 8, privileged=True,
+                   on_table=lambda lv, nxt, acc: seen.append((lv, nxt, acc))))
+    assert [lv for lv, _, _ in seen] == list(range(fmt.levels - 1, 0, -1))
+    for lv, nxt, acc in seen:
+        reads: list[int] = []
+
+        def read(addr: int, reads: list[int] = reads) -> int:
+            reads.append(addr)
+            return env.mem.read_u64(addr)
+
+        again = ok(walk(fmt, read, pt.root, va + 8, privileged=True, start=(lv - 1, nxt, acc)))
+        assert (again.oa, again.page_size, again.desc_addr, again.attrs) == (
+            full.oa, full.page_size, full.desc_addr, full.attrs)
+        assert len(reads) == lv  # the levels below the resumed table only

@@ -36,7 +36,7 @@ def _mapped(rig: Rig, pages: int = 4) -> tuple[int, int, bytes]:
     data = bytes((i * 7 + i // PAGE) & 0xFF for i in range(pages * PAGE))
     m.mem_write(va, data)
     iova = rig.usable_iova(1 << 30, pages * PAGE)
-    rig.map(va, iova, pages * PAGE)
+    rig.map(va, pages * PAGE, iova)
     return va, iova, data
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import ctypes
 
 from drivers.amd_vi.amd_iommu_types import (
+    CMD_INV_IOMMU_PAGES_GN_MASK,
+    CMD_INV_IOMMU_PAGES_PDE_MASK,
     DTE_FLAG_GIOV,
     DTE_FLAG_GV,
     DTE_FLAG_V,
@@ -123,7 +125,10 @@ class AmdGlue:
         gdte = (DTE_FLAG_V | DTE_FLAG_GV | DTE_FLAG_GIOV | d0, d1 | self.GDOMID, 0, 0)
 
         def invalidate(iova: int, size: int) -> UserInvalidation:
-            cmd = build_inv_iommu_pages(iova, size, self.GDOMID, 0, True)
+            # PDE too: the kit's guest remaps by unmap + map, which frees its tables
+            cmd = build_inv_iommu_pages(iova, iova + size - 1, self.GDOMID, 0,
+                                        CMD_INV_IOMMU_PAGES_GN_MASK
+                                        | CMD_INV_IOMMU_PAGES_PDE_MASK)
             raw = b"".join(w.to_bytes(4, "little") for w in cmd.data)
             return UserInvalidation(IOMMU_VIOMMU_INVALIDATE_DATA_AMD_PROTOTYPE, 16, raw, 1,
                                     via_viommu=True)

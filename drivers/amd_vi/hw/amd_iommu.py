@@ -17,7 +17,9 @@ The model never calls the driver: it writes records to memory and asserts interr
 from __future__ import annotations
 
 import collections
-from typing import Any, NoReturn
+import struct
+from collections.abc import Sequence
+from typing import Any, NoReturn, overload
 
 import attrs
 
@@ -34,6 +36,7 @@ from drivers.amd_vi.amd_iommu_types import (
     CMD_INV_IOMMU_PAGES_SIZE_MASK,
     CMD_INV_IOTLB_PAGES,
     CMD_INV_IRT,
+    CMD_NAMES,
     CONTROL_CMDBUF_EN,
     CONTROL_COMWAIT_EN,
     CONTROL_EVT_INT_EN,
@@ -100,6 +103,7 @@ from drivers.amd_vi.amd_iommu_types import (
 )
 from drivers.amd_vi.hw.config import AmdViFeatures
 from iommu_core.pgtable import formats
+from iommu_core.pgtable.formats.base import PtFormat
 from iommu_core.pgtable.walk import Access, WalkFault, WalkResult, walk
 from iommu_core.platform.bus import Device
 from iommu_core.platform.dma import (
@@ -121,6 +125,10 @@ _TLB_R = 1
 _TLB_W = 2
 _TLB_DIRTY_OK = 4  # a write may hit: the dirty bits it needs are already set
 _ALL = (1 << 64) - 1
+
+_CMD_WORDS = struct.Struct("<4I")
+_GUEST_4LEVEL = formats.x86_64(4, sign_extend=True)
+_ACC_R, _ACC_W = Access.READ, Access.WRITE
 
 #: Per-access requirement on a TLB entry's flag bits.
 _NEED = {ACCESS_READ: _TLB_R, ACCESS_WRITE: _TLB_W | _TLB_DIRTY_OK}
@@ -159,6 +167,36 @@ class _CachedDte:
     nopasid_guest: bool
     domid: int
     perm: int  # DTE IR/IW as _TLB_R/_TLB_W
+    # decoded once: the fields every walk needs
+    mode: int = 0
+    had: int = 0
+    host_root: int = 0
+    glx: int = 0
+    gcr3_root: int = 0
+    guest_levels: int = 4
+    host_fmt: PtFormat | None = None
+    guest_fmt: PtFormat = _GUEST_4LEVEL
+    pasid_bits: int = 9  # PASIDs the GCR3 table's GLX+1 levels index
+
+
+class CommandLog(Sequence[IommuCmd]):
+    """A live, read-only view of the commands the unit consumed (kept as raw words)."""
+
+    def __init__(self, words: collections.deque[tuple[int, ...]]) -> None:
+        self._words = words
+
+    def __len__(self) -> int:
+        return len(self._words)
+
+    @overload
+    def __getitem__(self, i: int) -> IommuCmd: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[IommuCmd]: ...
+
+    def __getitem__(self, i: int | slice) -> IommuCmd | list[IommuCmd]:
+        if isinstance(i, slice):
+            return [IommuCmd.of_words(w) for w in list(self._words)[i]]
+        return IommuCmd.of_words(self._words[i])
 
 
 class _XlateFault(Exception):
@@ -214,6 +252,7 @@ class AmdIommuHw(IommuHardware):
         self.features = features
         self.platform = platform
         self.mem = platform.mem
+        self._read_u64 = self.mem.read_u64
         self.tracer = platform.tracer
         self.regs: dict[int, int] = {
             MMIO_EXT_FEATURES: features.efr(),
@@ -229,13 +268,22 @@ class AmdIommuHw(IommuHardware):
         #: IOTLB: tag -> {iova page number -> output page | flags}. Host translations are
         #: tagged by DomainID; guest (GV=1) ones by DomainID | (PASID + 1) << 16.
         self._iotlb: dict[int, dict[int, int]] = {}
+        #: Page-directory caches, keyed by (input prefix, level): host (v1) entries by
+        #: DomainID, guest (v2) entries by the guest tag; a nested guest entry holds the
+        #: host's translation of the next guest table. An entry is (level, table,
+        #: attributes above it), where a walk resumes. A guest tag's GCR3 entry too.
+        self._host_pde: dict[int, dict[int, tuple[int, int, int]]] = {}
+        self._guest_pde: dict[int, dict[int, tuple[int, int, int]]] = {}
+        self._gcr3: dict[int, int] = {}
+        #: DomainID -> the guest tags cached under it (any of the three caches)
+        self._guest_tags: dict[int, set[int]] = {}
         self._ppr_tag: dict[int, int] = collections.defaultdict(int)
         #: What devices received (PRI responses; ATC invalidations), oldest first.
         self.ppr_responses: collections.deque[CompletedPpr] = collections.deque(maxlen=4096)
         self.iotlb_invalidations: collections.deque[IotlbInvalidation] = collections.deque(
             maxlen=4096)
-        #: Every command consumed, oldest first (bounded): the tour and tests read it.
-        self.cmd_log: collections.deque[IommuCmd] = collections.deque(maxlen=4096)
+        #: The words of every command consumed, oldest first (bounded).
+        self._cmd_words: collections.deque[tuple[int, ...]] = collections.deque(maxlen=4096)
         self.stats: collections.Counter[str] = collections.Counter()
         self._in_cmd = False
 
@@ -367,8 +415,8 @@ class AmdIommuHw(IommuHardware):
                 tail = self.regs.get(MMIO_CMD_TAIL_OFFSET, 0) % size
                 if head == tail:
                     return
-                cmd = IommuCmd.from_bytes(self.mem.read(base + head, 16))
-                if not self._exec_cmd(cmd):
+                words = _CMD_WORDS.unpack(self.mem.read(base + head, 16))
+                if not self._exec_cmd(words):
                     # Illegal command: logged; processing stops with head on it.
                     self._log_event(EventLogEntry.make(EVENT_TYPE_ILL_CMD, 0, 0, 0,
                                                        base + head))
@@ -377,12 +425,17 @@ class AmdIommuHw(IommuHardware):
         finally:
             self._in_cmd = False
 
-    def _exec_cmd(self, cmd: IommuCmd) -> bool:
-        op = cmd.opcode
-        d = cmd.data
-        self.cmd_log.append(cmd)
-        self.stats[cmd.name] += 1
+    @property
+    def cmd_log(self) -> CommandLog:
+        """Every command consumed, oldest first (the last 4096): the tour and tests."""
+        return CommandLog(self._cmd_words)
+
+    def _exec_cmd(self, d: tuple[int, ...]) -> bool:
+        op = d[1] >> 28
+        self._cmd_words.append(d)
+        self.stats[CMD_NAMES.get(op) or f"opcode {op:#x}"] += 1
         if self.tracer.enabled:
+            cmd = IommuCmd.of_words(d)
             self.tracer.event("hw", cmd.name, f"{self.name} {self._cmd_detail(cmd)}")
         if op == CMD_COMPL_WAIT:
             # In-order model: every earlier command has completed by now.
@@ -400,14 +453,24 @@ class AmdIommuHw(IommuHardware):
         if op == CMD_INV_IOMMU_PAGES:
             first, last = self.inv_range(d[2], d[3])
             domid = d[1] & 0xFFFF
+            pde = bool(d[2] & CMD_INV_IOMMU_PAGES_PDE_MASK)
             if d[2] & CMD_INV_IOMMU_PAGES_GN_MASK:
-                self._inv_tag(domid | (((d[0] & 0xFFFFF) + 1) << 16), first, last)
+                tag = domid | (((d[0] & 0xFFFFF) + 1) << 16)
+                self._inv_tag(tag, first, last)
+                if pde:  # the guest's page directories and its GCR3 entry
+                    self._gcr3.pop(tag, None)
+                    _drop_pde_range(self._guest_pde.get(tag), first >> 12, last >> 12)
             else:
                 self._inv_tag(domid, first, last)
-                # Nested (combined) entries of this DomainID depend on the host table at
-                # addresses the hardware cannot map back from a GPA range: drop them all.
-                for tag in [t for t in self._iotlb if t & 0xFFFF == domid and t >> 16]:
-                    del self._iotlb[tag]
+                if pde:
+                    _drop_pde_range(self._host_pde.get(domid), first >> 12, last >> 12)
+                # Guest entries of this DomainID (combined translations, nested
+                # directories holding host output) depend on the host table at
+                # addresses the hardware cannot map back from a GPA range: all go.
+                for tag in self._guest_tags.pop(domid, ()):
+                    self._iotlb.pop(tag, None)
+                    self._guest_pde.pop(tag, None)
+                    self._gcr3.pop(tag, None)
             return True
         if op == CMD_INV_IOTLB_PAGES:
             first, last = self.inv_range(d[2], d[3])
@@ -472,6 +535,10 @@ class AmdIommuHw(IommuHardware):
     def _flush_all(self) -> None:
         self._dte_cache.clear()
         self._iotlb.clear()
+        self._host_pde.clear()
+        self._guest_pde.clear()
+        self._gcr3.clear()
+        self._guest_tags.clear()
 
     def _inv_tag(self, tag: int, first: int, last: int) -> None:
         tlb = self._iotlb.get(tag)
@@ -515,7 +582,13 @@ class AmdIommuHw(IommuHardware):
             elif dte.mode:
                 tag = dte.domid
         cached = _CachedDte(dte=dte, nopasid_tag=tag, nopasid_guest=guest,
-                            domid=dte.domid, perm=perm)
+                            domid=dte.domid, perm=perm, mode=dte.mode, had=dte.had,
+                            host_root=dte.host_pt_root, glx=dte.glx,
+                            pasid_bits=9 * (dte.glx + 1),
+                            gcr3_root=dte.gcr3_root, guest_levels=5 if dte.gpt_level else 4,
+                            host_fmt=formats.amd_v1(dte.mode) if 0 < dte.mode < 7 else None,
+                            guest_fmt=formats.x86_64(5 if dte.gpt_level else 4,
+                                                     sign_extend=True))
         self._dte_cache[devid] = cached
         if self.tracer.enabled:
             self.tracer.event("hw", "dte_fetch", f"{self.name} devid {devid:#x} {dte!r}")
@@ -597,78 +670,98 @@ class AmdIommuHw(IommuHardware):
                 raise _XlateFault(EVENT_TYPE_IO_FAULT, "DTE IR/IW deny the access",
                                   flags=EVENT_FLAG_PR, stage="dte")
             return iova
-        pa, perm, dirty_ok = self._walk_v1(dte, iova, access, d.perm)
+        pa, perm, dirty_ok = self._walk_v1(d, iova, access)
         self._fill(d.domid, iova, pa, perm, dirty_ok)
         return pa | (iova & _PAGE_MASK)
 
-    def _walk_v1(self, dte: DevTableEntry, addr: int, access: int, perm: int,
-                 stage: str = "host") -> tuple[int, int, bool]:
-        """Host (v1) walk: (output 4K page, effective _TLB_R/_TLB_W, dirty bits set)."""
-        fmt = formats.amd_v1(dte.mode)
-        wr = bool(access & ACCESS_WRITE)
-        had = dte.had
-        set_dirty = had == 3
-        res = walk(fmt, self.mem.read_u64, dte.host_pt_root, addr,
-                   access=Access.WRITE if wr else Access.READ, privileged=True,
-                   set_accessed=bool(had & 1), set_dirty=set_dirty,
-                   write_u64=self.mem.write_u64 if had else None)
+    def _walk_v1(self, d: _CachedDte, addr: int, access: int, stage: str = "host"
+                 ) -> tuple[int, int, bool]:
+        """Host (v1) walk, from the lowest table the DomainID's page-directory cache
+        holds: (output 4K page, effective _TLB_R/_TLB_W, dirty bits set)."""
+        fmt = d.host_fmt
+        assert fmt is not None
+        wr = access & ACCESS_WRITE
+        had = d.had
+        vpn = addr >> 12
+        pdes = self._host_pde.get(d.domid)
+        # the leaf table (4 KiB pages), else its parent (2 MiB pages), else the scan
+        start = pdes.get(vpn >> 9 << 3) or pdes.get(vpn >> 18 << 3 | 1) if pdes else None
+        if start is None:
+            start = _pde_start(pdes, vpn, fmt.levels - 1)
+        tables: list[tuple[int, int, int]] | None = [] if start is None or start[0] else None
+        res = walk(fmt, self._read_u64, d.host_root, addr,
+                   access=_ACC_W if wr else _ACC_R, privileged=True,
+                   set_accessed=bool(had & 1), set_dirty=had == 3,
+                   write_u64=self.mem.write_u64 if had else None, start=start,
+                   on_table=None if tables is None else
+                   lambda lv, nxt, acc: tables.append((lv - 1, nxt, acc)))
         if self.tracer.enabled:
             self.tracer.event("hw", "walk_v1", f"{self.name} {stage} {addr:#x} "
-                              f"mode {dte.mode}: {self._walk_str(res)}")
+                              f"mode {d.mode}: {self._walk_str(res)}")
         if isinstance(res, WalkFault):
             present = res.reason == "permission"
             raise _XlateFault(EVENT_TYPE_IO_FAULT, f"{stage} v1 walk: {res.reason} at level "
                               f"{res.level}", flags=EVENT_FLAG_PR if present else 0,
                               stage=stage, level=res.level, address=addr, ppr_ok=True)
-        eff = perm & ((_TLB_R if res.readable else 0) | (_TLB_W if res.writable else 0))
+        if tables:
+            if pdes is None:
+                pdes = self._host_pde[d.domid] = {}
+            for entry in tables:
+                pdes[_pde_key(vpn, entry[0])] = entry
+        eff = d.perm & ((_TLB_R if res.readable else 0) | (_TLB_W if res.writable else 0))
         need = _TLB_W if wr else _TLB_R
         if eff & need != need:
             raise _XlateFault(EVENT_TYPE_IO_FAULT, f"{stage}: DTE IR/IW deny the access",
                               flags=EVENT_FLAG_PR, stage=stage, address=addr, ppr_ok=True)
-        return res.oa & ~_PAGE_MASK, eff, wr or not set_dirty
+        return res.oa & ~_PAGE_MASK, eff, bool(wr) or had != 3
+
+    def _host_addr(self, d: _CachedDte, gpa: int, what: str) -> int:
+        """A guest structure's GPA through the host table (a nested read)."""
+        pa, _perm, _ = self._walk_v1(d, gpa, ACCESS_READ, what)
+        return pa | (gpa & _PAGE_MASK)
+
+    def _fetch_gcr3(self, d: _CachedDte, pasid: int, tag: int, gn: int) -> int:
+        """The guest CR3 of ``pasid`` from the GCR3 table (GLX+1 levels of 512 entries,
+        indexed by PASID bits 9*level), into the GCR3 cache."""
+        table = d.gcr3_root
+        trp_gpa = d.mode != 0 and self._ctl(CONTROL_GCR3TRPMODE)
+        for level in range(d.glx, -1, -1):
+            addr = table + ((pasid >> (9 * level)) & 0x1FF) * 8
+            if trp_gpa:
+                addr = self._host_addr(d, addr, "gcr3-table")
+            entry = self.mem.read_u64(addr)
+            if not entry & GCR3_VALID:
+                raise _XlateFault(EVENT_TYPE_IO_FAULT, f"GCR3 entry for PASID {pasid} "
+                                  f"not valid (level {level})", flags=gn, stage="gcr3",
+                                  level=level, ppr_ok=True)
+            table = entry & GCR3_ADDR_MASK
+        self._gcr3[tag] = table
+        self._guest_tags.setdefault(d.domid, set()).add(tag)
+        return table
 
     def _translate_guest(self, d: _CachedDte, pasid: int, iova: int, access: int, wr: bool,
                          pasid_valid: bool) -> int:
-        dte = d.dte
-        nested = dte.mode != 0
         gn = EVENT_FLAG_GN if pasid_valid else 0
-
-        def host(gpa: int, acc: int, what: str) -> int:
-            pa, _perm, _ = self._walk_v1(dte, gpa, acc, d.perm, what)
-            return pa | (gpa & _PAGE_MASK)
-
-        # GCR3 table: GLX+1 levels of 512 entries, indexed by PASID bits 9*level.
-        glx = dte.glx
-        if pasid >> (9 * (glx + 1)):
-            raise _XlateFault(EVENT_TYPE_IO_FAULT, f"PASID {pasid} beyond GLX {glx}",
+        if pasid >> d.pasid_bits:
+            raise _XlateFault(EVENT_TYPE_IO_FAULT, f"PASID {pasid} beyond GLX {d.glx}",
                               flags=gn, stage="gcr3")
-        table = dte.gcr3_root
-        trp_gpa = nested and self._ctl(CONTROL_GCR3TRPMODE)
-        for level in range(glx, -1, -1):
-            addr = table + ((pasid >> (9 * level)) & 0x1FF) * 8
-            if trp_gpa:
-                addr = host(addr, ACCESS_READ, "gcr3-table")
-            entry = self.mem.read_u64(addr)
-            if not entry & GCR3_VALID:
-                raise _XlateFault(EVENT_TYPE_IO_FAULT, f"GCR3 entry for PASID {pasid} not "
-                                  f"valid (level {level})", flags=gn, stage="gcr3",
-                                  level=level, ppr_ok=True)
-            table = entry & GCR3_ADDR_MASK
-        cr3 = table
-        levels = 5 if dte.gpt_level else 4
-        fmt = formats.x86_64(levels, sign_extend=True)
-        xlate = (lambda a: host(a, ACCESS_READ, "guest-table")) if nested else None
-        res = walk(fmt, self.mem.read_u64, cr3, iova,
-                   access=Access.WRITE if wr else Access.READ,
-                   privileged=bool(access & ACCESS_PRIV),
-                   # The unit updates guest A/D like the CPU; not through a nested S2,
-                   # whose mapping of the table page may be read-only.
-                   set_accessed=not nested, set_dirty=not nested,
-                   write_u64=None if nested else self.mem.write_u64,
-                   table_xlate=xlate)
+        tag = d.domid | ((pasid + 1) << 16)
+        cr3 = self._gcr3.get(tag)
+        if cr3 is None:
+            cr3 = self._fetch_gcr3(d, pasid, tag, gn)
+        nested = d.mode != 0
+        pdes = self._guest_pde.get(tag)
+        start = pdes.get(iova >> 21 << 3) if pdes else None  # the leaf table
+        if start is not None:  # nothing above it to walk or to note
+            res = walk(d.guest_fmt, self._read_u64, cr3, iova,
+                       access=_ACC_W if wr else _ACC_R, privileged=bool(access & ACCESS_PRIV),
+                       set_accessed=not nested, set_dirty=not nested,
+                       write_u64=None if nested else self.mem.write_u64, start=start)
+        else:
+            res = self._walk_guest_tables(d, tag, pdes, cr3, iova, access, wr)
         if self.tracer.enabled:
             self.tracer.event("hw", "walk_v2", f"{self.name} pasid {pasid} {iova:#x} "
-                              f"{levels}-level{' nested' if nested else ''}: "
+                              f"{d.guest_levels}-level{' nested' if nested else ''}: "
                               f"{self._walk_str(res)}")
         if isinstance(res, WalkFault):
             flags = gn | (EVENT_FLAG_PR if res.reason == "permission" else 0)
@@ -682,7 +775,7 @@ class AmdIommuHw(IommuHardware):
                               flags=gn | EVENT_FLAG_PR, stage="guest", ppr_ok=True)
         gperm = (_TLB_R if res.readable else 0) | (_TLB_W if res.writable else 0)
         if nested:
-            pa, hperm, dirty_ok = self._walk_v1(dte, res.oa, access, d.perm, "host")
+            pa, hperm, dirty_ok = self._walk_v1(d, res.oa, access, "host")
             perm = gperm & hperm
         else:
             need = _TLB_W if wr else _TLB_R
@@ -690,8 +783,47 @@ class AmdIommuHw(IommuHardware):
                 raise _XlateFault(EVENT_TYPE_IO_FAULT, "DTE IR/IW deny the access",
                                   flags=gn | EVENT_FLAG_PR, stage="dte", ppr_ok=True)
             pa, perm, dirty_ok = res.oa & ~_PAGE_MASK, gperm & d.perm, wr
-        self._fill(d.domid | ((pasid + 1) << 16), iova, pa, perm, dirty_ok)
+        self._fill(tag, iova, pa, perm, dirty_ok)
         return pa | (iova & _PAGE_MASK)
+
+    def _walk_guest_tables(self, d: _CachedDte, tag: int,
+                           pdes: dict[int, tuple[int, int, int]] | None, cr3: int,
+                           iova: int, access: int, wr: bool) -> WalkResult | WalkFault:
+        """A guest walk from the lowest cached table above the leaf one (or the root),
+        noting each table it descends into in the guest page-directory cache. Nested,
+        table addresses are GPAs: the cache keeps the host's translation of each."""
+        nested = d.mode != 0
+        vpn = iova >> 12
+        tables: list[tuple[int, int, int]] = []
+        spa_of: dict[int, int] = {}
+
+        def table_host(gpa: int) -> int:
+            pa = self._host_addr(d, gpa, "guest-table")
+            spa_of[gpa >> 12] = pa >> 12
+            return pa
+
+        res = walk(d.guest_fmt, self._read_u64, cr3, iova,
+                   access=_ACC_W if wr else _ACC_R,
+                   privileged=bool(access & ACCESS_PRIV),
+                   # The unit updates guest A/D like the CPU; not through a nested S2,
+                   # whose mapping of the table page may be read-only.
+                   set_accessed=not nested, set_dirty=not nested,
+                   write_u64=None if nested else self.mem.write_u64,
+                   table_xlate=table_host if nested else None,
+                   start=_pde_start(pdes, vpn, d.guest_levels - 1),
+                   on_table=lambda lv, nxt, acc: tables.append((lv - 1, nxt, acc)))
+        if tables and not isinstance(res, WalkFault):
+            if pdes is None:
+                pdes = self._guest_pde[tag] = {}
+                self._guest_tags.setdefault(d.domid, set()).add(tag)
+            for level, nxt, acc in tables:
+                if nested:
+                    page = spa_of.get(nxt >> 12)
+                    if page is None:
+                        continue
+                    nxt = page << 12 | (nxt & _PAGE_MASK)
+                pdes[_pde_key(vpn, level)] = (level, nxt, acc)
+        return res
 
     @staticmethod
     def _walk_str(res: WalkResult | WalkFault) -> str:
@@ -703,6 +835,8 @@ class AmdIommuHw(IommuHardware):
         tlb = self._iotlb.get(tag)
         if tlb is None:
             tlb = self._iotlb[tag] = {}
+            if tag >> 16:
+                self._guest_tags.setdefault(tag & 0xFFFF, set()).add(tag)
         tlb[iova >> 12] = pa | perm | (_TLB_DIRTY_OK if dirty_ok else 0)
 
     # ===================================================================================
@@ -734,7 +868,7 @@ class AmdIommuHw(IommuHardware):
             if self._log_ppr(entry):
                 detail["tag"] = tag
                 raise DmaFault(dev.name, iova, pasid, access, "PPR_REQUEST", detail,
-                               page_request=True)
+                               page_request=True, code=f.ev_type)
         flags = f.flags | (EVENT_FLAG_RW if wr else 0)
         if pasid is not None:
             flags |= EVENT_FLAG_GN
@@ -743,4 +877,40 @@ class AmdIommuHw(IommuHardware):
         ev = EventLogEntry.make(f.ev_type, devid, domid_pasid, flags, iova)
         self._log_event(ev)
         detail["flags"] = flags
-        raise DmaFault(dev.name, iova, pasid, access, EVENT_NAMES[f.ev_type], detail)
+        raise DmaFault(dev.name, iova, pasid, access, EVENT_NAMES[f.ev_type], detail,
+                       code=f.ev_type)
+
+
+# =======================================================================================
+# Page-directory caches
+# =======================================================================================
+def _pde_key(vpn: int, level: int) -> int:
+    """The key of the level-``level`` table holding ``vpn`` (9 index bits a level)."""
+    return (vpn >> (9 * (level + 1))) << 3 | level
+
+
+def _pde_start(pdes: dict[int, tuple[int, int, int]] | None, vpn: int, top: int
+               ) -> tuple[int, int, int] | None:
+    """Where a walk may resume: the lowest cached table on the way to ``vpn``
+    (an entry is the walk's ``start``: level, table, attributes above it)."""
+    if pdes:
+        for level in range(top):
+            hit = pdes.get(_pde_key(vpn, level))
+            if hit is not None:
+                return hit
+    return None
+
+
+def _drop_pde_range(pdes: dict[int, tuple[int, int, int]] | None, first: int, last: int) -> None:
+    """Cached directory entries whose table maps part of vpns [first, last]."""
+    if not pdes:
+        return
+    for level in range(6):
+        s = 9 * (level + 1)
+        lo, hi = first >> s, last >> s
+        if hi - lo < len(pdes):
+            for prefix in range(lo, hi + 1):
+                pdes.pop(prefix << 3 | level, None)
+        else:
+            for k in [k for k in pdes if k & 7 == level and lo <= k >> 3 <= hi]:
+                del pdes[k]

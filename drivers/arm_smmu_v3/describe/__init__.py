@@ -71,9 +71,9 @@ class SmmuDescribe:
 
     @hookimpl
     def describe_bench(self) -> BenchDesc:
-        from drivers.arm_smmu_v3.bench import BENCH  # the bench's imports, only for it
+        from drivers.arm_smmu_v3.bench import BENCH, OPTIONS  # imported for the bench only
 
-        return BENCH
+        return BENCH.desc(OPTIONS)
 
     @hookimpl
     def describe_scenarios(self) -> list[ScenarioRef]:

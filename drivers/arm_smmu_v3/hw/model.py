@@ -352,7 +352,7 @@ class SmmuV3Hardware(IommuHardware):
             detail["stag"] = stag
         raise DmaFault(dev.name, iova, ssid, access,
                        "ABORT" if ev.evt_id == EVT_ABORT else ev.name, detail,
-                       page_request=stall)
+                       page_request=stall, code=ev.evt_id)
 
     # -- ATS: the endpoint's ATC, translation requests and translated transactions ----------
     def _ats(self, dev: Device, sid: int, ssid: int | None, iova: int, access: int) -> int:
@@ -382,10 +382,10 @@ class SmmuV3Hardware(IommuHardware):
                 raise DmaFault(dev.name, iova, ssid, access, ev.name,
                                {"smmu": self.name, "ats": True, "pri": True, "grpid": grpid,
                                 "event_id": ev.evt_id, "sid": sid, "why": ev.detail},
-                               page_request=True) from None
+                               page_request=True, code=ev.evt_id) from None
             raise DmaFault(dev.name, iova, ssid, access, ev.name,
                            {"smmu": self.name, "ats": True, "event_id": ev.evt_id, "sid": sid,
-                            "why": ev.detail}) from None
+                            "why": ev.detail}, code=ev.evt_id) from None
         # Only what the request asked for is granted (no write for a read-only request).
         perms = e.perms if access & ACCESS_WRITE else e.perms & ~PERM_W
         pa_page = (e.pa + (iova - e.va)) & ~_PAGE_MASK

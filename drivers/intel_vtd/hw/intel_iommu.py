@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Callable
 from typing import Any, NoReturn
 
@@ -26,6 +27,7 @@ import attrs
 from drivers.intel_vtd import iommu_h as h
 from drivers.intel_vtd.hw import faults as fr
 from drivers.intel_vtd.hw.config import VtdConfig
+from drivers.intel_vtd.hw.tlb import E_ALLOWED, E_PA, PscEntry, TlbEntry, VtdCaches, psc_key
 from iommu_core.pgtable import formats
 from iommu_core.pgtable.formats.x86 import SS_D, X86_A, X86_D
 from iommu_core.pgtable.walk import Access, WalkFault, WalkResult, walk
@@ -57,13 +59,9 @@ X86_EA = 1 << 10  # extended accessed (EAFE)
 PCI_ATS_ENABLED = "pci_ats_enabled"
 PCI_PRI_ENABLED = "pci_pri_enabled"
 _PAGE = 0xFFF
-_TLB_CAPACITY = 1 << 16
+#: Entries each cache holds before the unit forgets them all (a full IOTLB).
+TLB_CAPACITY = 1 << 17
 _RWX = ACCESS_READ | ACCESS_WRITE | ACCESS_EXEC
-
-# A cached translation (IOTLB entry, or a device ATC entry when ``atc``):
-# (page PA, allowed accesses, DID, PASID, kind, first vpn, last vpn, atc)
-E_PA, E_ALLOWED, E_DID, E_PASID, E_KIND, E_FIRST, E_LAST, E_ATC = range(8)
-TlbEntry = tuple[int, int, int, int, int, int, int, bool]
 
 
 class VtdFault(Exception):
@@ -161,16 +159,22 @@ class VtdHardware(IommuHardware):
         self.iq_dw = False
         self.iq_size = 0
         self.fault_index = 0
+        self._te = False  # GSTS.TES, read on every translation
         # caches
         self.ctx_cache: dict[int, CtxInfo] = {}
         self.pasid_cache: dict[tuple[int, int], PeInfo] = {}
-        self.iotlb: dict[tuple[int, int, int, bool], TlbEntry] = {}
-        #: The translation fast path: (source id, PASID key, page) -> entry. Non-ATC
-        #: entries mirror the IOTLB for this requester; ATC entries are the device's own.
-        self.fast: dict[tuple[int, int, int], TlbEntry] = {}
+        #: (sid, PASID) of the PASID-cache entries tagged with each DID
+        self._pasid_cache_of_did: dict[int, set[tuple[int, int]]] = {}
+        self.caches = VtdCaches(TLB_CAPACITY)
+        #: The requester view (source id, PASID key, page) -> entry: ``caches.fast``.
+        self.fast = self.caches.fast
         # the device side of PRI: next group index and the responses received
         self._prg_next: dict[int, int] = {}
         self.page_responses: list[dict[str, int | bool]] = []
+        #: Every descriptor consumed, oldest first (bounded; the words as read): the tour
+        #: and tests read it.
+        self.desc_log: collections.deque[tuple[int, ...]] = collections.deque(
+            maxlen=4096)
         self.stats = {"walks": 0, "descriptors": 0, "faults": 0, "page_requests": 0}
         self._fs_fmt = {lv: formats.x86_64(lv, oas=52, sign_extend=True) for lv in (4, 5)}
         self._ss_fmt = {lv: formats.vtd_ss(lv, oas=52) for lv in (3, 4, 5)}
@@ -297,7 +301,7 @@ class VtdHardware(IommuHardware):
             sts |= h.DMA_GSTS_TES
         else:
             if sts & h.DMA_GSTS_TES:
-                self.fast.clear()  # requests pass untranslated from now on
+                self.caches.forget_requesters()  # requests pass untranslated now
             sts &= ~h.DMA_GSTS_TES
         if cmd & h.DMA_GCMD_IRE:
             sts |= h.DMA_GSTS_IRES
@@ -305,10 +309,11 @@ class VtdHardware(IommuHardware):
             sts &= ~h.DMA_GSTS_IRES
         # WBF completes at once: WBFS never stays set.
         self._set(h.DMAR_GSTS_REG, 4, sts & ~h.DMA_GSTS_WBFS)
+        self._te = bool(sts & h.DMA_GSTS_TES)
 
     @property
     def translation_enabled(self) -> bool:
-        return bool(self._get(h.DMAR_GSTS_REG, 4) & h.DMA_GSTS_TES)
+        return self._te
 
     # -- register-based invalidation ----------------------------------------------------
     def _handle_ccmd(self) -> None:
@@ -326,7 +331,8 @@ class VtdHardware(IommuHardware):
             return
         gran = h.field(v, 61, 60)
         iva = self._get(off, 8)
-        ok = self._inv_iotlb(gran, h.field(v, 47, 32), iva & h.VTD_PAGE_MASK, iva & 0x3F)
+        ok = self._inv_iotlb(gran, h.field(v, 47, 32), iva & h.VTD_PAGE_MASK, iva & 0x3F,
+                             iva >> 6 & 1)
         self._set(off + 8, 8, (v & ~h.DMA_TLB_IVT & ~(3 << 57)) | ((gran if ok else 0) << 57))
 
     # -- faults -------------------------------------------------------------------------
@@ -382,12 +388,20 @@ class VtdHardware(IommuHardware):
             self._iq_error(1)  # IQT not aligned to a 256-bit descriptor
             return
         head = self._get(h.DMAR_IQH_REG, 8)
-        while head != tail:
-            addr = self.iq_base + head
-            n = 4 if self.iq_dw else 2
-            words = self.mem.read_qwords(addr, n) + (0,) * (4 - n)
-            desc = h.QiDesc(*words)
-            if not self._process_desc(desc):
+        if head == tail:
+            return
+        # Fetch what software queued (up to the ring's end; the rest after wrapping)
+        # in one read, then execute in order.
+        per = 4 if self.iq_dw else 2
+        end = tail if tail > head else self.iq_size
+        words = self.mem.read_qwords(self.iq_base + head, ((end - head) >> shift) * per)
+        if tail < head and tail:
+            words += self.mem.read_qwords(self.iq_base, (tail >> shift) * per)
+        log = self.desc_log
+        for i in range(0, len(words), per):
+            w = words[i:i + per] if per == 4 else (words[i], words[i + 1], 0, 0)
+            log.append(w)
+            if not self._process_desc(*w):
                 self._iq_error(2)
                 return
             head = (head + (1 << shift)) % self.iq_size
@@ -398,15 +412,14 @@ class VtdHardware(IommuHardware):
         self._set(h.DMAR_FSTS_REG, 4, self._get(h.DMAR_FSTS_REG, 4) | h.DMA_FSTS_IQE)
         self._irq(h.DMAR_FECTL_REG, "dmar-fault")
 
-    def _process_desc(self, d: h.QiDesc) -> bool:
+    def _process_desc(self, q0: int, q1: int, q2: int, q3: int) -> bool:
         """Execute one descriptor; False if it is invalid (IQE)."""
         self.stats["descriptors"] += 1
         if self.tracer.enabled:
-            self.tracer.event("hw", "qi", f"{self.name} {d}")
-        t = d.type
-        q0, q1 = d.qw0, d.qw1
+            self.tracer.event("hw", "qi", f"{self.name} {h.QiDesc(q0, q1, q2, q3)}")
+        t = q0 & 0xF
         sm = self.cfg.scalable_mode
-        if d.qw2 or d.qw3 or q0 & h.genmask(11, 9):  # reserved, or type bits 6:4
+        if q2 or q3 or q0 & 0xE00:  # reserved, or type bits 6:4
             return False
         if t == h.QI_CC_TYPE:
             self._inv_context(h.field(q0, 5, 4), h.field(q0, 31, 16), h.field(q0, 47, 32),
@@ -414,7 +427,7 @@ class VtdHardware(IommuHardware):
             return h.field(q0, 5, 4) != 0
         if t == h.QI_IOTLB_TYPE:
             return self._inv_iotlb(h.field(q0, 5, 4), h.field(q0, 31, 16),
-                                   q1 & h.VTD_PAGE_MASK, q1 & 0x3F)
+                                   q1 & h.VTD_PAGE_MASK, q1 & 0x3F, q1 >> 6 & 1)
         if t == h.QI_DIOTLB_TYPE:
             self._inv_devtlb(h.field(q0, 47, 32), None, q1 & h.VTD_PAGE_MASK, bool(q1 & 1))
             return True
@@ -432,7 +445,7 @@ class VtdHardware(IommuHardware):
                 return False
             self._inv_piotlb(h.field(q0, 31, 16), h.field(q0, 51, 32),
                              None if gran == h.QI_GRAN_NONG_PASID else q1 & h.VTD_PAGE_MASK,
-                             q1 & 0x3F)
+                             q1 & 0x3F, q1 >> 6 & 1)
             return True
         if t == h.QI_PC_TYPE:
             gran = h.field(q0, 5, 4)
@@ -450,91 +463,96 @@ class VtdHardware(IommuHardware):
             self.page_responses.append({
                 "rid": h.field(q0, 31, 16), "pasid_present": bool(q0 >> 4 & 1),
                 "pasid": h.field(q0, 51, 32), "code": h.field(q0, 15, 12),
-                "prg_index": h.field(q1, 11, 3), "lpig": bool(q1 >> 2 & 1)})
+                "prg_index": h.field(q1, 11, 3)})
             return True
         return False
 
-    # -- what each invalidation drops ---------------------------------------------------
-    def _drop_fast(self, pred: Callable[[tuple[int, int, int], TlbEntry], bool]) -> None:
-        for k in [k for k, e in self.fast.items() if pred(k, e)]:
-            del self.fast[k]
-
+    # -- what each invalidation drops (VT-d 6.5.2) -------------------------------------
     def _drop_all(self) -> None:
         self.ctx_cache.clear()
         self.pasid_cache.clear()
-        self.iotlb.clear()
-        self._drop_fast(lambda k, e: not e[E_ATC])
+        self._pasid_cache_of_did.clear()
+        self.caches.forget_translations()
 
     def _inv_context(self, gran: int, did: int, sid: int, fm: int) -> None:
         sm = self.root_sm
         if gran == h.QI_CC_GRAN_DEVICE:
             # FM masks the low function bits of the source id
-            mask = 0xFFFF & ~{0: 0, 1: 4, 2: 6, 3: 7}[fm]
-            hit = [s for s in self.ctx_cache if s & mask == sid & mask]
+            low = {0: 0, 1: 4, 2: 6, 3: 7}[fm]
+            cand = {sid & ~low | f for f in range(8) if not f & ~low}
+            hit = [s for s in cand if s in self.ctx_cache]
         elif gran == h.QI_CC_GRAN_DOMAIN and not sm:
             hit = [s for s, c in self.ctx_cache.items() if c.did == did]
         else:  # global; domain-selective in scalable mode (context entries carry no DID)
             hit = list(self.ctx_cache)
         for s in hit:
             del self.ctx_cache[s]
-        sids = set(hit)
-        self._drop_fast(lambda k, e: not e[E_ATC] and k[0] in sids)
+            self.caches.drop_requester(s)  # its requests resolved through the entry
 
-    def _inv_iotlb(self, gran: int, did: int, addr: int, am: int) -> bool:
-        """IOTLB invalidation (type 2 / register): second-stage, pass-through and nested
-        translations of the DID (nested ones regardless of the address: they cannot be
-        matched to a second-stage range); first-stage ones only by a global flush."""
+    def _inv_iotlb(self, gran: int, did: int, addr: int, am: int, ih: int) -> bool:
+        """IOTLB invalidation (type 2 / register). Global: everything. Otherwise the DID's
+        second-stage, pass-through and nested entries (in scalable mode first-stage ones
+        are the PASID-based IOTLB's): all (DSI) or the pages (PSI; nested entries all the
+        same: the unit cannot tell which depend on the range). Paging-structure caches:
+        the DID's second-stage entries (PSI: those covering the range, none with IH);
+        every nested first-stage entry of the DID (it holds second-stage output)."""
         if gran == h.QI_IOTLB_GRAN_PSI and (am > h.cap_max_amask_val(self.cap)
                                             or not h.cap_pgsel_inv(self.cap)):
             return False
         if gran not in (1, 2, 3):
             return False
+        c = self.caches
+        if gran == h.QI_IOTLB_GRAN_GLOBAL:
+            c.forget_translations()
+            return True
         sm = self.cfg.scalable_mode
         first = (addr >> 12) & ~((1 << am) - 1)
         last = first + (1 << am) - 1
-
-        def match(e: TlbEntry) -> bool:
-            if gran == h.QI_IOTLB_GRAN_GLOBAL:
-                return True
-            if e[E_DID] != did or (sm and e[E_KIND] == PGTT_FL):
-                return False
-            if gran == h.QI_IOTLB_GRAN_DSI or e[E_KIND] == PGTT_NESTED:
-                return True
-            return e[E_FIRST] <= last and first <= e[E_LAST]
-
-        self._drop_iotlb(match)
+        for tag in c.tags_of_did(did):
+            if sm and tag[2] == PGTT_FL:
+                continue
+            if gran == h.QI_IOTLB_GRAN_DSI or tag[2] == PGTT_NESTED:
+                c.drop_tag(tag)
+            else:
+                c.drop_tag_range(tag, first, last)
+        if gran == h.QI_IOTLB_GRAN_DSI:
+            c.drop_ss_psc(did)
+        elif not ih:
+            c.drop_ss_psc(did, first, last)
+        for tag in c.fs_tags_of_did(did):
+            if tag[2] == PGTT_NESTED:
+                c.drop_fs_psc(tag)
         return True
 
-    def _inv_piotlb(self, did: int, pasid: int, addr: int | None, am: int) -> None:
-        """PASID-based IOTLB (type 6): first-stage, nested and pass-through translations
-        of (DID, PASID), all or those overlapping 2^AM pages at ``addr``."""
+    def _inv_piotlb(self, did: int, pasid: int, addr: int | None, am: int, ih: int) -> None:
+        """PASID-based IOTLB (type 6): first-stage, nested and pass-through entries of
+        (DID, PASID), all or those overlapping 2^AM pages at ``addr``; their first-stage
+        paging-structure entries with them (PSI: those covering the range, none with
+        IH)."""
+        c = self.caches
         first = (addr or 0) >> 12 & ~((1 << am) - 1)
         last = first + (1 << am) - 1
-
-        def match(e: TlbEntry) -> bool:
-            if e[E_DID] != did or e[E_PASID] != pasid or e[E_KIND] == PGTT_SL:
-                return False
-            return addr is None or (e[E_FIRST] <= last and first <= e[E_LAST])
-
-        self._drop_iotlb(match)
-
-    def _drop_iotlb(self, match: Callable[[TlbEntry], bool]) -> None:
-        for k in [k for k, e in self.iotlb.items() if match(e)]:
-            del self.iotlb[k]
-        self._drop_fast(lambda k, e: not e[E_ATC] and match(e))
+        for kind in (PGTT_FL, PGTT_NESTED, PGTT_PT):
+            tag = (did, pasid, kind)
+            if addr is None:
+                c.drop_tag(tag)
+                c.drop_fs_psc(tag)
+            else:
+                c.drop_tag_range(tag, first, last)
+                if not ih:
+                    c.drop_fs_psc(tag, first, last)
 
     def _inv_pasid_cache(self, gran: int, did: int, pasid: int) -> None:
-        def match(pe: PeInfo, p: int) -> bool:
-            if gran == h.QI_PC_GLOBAL:
-                return True
-            return pe.did == did and (gran == h.QI_PC_ALL_PASIDS or p == pasid)
-
-        hit = [k for k, pe in self.pasid_cache.items() if match(pe, k[1])]
+        if gran == h.QI_PC_GLOBAL:
+            hit = list(self.pasid_cache)
+        else:
+            hit = [k for k in self._pasid_cache_of_did.get(did, ())
+                   if gran == h.QI_PC_ALL_PASIDS or k[1] == pasid]
         for k in hit:
-            del self.pasid_cache[k]
-        gone = set(hit)
-        # fast entries were derived from those PASID entries
-        self._drop_fast(lambda k, e: not e[E_ATC] and (k[0], e[E_PASID]) in gone)
+            pe = self.pasid_cache.pop(k)
+            self._pasid_cache_of_did[pe.did].discard(k)
+            # requests resolved through that PASID entry
+            self.caches.drop_requester(k[0], (k[1],))
 
     def _inv_devtlb(self, sid: int, pasid: int | None, addr: int, size_bit: bool) -> None:
         """Device-TLB invalidation: the device drops its ATC entries in the range. Without
@@ -547,10 +565,7 @@ class VtdHardware(IommuHardware):
         else:
             size = 4096
         first = (addr & ~(size - 1)) >> 12
-        last = first + (size >> 12) - 1
-        self._drop_fast(lambda k, e: bool(e[E_ATC]) and k[0] == sid
-                        and (pasid is None or e[E_PASID] == pasid)
-                        and e[E_FIRST] <= last and first <= e[E_LAST])
+        self.caches.drop_atc(sid, pasid, first, first + (size >> 12) - 1)
 
     # ===================================================================================
     # Page request queue (the PRI side of the unit)
@@ -594,18 +609,18 @@ class VtdHardware(IommuHardware):
 
     def _translate_slow(self, dev: Device, pasid: int | None, iova: int, access: int,
                         key: tuple[int, int, int]) -> int:
-        if not self.translation_enabled:
+        if not self._te:
             return iova  # DMA remapping off: untranslated
         sid = dev.rid
         priv = bool(access & ACCESS_PRIV)
         need = access & _RWX
-        state: dict[str, Any] = {"fpd": False, "pre": False, "dte": False}
+        fpd = pre = dte = False  # what the fault path needs to know, as far as decoded
         try:
-            ctx = self._lookup_context(sid)
-            state.update(fpd=ctx.fpd, pre=ctx.pre, dte=ctx.dte or ctx.tt == 1)
+            ctx = self.ctx_cache.get(sid) or self._lookup_context(sid)
+            fpd, pre, dte = ctx.fpd, ctx.pre, ctx.dte or ctx.tt == 1
             if self.root_sm:
                 pasid_eff, pe = self._lookup_pasid(sid, ctx, pasid)
-                state["fpd"] = ctx.fpd or pe.fpd
+                fpd = fpd or pe.fpd
                 did, kind = pe.did, pe.pgtt
                 if kind in (PGTT_FL, PGTT_NESTED):
                     if priv and not pe.sre:
@@ -617,39 +632,38 @@ class VtdHardware(IommuHardware):
                     raise VtdFault(fr.VTD_FR_RTADDR_INV_TTM, iova)
                 pasid_eff, pe, did = 0, None, ctx.did
                 kind = PGTT_PT if ctx.tt == h.CONTEXT_TT_PASS_THROUGH else PGTT_SL
-            tkey = (did, pasid_eff, iova >> 12, priv)
-            e = self.iotlb.get(tkey)
+            tag = (did, pasid_eff, kind)
+            caches = self.caches
+            e, tkey = caches.iotlb_get(tag, iova >> 12, int(priv))
             if e is None or e[E_ALLOWED] & need != need:
                 e = self._walk(ctx, pe, kind, did, pasid_eff, iova, need, priv)
-                if len(self.iotlb) >= _TLB_CAPACITY:
-                    self.iotlb.clear()
-                self.iotlb[tkey] = e
+                tkey = caches.iotlb_put(tag, e, int(priv))
         except VtdFault as f:
-            self._fault(dev, pasid, iova, access, f, state)
-        if state["dte"] and dev.ats and dev.props.get(PCI_ATS_ENABLED):
-            e = (e[0], e[1], e[2], e[3], e[4], e[5], e[6], True)
-        if len(self.fast) >= _TLB_CAPACITY:
-            self.fast.clear()
-        self.fast[key] = e
+            self._fault(dev, pasid, iova, access, f, fpd, pre, dte)
+        if dte and dev.ats and dev.props.get(PCI_ATS_ENABLED):
+            caches.atc_put(key, (e[0], e[1], e[2], e[3], e[4], e[5], e[6], True))
+        else:
+            caches.fast_put(key, e, tag, tkey)
         return e[E_PA] | (iova & _PAGE)
 
     def _fault(self, dev: Device, pasid: int | None, iova: int, access: int, f: VtdFault,
-               state: dict[str, Any]) -> NoReturn:
+               fpd: bool, pre: bool, dte: bool) -> NoReturn:
         self.stats["faults"] += 1
         name = fr.fault_name(f.code)
         detail: dict[str, Any] = {"code": f.code, "sid": dev.rid, "text": fr.fault_text(f.code),
                                   **f.detail}
         if self.tracer.enabled:
             self.tracer.event("hw", "fault", f"{self.name} {dev.name} {iova:#x} {name}")
-        if (state["pre"] and state["dte"] and dev.pri and dev.props.get(PCI_PRI_ENABLED)
+        if (pre and dte and dev.pri and dev.props.get(PCI_PRI_ENABLED)
                 and dev.props.get(PCI_ATS_ENABLED) and f.code in fr.RECOVERABLE):
             idx = self._post_page_request(dev, pasid, iova, access)
             if idx is not None:
                 detail["prg_index"] = idx
-                raise DmaFault(dev.name, iova, pasid, access, name, detail, page_request=True)
-        detail["recorded"] = (not state["fpd"]
+                raise DmaFault(dev.name, iova, pasid, access, name, detail, page_request=True,
+                               code=f.code)
+        detail["recorded"] = (not fpd
                               and self._record_fault(dev.rid, iova, f.code, access, pasid))
-        raise DmaFault(dev.name, iova, pasid, access, name, detail)
+        raise DmaFault(dev.name, iova, pasid, access, name, detail, code=f.code)
 
     # -- configuration decode -----------------------------------------------------------
     def _lookup_context(self, sid: int) -> CtxInfo:
@@ -715,6 +729,7 @@ class VtdHardware(IommuHardware):
         if pe is None:
             pe = self._read_pasid_entry(ctx, p)
             self.pasid_cache[(sid, p)] = pe
+            self._pasid_cache_of_did.setdefault(pe.did, set()).add((sid, p))
         return p, pe
 
     def _read_pasid_entry(self, ctx: CtxInfo, pasid: int) -> PeInfo:
@@ -770,28 +785,36 @@ class VtdHardware(IommuHardware):
                 root, aw, ssade = ctx.slptptr, ctx.aw, False
             else:
                 root, aw, ssade = pe.ssptptr, pe.aw, pe.ssade
-            oa, allowed, base, size, _w = self._walk_ss(root, aw, ssade, iova, need,
+            oa, allowed, base, size, _w = self._walk_ss(did, root, aw, ssade, iova, need,
                                                         pe is not None)
             return (oa & ~_PAGE, allowed, did, pasid, kind, base >> 12,
                     (base + size - 1) >> 12, False)
         assert pe is not None
-        oa, allowed, base, size = self._walk_fs(pe, iova, need, priv, kind == PGTT_NESTED)
+        oa, allowed, base, size = self._walk_fs(pe, did, pasid, kind, iova, need, priv)
         if kind == PGTT_NESTED:
             base, size = iova & ~_PAGE, 4096  # combined entries are cached per page
         return (oa & ~_PAGE, allowed, did, pasid, kind, base >> 12, (base + size - 1) >> 12,
                 False)
 
-    def _walk_ss(self, root: int, aw: int, ssade: bool, addr: int, need: int, sm: bool,
-                 stage1_fetch: int = 0) -> tuple[int, int, int, int, bool]:
-        """Second-stage walk. Returns (output address, accesses allowed without a further
-        walk, input page base, leaf size, leaf writable). ``stage1_fetch`` (nested): 1 = the FS root
+    def _walk_ss(self, did: int, root: int, aw: int, ssade: bool, addr: int, need: int,
+                 sm: bool, stage1_fetch: int = 0) -> tuple[int, int, int, int, bool]:
+        """Second-stage walk, from the lowest table the DID's paging-structure cache
+        holds. Returns (output address, accesses allowed without a further walk, input
+        page base, leaf size, leaf writable). ``stage1_fetch`` (nested): 1 = the FS root
         table, 2 = another FS entry: SS permission failures become 0x75/0x76."""
         fmt = self._ss_fmt[aw + 2]
         write = need & ACCESS_WRITE
+        caches = self.caches
+        vpn = addr >> 12
+        hit = caches.ss_psc_get(did, vpn, fmt.levels - 1)
+        tables: list[tuple[int, int, int]] = []
         r = walk(fmt, self.mem.read_u64, root, addr,
                  access=Access.WRITE if write else Access.READ, privileged=True,
                  set_accessed=ssade, set_dirty=ssade,
-                 write_u64=self.mem.write_u64 if ssade else None)
+                 write_u64=self.mem.write_u64 if ssade else None,
+                 start=None if hit is None else (hit[0], hit[1][0], hit[1][1]),
+                 on_table=None if hit is not None and not hit[0] else
+                 lambda lv, nxt, acc: tables.append((lv, nxt, acc)))
         if self.tracer.enabled:
             self.tracer.event("hw", "walk", f"{self.name} SS {addr:#x} -> {_walk_str(r)}")
         if isinstance(r, WalkFault):
@@ -816,12 +839,19 @@ class VtdHardware(IommuHardware):
                                                           and not sllps & 2):
             raise VtdFault(fr.VTD_FR_SS_PAGING_ENTRY_RSVD if sm else fr.VTD_FR_PAGING_ENTRY_RSVD,
                            addr, level=r.level, stage=2)
+        for lv, nxt, acc in tables:
+            caches.ss_psc_put(did, psc_key(vpn, lv - 1), (nxt, acc, nxt, True))
         w_ok = r.writable and (not ssade or bool(r.desc & SS_D))
         allowed = ACCESS_READ | ACCESS_EXEC | (ACCESS_WRITE if w_ok else 0)
         return r.oa, allowed, r.page_base, r.page_size, r.writable
 
-    def _walk_fs(self, pe: PeInfo, iova: int, need: int, priv: bool, nested: bool
-                 ) -> tuple[int, int, int, int]:
+    def _walk_fs(self, pe: PeInfo, did: int, pasid: int, kind: int, iova: int, need: int,
+                 priv: bool) -> tuple[int, int, int, int]:
+        """First-stage walk from the lowest table the (DID, PASID) paging-structure cache
+        holds. Nested: every FS table address is a GPA the second stage translates (the
+        cache keeps the translated address); A/D updates of FS entries are writes
+        through that translation; the output goes through the second stage."""
+        nested = kind == PGTT_NESTED
         levels = 5 if pe.fspm == 1 else 4
         top = 12 + 9 * levels - 1
         hi = iova >> top
@@ -829,18 +859,25 @@ class VtdHardware(IommuHardware):
             raise VtdFault(fr.VTD_FR_FS_NON_CANONICAL, iova)
         fmt = self._fs_fmt[levels]
         read_u64, write_u64 = self.mem.read_u64, self.mem.write_u64
-        # Nested: every FS table address is a GPA translated by the second stage; A/D
-        # updates of FS entries are writes through that translation.
-        gpa_of: dict[int, tuple[int, bool]] = {}  # FS table page PA -> (GPA, SS writable)
+        caches = self.caches
+        tag = (did, pasid, kind)
+        vpn = iova >> 12
+        hit = caches.fs_psc_get(tag, vpn, levels - 1)
+        #: FS table page PA -> (its GPA page, SS writable); nested walks only
+        gpa_of: dict[int, tuple[int, bool]] = {}
         fetches = [0]
+        if hit is not None:
+            fetches[0] = 1  # the root was fetched when the cached entry was made
+            if nested:
+                gpa_of[hit[1][0] >> 12] = (hit[1][2], hit[1][3])
         errata = self.cfg.errata_772415 and pe.pwsnp
 
         def xlate(gpa: int) -> int:
             fetches[0] += 1
-            pa, _a, _b, _s, writable = self._walk_ss(pe.ssptptr, pe.aw, pe.ssade, gpa,
+            pa, _a, _b, _s, writable = self._walk_ss(did, pe.ssptptr, pe.aw, pe.ssade, gpa,
                                                      ACCESS_READ, True,
                                                      1 if fetches[0] == 1 else 2)
-            gpa_of[pa >> 12] = (gpa, writable)
+            gpa_of[pa >> 12] = (gpa & ~_PAGE, writable)
             return pa
 
         def write_fs(pa: int, val: int) -> None:
@@ -849,15 +886,20 @@ class VtdHardware(IommuHardware):
             if nested:
                 gpa, writable = gpa_of[pa >> 12]
                 if writable:  # an ordinary write through the second stage (SS D too)
-                    self._walk_ss(pe.ssptptr, pe.aw, pe.ssade, gpa, ACCESS_WRITE, True, 2)
+                    self._walk_ss(did, pe.ssptptr, pe.aw, pe.ssade, gpa | (pa & _PAGE),
+                                  ACCESS_WRITE, True, 2)
                 elif not errata:
                     raise VtdFault(fr.VTD_FR_FS_NESTED_ENTRY_WRITE, iova, stage=2)
                 # else SPR17 erratum 772415: the A/D update lands in a page the second
                 # stage maps read-only.
             write_u64(pa, val)
 
+        tables: list[tuple[int, int, int]] = []
         r = walk(fmt, read_u64, pe.fsptptr, iova, access=Access.READ, privileged=True,
-                 set_accessed=True, write_u64=write_fs, table_xlate=xlate if nested else None)
+                 set_accessed=True, write_u64=write_fs, table_xlate=xlate if nested else None,
+                 start=None if hit is None else (hit[0], hit[1][0], hit[1][1]),
+                 on_table=None if hit is not None and not hit[0] else
+                 lambda lv, nxt, acc: tables.append((lv, nxt, acc)))
         if self.tracer.enabled:
             self.tracer.event("hw", "walk", f"{self.name} FS{levels} {iova:#x} -> "
                               f"{_walk_str(r)}")
@@ -871,6 +913,7 @@ class VtdHardware(IommuHardware):
             raise VtdFault(code, iova, level=r.level, stage=1)
         if r.page_size == 1 << 30 and not h.cap_fl1gp_support(self.cap):
             raise VtdFault(fr.VTD_FR_FS_PAGING_ENTRY_RSVD, iova, level=r.level, stage=1)
+        self._fill_fs_psc(tag, vpn, tables, nested, gpa_of)
         if not priv and not r.user:
             raise VtdFault(fr.VTD_FR_FS_PAGING_ENTRY_US, iova, stage=1)
         # Supervisor writes ignore R/W unless WPE (like CR0.WP=0).
@@ -885,13 +928,32 @@ class VtdHardware(IommuHardware):
             allowed |= ACCESS_WRITE
         if not nested:
             return r.oa, allowed, r.page_base, r.page_size
-        pa, s2_allowed, _b, _s, _w = self._walk_ss(pe.ssptptr, pe.aw, pe.ssade, r.oa,
+        pa, s2_allowed, _b, _s, _w = self._walk_ss(did, pe.ssptptr, pe.aw, pe.ssade, r.oa,
                                                    need & ACCESS_WRITE or ACCESS_READ, True)
         return pa, allowed & s2_allowed, r.page_base, r.page_size
 
+    def _fill_fs_psc(self, tag: tuple[int, int, int], vpn: int,
+                     tables: list[tuple[int, int, int]], nested: bool,
+                     gpa_of: dict[int, tuple[int, bool]]) -> None:
+        """Cache the tables a successful walk went through (nested: the address the
+        second stage gave for each, found again by its GPA)."""
+        if not tables:
+            return
+        hpa_of = {g: (pa, w) for pa, (g, w) in gpa_of.items()} if nested else {}
+        for lv, nxt, acc in tables:
+            if nested:
+                page = nxt & ~_PAGE
+                got = hpa_of.get(page)
+                if got is None:
+                    continue  # not fetched (the walk ended above it)
+                entry: PscEntry = (got[0] << 12 | (nxt & _PAGE), acc, page, got[1])
+            else:
+                entry = (nxt, acc, nxt, True)
+            self.caches.fs_psc_put(tag, psc_key(vpn, lv - 1), entry)
+
     # -- the platform's wiring ----------------------------------------------------------
     def detach_device(self, dev: Device) -> None:
-        self._drop_fast(lambda k, e: k[0] == dev.rid)
+        self.caches.drop_requester(dev.rid, atc=True)
 
 
 def _walk_str(r: WalkResult | WalkFault) -> str:
