@@ -229,3 +229,26 @@ def test_device_dma_read_without_published_hits() -> None:
     dev = make_pci_device("0000:00:01.0", "flat")
     assert device_dma_read(Flat(), mem, dev, 4090, 10) == b"0123456789"
     assert device_dma_read(Flat(), mem, dev, 8192, 3) == bytes(3)
+
+
+@pytest.mark.parametrize("driver", ["arm_smmu_v3", "intel_vtd", "amd_vi", "mock"])
+def test_every_page_of_a_huge_leaf_reads_its_own_bytes(driver: str) -> None:
+    """2 MiB of THP-backed memory maps as one leaf where the format has 2 MiB pages: a
+    miss or a hit on any of its pages translates that page, not the one walked first."""
+    r = Rig(driver)
+    try:
+        m = r.m
+        va = m.mmap(4 << 20)
+        va = (va + (2 << 20) - 1) & -(2 << 20)
+        for i in range(512):
+            m.mem_write(va + i * PAGE, i.to_bytes(2, "little") * 4)
+        iova = r.usable_iova(1 << 32, 2 << 20)
+        r.map(va, 2 << 20, iova)
+        for _ in range(2):  # misses, then hits
+            for i in (0, 5, 511, 256, 1, 300):
+                got = m.dma_read("0000:00:01.0", iova + i * PAGE + 2, 4)
+                assert got == i.to_bytes(2, "little") * 2, (driver, i)
+        m.dma_write("0000:00:01.0", iova + 77 * PAGE, b"seventy-seven")
+        assert m.mem_read(va + 77 * PAGE, 13) == b"seventy-seven"
+    finally:
+        r.m.shutdown()

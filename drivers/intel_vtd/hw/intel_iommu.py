@@ -27,7 +27,15 @@ import attrs
 from drivers.intel_vtd import iommu_h as h
 from drivers.intel_vtd.hw import faults as fr
 from drivers.intel_vtd.hw.config import VtdConfig
-from drivers.intel_vtd.hw.tlb import E_ALLOWED, E_PA, PscEntry, TlbEntry, VtdCaches, psc_key
+from drivers.intel_vtd.hw.tlb import (
+    E_ALLOWED,
+    E_FIRST,
+    E_PA,
+    PscEntry,
+    TlbEntry,
+    VtdCaches,
+    psc_key,
+)
 from iommu_core.pgtable import formats
 from iommu_core.pgtable.formats.x86 import SS_D, X86_A, X86_D
 from iommu_core.pgtable.walk import Access, WalkFault, WalkResult, walk
@@ -640,11 +648,13 @@ class VtdHardware(IommuHardware):
                 tkey = caches.iotlb_put(tag, e, int(priv))
         except VtdFault as f:
             self._fault(dev, pasid, iova, access, f, fpd, pre, dte)
+        # A leaf holds the output of its first page; the requester view one page's.
+        pa = e[E_PA] + (((iova >> 12) - e[E_FIRST]) << 12)
         if dte and dev.ats and dev.props.get(PCI_ATS_ENABLED):
-            caches.atc_put(key, (e[0], e[1], e[2], e[3], e[4], e[5], e[6], True))
+            caches.atc_put(key, (pa, e[1], e[2], e[3], e[4], e[5], e[6], True))
         else:
-            caches.fast_put(key, e, tag, tkey)
-        return e[E_PA] | (iova & _PAGE)
+            caches.fast_put(key, e if pa == e[E_PA] else (pa, *e[1:]), tag, tkey)
+        return pa | (iova & _PAGE)
 
     def _fault(self, dev: Device, pasid: int | None, iova: int, access: int, f: VtdFault,
                fpd: bool, pre: bool, dte: bool) -> NoReturn:
@@ -787,14 +797,15 @@ class VtdHardware(IommuHardware):
                 root, aw, ssade = pe.ssptptr, pe.aw, pe.ssade
             oa, allowed, base, size, _w = self._walk_ss(did, root, aw, ssade, iova, need,
                                                         pe is not None)
-            return (oa & ~_PAGE, allowed, did, pasid, kind, base >> 12,
+            # The leaf's output: the page of its first input page.
+            return ((oa - (iova - base)) & ~_PAGE, allowed, did, pasid, kind, base >> 12,
                     (base + size - 1) >> 12, False)
         assert pe is not None
         oa, allowed, base, size = self._walk_fs(pe, did, pasid, kind, iova, need, priv)
         if kind == PGTT_NESTED:
             base, size = iova & ~_PAGE, 4096  # combined entries are cached per page
-        return (oa & ~_PAGE, allowed, did, pasid, kind, base >> 12, (base + size - 1) >> 12,
-                False)
+        return ((oa - (iova - base)) & ~_PAGE, allowed, did, pasid, kind, base >> 12,
+                (base + size - 1) >> 12, False)
 
     def _walk_ss(self, did: int, root: int, aw: int, ssade: bool, addr: int, need: int,
                  sm: bool, stage1_fetch: int = 0) -> tuple[int, int, int, int, bool]:

@@ -24,7 +24,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 # A cached translation (IOTLB entry, or a device ATC entry when ``atc``):
-# (page PA, allowed accesses, DID, PASID, kind, first vpn, last vpn, atc)
+# (page PA, allowed accesses, DID, PASID, kind, first vpn, last vpn, atc). An IOTLB
+# entry's page PA is that of its first vpn; a requester-view entry's, that of its vpn.
 E_PA, E_ALLOWED, E_DID, E_PASID, E_KIND, E_FIRST, E_LAST, E_ATC = range(8)
 TlbEntry = tuple[int, int, int, int, int, int, int, bool]
 Tag = tuple[int, int, int]  # (DID, PASID, PGTT)
