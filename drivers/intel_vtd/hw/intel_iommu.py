@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import collections
+import functools
 from collections.abc import Callable
 from typing import Any, NoReturn
 
@@ -176,6 +177,8 @@ class VtdHardware(IommuHardware):
         self.caches = VtdCaches(TLB_CAPACITY)
         #: The requester view (source id, PASID key, page) -> entry: ``caches.fast``.
         self.fast = self.caches.fast
+        #: Its unprivileged entries as the platform's DMA path reads them.
+        self.dma_hits = self.caches.hits
         # the device side of PRI: next group index and the responses received
         self._prg_next: dict[int, int] = {}
         self.page_responses: list[dict[str, int | bool]] = []
@@ -654,6 +657,9 @@ class VtdHardware(IommuHardware):
             caches.atc_put(key, (pa, e[1], e[2], e[3], e[4], e[5], e[6], True))
         else:
             caches.fast_put(key, e if pa == e[E_PA] else (pa, *e[1:]), tag, tkey)
+        if not priv:
+            self._watch(dev)
+            caches.publish(dev, pasid, key)
         return pa | (iova & _PAGE)
 
     def _fault(self, dev: Device, pasid: int | None, iova: int, access: int, f: VtdFault,
@@ -965,6 +971,21 @@ class VtdHardware(IommuHardware):
     # -- the platform's wiring ----------------------------------------------------------
     def detach_device(self, dev: Device) -> None:
         self.caches.drop_requester(dev.rid, atc=True)
+        self.caches.drop_published(dev)
+
+    def device_changed(self, dev: Device) -> None:
+        """The endpoint's state changed: what was published for it goes, and with ATS
+        Enable clear its ATC holds nothing it may use (PCIe: the function stops using
+        cached translations)."""
+        self.caches.drop_published(dev)
+        if not dev.props.get(PCI_ATS_ENABLED):
+            self.caches.drop_requester(dev.rid, atc=True)
+
+    def _watch(self, dev: Device) -> None:
+        """Publishing for ``dev``: hear of its endpoint state changes even when it was
+        not wired through the platform (a device a test made by hand)."""
+        if dev.props.on_change is None:
+            dev.props.on_change = functools.partial(self.device_changed, dev)
 
 
 def _walk_str(r: WalkResult | WalkFault) -> str:
