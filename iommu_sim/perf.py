@@ -12,7 +12,8 @@ driver's map and invalidation ratios, with unit options, as JSON::
 * ``map_unmap_4k_vs_pgtable``: one 4 KiB ``IOMMU_IOAS_MAP`` + ``IOMMU_IOAS_UNMAP``
   through ``m.ioctl`` with a paging domain attached / the page-table core's own
   map_pages + unmap_pages of 4 KiB at the same IOVA of an empty table, in the format of
-  the domain (as the driver's ``describe_domain`` names it).
+  the domain (as the driver's ``describe_domain`` names it); ``..._populated``: both
+  with a page mapped 2 MiB above (the upper tables stay).
 * ``inval_cached_ratio``: the same ioctl pair with ``pages`` distinct 4 KiB pages cached
   in the IOMMU (one DMA read per page of a mapping in 4 KiB IOPTEs) / the pair on an
   identical Machine with nothing cached; :func:`inval_by_occupancy` at several numbers
@@ -123,7 +124,9 @@ def map_unmap_4k_vs_pgtable(driver: str, options: Mapping[str, Any] | None = Non
     rig = Rig(driver, options)
     try:
         fmt = fmt or rig.domain_format() or formats.arm_lpae_s1()
-        out: dict[str, Any] = kit.map_unmap_vs_floor(rig, fmt, rig.usable_iova(), n, reps)
+        iova = rig.usable_iova(length=2 * kit.NEIGHBOUR)
+        out: dict[str, Any] = kit.map_unmap_vs_floor(rig, fmt, iova, n, reps)
+        out.update(kit.map_unmap_vs_floor(rig, fmt, iova, n, reps, populated=True))
         out["pgtable_format"] = fmt.name
         return out
     finally:
