@@ -47,6 +47,9 @@ REPS = 16
 SMALL_IOVA = 1 << 40  # the measured 4 KiB map lives far from anything else
 #: Where a populated measurement keeps a page mapped: beside the measured one's leaf table.
 NEIGHBOUR = 2 << 20
+#: Where the pages the invalidation measurements cache are mapped: above every vendor's
+#: reserved ranges (the SMMU's MSI window sits at 128 MiB, x86's below 4 GiB).
+WARM_IOVA = 1 << 32
 #: Where a nested setup's guest maps its data.
 GVA = 1 << 32
 
@@ -255,7 +258,7 @@ def inval_by_occupancy(make_machine: MakeMachine, rig: Rig, levels: Sequence[int
         ops = []
         for m in machines:
             vmm = paging_vmm(m, rig)
-            vmm.map_scattered(scattered_memory(m, top))
+            vmm.map_scattered(scattered_memory(m, top), WARM_IOVA)
             op = map_unmap_op(vmm, m.mmap(PAGE))
             best_per_call(op, number, 1)  # the IOAS's first-use costs out of the way
             ops.append(op)
@@ -263,7 +266,7 @@ def inval_by_occupancy(make_machine: MakeMachine, rig: Rig, levels: Sequence[int
         warm, done = machines[1], 0
         for pages in sorted(levels):
             for i in range(done, pages):
-                warm.dma_read(rig.dev, i * PAGE, 64)
+                warm.dma_read(rig.dev, WARM_IOVA + i * PAGE, 64)
             done = pages
             empty, full = best_interleaved(ops, number, reps)
             out.append((pages, full, empty))
