@@ -167,19 +167,31 @@ def measure_driver(driver: str, sz: Sizes) -> dict[str, Any]:
     return out
 
 
-def _rss_kib() -> int:
-    """This process's resident set now (KiB), from /proc; the peak where there is none."""
+def _status_kib(field: str) -> int | None:
+    """A ``/proc/self/status`` figure in KiB (None where there is no /proc)."""
     try:
         with open("/proc/self/status", encoding="ascii") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1])
     except OSError:
         pass
-    return _peak_kib()
+    return None
+
+
+def _rss_kib() -> int:
+    """This process's resident set now (KiB), from /proc; the peak where there is none."""
+    rss = _status_kib("VmRSS")
+    return _peak_kib() if rss is None else rss
 
 
 def _peak_kib() -> int:
+    """This process's peak resident set (KiB): VmHWM, its own address space's. Not
+    ``ru_maxrss`` where there is /proc: Linux carries the forking process's peak over
+    exec, so a bench child would report its parent's."""
+    hwm = _status_kib("VmHWM")
+    if hwm is not None:
+        return hwm
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak // 1024 if sys.platform == "darwin" else peak
 

@@ -93,9 +93,10 @@ def line_chart(title: str, series: Mapping[str, Series], xlabel: str, ylabel: st
                          for j, (x, y) in enumerate(sorted(data)))
             svg.path(d, cls="", fill="none", stroke=color, stroke_width=1.8,
                      stroke_dasharray=style or None)
+            tip = f"{name} (dashed)" if style else name  # the reference's points too
             for x, y in data:
                 svg.add(f'<circle cx="{num(px(x))}" cy="{num(py(y))}" r="2.5" '
-                        f'fill="{color}"><title>{name}: {y:.3g} at {_label(x)}</title></circle>')
+                        f'fill="{color}"><title>{tip}: {y:.3g} at {_label(x)}</title></circle>')
         if s:
             x, y = max(s)
             ly = py(y) + 3
