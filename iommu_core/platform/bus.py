@@ -33,7 +33,7 @@ class DeviceProps(dict[str, Any]):
     """A device's properties: bus flags and the endpoint's own state (the capability
     control bits a driver sets in its config space: ATS Enable, PRI Enable...).
 
-    A change calls :attr:`on_change` (the IOMMU unit the device sits behind: what it
+    A change calls ``on_change`` (the IOMMU unit the device sits behind: what it
     derived from the old state, such as translations through the device's ATC, goes)."""
 
     __slots__ = ("on_change",)

@@ -115,7 +115,7 @@ class IommuHardware(abc.ABC):
     the model knows it read from registers and memory the driver programmed.
 
     A model may also publish the translations it holds in :attr:`dma_hits`, so that a DMA
-    that hits costs a dict lookup and a memory copy (see :func:`device_dma_read`).
+    that hits costs a dict lookup and a memory copy (see ``device_dma_read``).
     """
 
     name: str
