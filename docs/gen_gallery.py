@@ -110,6 +110,29 @@ def walk_pictures() -> dict[str, Callable[[], str]]:
     return out
 
 
+#: The invalidation paths (docs/invalidation_paths.rst): picture -> the tour step that
+#: takes that path (driver, chapter, the step's title).
+PATHS = {
+    "path_trapped.svg": ("arm_smmu_v3", "stale", "the guest's TLBI_NH_VA, through the vIOMMU"),
+    "path_tegra_vcmdq.svg": ("arm_smmu_v3", "accel", "the guest stores PROD = 2"),
+    "path_tegra_vcmdq_error.svg": ("arm_smmu_v3", "accel", "the guest stores PROD = 4"),
+}
+
+
+def path_pictures() -> dict[str, Callable[[], str]]:
+    """Each invalidation path, drawn from the call tree of its tour step."""
+
+    def make(driver: str, chapter: str, title: str) -> str:
+        from iommu_sim.draw.path import path_svg
+        from iommu_sim.tour import tour_records
+
+        _, records, _ = tour_records(driver, [chapter])
+        r = next(r for r in records if r.chapter == chapter and r.title == title)
+        return path_svg(r.trace, title=f"{driver}, {chapter}: {title}").to_string()
+
+    return {name: (lambda a=args: make(*a)) for name, args in PATHS.items()}
+
+
 def layers_picture() -> str:
     from iommu_sim.draw.layers import layers_svg
 
@@ -218,6 +241,7 @@ def gallery() -> dict[str, Callable[[], str]]:
     out["graph.svg"] = lambda: cli("graph", "--scenario", "tour_arm_smmu_v3", "--format",
                                    "svg")
     out.update(walk_pictures())
+    out.update(path_pictures())
     out["tour_smmu_nested.html"] = lambda: cli_file("tour", "--vendor", "smmu", "--step",
                                                     "nested", flag="--html")
     out["layers.svg"] = layers_picture

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from iommu_core.device import IommuDevice
     from iommu_core.domain import IommuDomain
     from iommu_core.platform.bus import Device
+    from iommu_core.platform.dma import Mmio
     from iommu_core.plugin import ViommuOps
 
 T = TypeVar("T", bound=ctypes.Structure | ctypes.Union)
@@ -143,9 +144,11 @@ class IommufdViommu:
         vEVENTQ of that type exists."""
         raise NotImplementedError
 
-    def alloc_mmap(self, base_pa: int, length: int) -> int:
+    def alloc_mmap(self, base_pa: int, length: int, *, mmio: Mmio | None = None) -> int:
         """``iommufd_viommu_alloc_mmap``: expose physical pages through mmap of the
-        iommufd; returns the mmap offset."""
+        iommufd; returns the mmap offset. With ``mmio`` the region is registers: the
+        ``length`` bytes from offset ``base_pa`` of that window (the simulated MMIO has
+        no physical addresses), and the mapping's loads and stores reach them."""
         raise NotImplementedError
 
     def destroy_mmap(self, offset: int) -> None:

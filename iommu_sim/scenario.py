@@ -85,14 +85,14 @@ _COMMON = {"title", "say", "chapter", "as", "expect_errno", "show"}
 _KEYS: dict[str, set[str]] = {
     "open": set(), "close": set(),
     "ioctl": {"fd", "args", "payload", "capture", "expect"},
-    "mmap": set(),
+    "mmap": {"fd", "offset"},
     "mem_write": {"text", "hex", "u64", "u32", "u16", "struct", "fields"},
     "mem_read": {"len", "expect", "expect_hex"},
     "dma_read": {"iova", "len", "pasid", "expect", "expect_hex", "expect_fault",
                  "expect_page_request"},
     "dma_write": {"iova", "pasid", "text", "hex", "u64", "u32", "u16", "expect_fault",
                   "expect_page_request"},
-    "read": {"struct", "len", "expect"},
+    "read": {"struct", "len", "expect", "expect_hex"},
     "write": {"text", "hex", "u64", "u32", "u16", "struct", "fields", "expect"},
     "pread": {"offset", "len", "expect", "expect_hex", "expect_u32", "expect_u64"},
     "pwrite": {"offset", "text", "hex", "u64", "u32", "u16", "struct", "fields", "expect"},
@@ -251,6 +251,8 @@ class Runner:
         self.trace = trace
         self.vars: dict[str, Any] = dict(scenario.vars)
         self._scratch: tuple[int, int] | None = None
+        #: The struct payload of the current ioctl step: (user address, struct type).
+        self._payload: tuple[int, type[Any]] | None = None
         # Asked now, not while a step is traced: a hook call would show in its call tree.
         self.guest_builders = self._guest_builders()
 
@@ -391,10 +393,13 @@ class Runner:
             raise ScenarioFailed(step, f"{name} needs an fd")
         fd = self.int_value(step, fd_expr)
         args = dict(s.get("args", {}))
+        self._payload = None
         if "payload" in s:
             data = self.data(step, s["payload"])
             addr = self.scratch(len(data))
             self.machine.mem_write(addr, data)
+            if "struct" in s["payload"]:
+                self._payload = (addr, find_struct(str(s["payload"]["struct"])))
             fields = {f[0] for f in desc.struct._fields_}
             args.setdefault("data_uptr", addr)
             if "data_len" in fields:
@@ -405,12 +410,30 @@ class Runner:
         return cmd
 
     def _after_ioctl(self, step: Step, cmd: Any) -> None:
+        """Check ``expect`` and store ``capture``: fields of the ioctl's struct, or with a
+        ``payload.`` prefix fields of a ``struct`` payload as the kernel left it (driver
+        data the call writes back, e.g. a vIOMMU's mmap offset)."""
         s = step.spec
-        self.check_fields(step, cmd, s.get("expect", {}))
-        for var, fieldname in s.get("capture", {}).items():
-            if not hasattr(cmd, fieldname):
+        payload = None
+        if self._payload is not None:
+            addr, stype = self._payload
+            payload = stype.from_buffer_copy(self.machine.mem_read(addr, ctypes.sizeof(stype)))
+
+        def split(name: str) -> tuple[Any, str]:
+            if name.startswith("payload."):
+                if payload is None:
+                    raise ScenarioFailed(step, f"{name}: the step has no struct payload")
+                return payload, name[len("payload."):]
+            return cmd, name
+
+        for name, want in s.get("expect", {}).items():
+            obj, fieldname = split(name)
+            self.check_fields(step, obj, {fieldname: want})
+        for var, name in s.get("capture", {}).items():
+            obj, fieldname = split(name)
+            if not hasattr(obj, fieldname):
                 raise ScenarioFailed(step, f"capture: no field {fieldname!r}")
-            self.vars[var] = getattr(cmd, fieldname)
+            self.vars[var] = getattr(obj, fieldname)
 
     def _dma(self, step: Step) -> Any:
         s = step.spec
@@ -466,8 +489,7 @@ class Runner:
             self.check_fields(step, obj, s.get("expect", {}))
             return obj
         raw = self.machine.read(fd, self.int_value(step, s.get("len", 4096)))
-        if "expect" in s:
-            self.check_bytes(step, raw)
+        self.check_bytes(step, raw)
         return raw
 
     def _write(self, step: Step) -> Any:
@@ -577,12 +599,20 @@ class Runner:
         if a in ("dma_read", "dma_write"):
             return self._dma(step)
         if a == "mmap":
+            if "fd" in s:  # a mapping of a file: a vIOMMU's page, a memfd
+                return m.mmap(self.int_value(step, step.arg), self.int_value(step, s["fd"]),
+                              self.int_value(step, s.get("offset", 0)))
             return m.mmap(self.int_value(step, step.arg))
         if a == "mem_write":
-            m.mem_write(self.int_value(step, step.arg), self.data(step, s))
+            addr, data = self.int_value(step, step.arg), self.data(step, s)
+            # A span of its own: a store to a mapped register page reaches the hardware.
+            with self._user_span("mem_write", f"{addr:#x} {data.hex(' ')}"):
+                m.mem_write(addr, data)
             return None
         if a == "mem_read":
-            got = m.mem_read(self.int_value(step, step.arg), self.int_value(step, s.get("len", 1)))
+            addr, n = self.int_value(step, step.arg), self.int_value(step, s.get("len", 1))
+            with self._user_span("mem_read", f"{addr:#x} len {n}"):
+                got = m.mem_read(addr, n)
             self.check_bytes(step, got)
             return got
         handler: Callable[[Step], Any] = getattr(self, "_" + a)

@@ -226,6 +226,15 @@ def _describe_call(runner: Runner, res: StepResult) -> tuple[str, dict[str, Any]
         return _describe_rw(runner, res)
     if a == "open":
         return f"open({runner.string(step, step.arg)})", {}, f"-> fd {res.value}"
+    if a in ("mem_read", "mem_write"):
+        # User memory, or registers when the address is in a mapped register page.
+        addr = runner.int_value(step, step.arg)
+        where = f"{step.arg} ({addr:#x})"
+        if a == "mem_read":
+            got = res.value.hex(" ") if isinstance(res.value, bytes) else ""
+            return f"load {where}", {"address": addr}, f"-> {got}" if got else ""
+        data = runner.data(step, s)
+        return f"store {data.hex(' ')} at {where}", {"address": addr}, ""
     return f"{a} {step.arg}", {}, ""
 
 

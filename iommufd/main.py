@@ -199,7 +199,8 @@ class IommufdFile(File):
         return iommufd_vfio_ioctl(self.ictx, request, value)
 
     def mmap(self, length: int, offset: int, shared: bool, prot_exec: bool) -> PfnRegion:
-        """``iommufd_fops_mmap``: exactly one registered region (vIOMMU MMIO pages)."""
+        """``iommufd_fops_mmap``: exactly one registered region (vIOMMU pages: RAM or
+        registers)."""
         length = (length + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
         if offset & (PAGE_SIZE - 1) or not length:
             raise IommuError(errno.EINVAL, "mmap offset not page aligned")
@@ -223,6 +224,9 @@ class IommufdFile(File):
         def vma_close() -> None:
             owner.users -= 1
 
+        if immap.mmio is not None:  # registers: loads and stores are register accesses
+            return PfnRegion(mmio=immap.mmio, mmio_offset=immap.pa, open=vma_open,
+                             close=vma_close)
         return PfnRegion(pa=immap.pa, open=vma_open, close=vma_close)
 
     def release(self) -> None:

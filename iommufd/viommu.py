@@ -35,17 +35,20 @@ from iommufd.private import ULONG_MAX, IommufdCtx, IommufdObject, ObjType, Ucmd
 if TYPE_CHECKING:
     from iommu_core.device import IommuDevice
     from iommu_core.platform.bus import Device
+    from iommu_core.platform.dma import Mmio
     from iommufd.eventq import IommufdVeventq
 
 
 @attrs.frozen
 class Immap:
-    """``struct iommufd_mmap``: physical pages a driver exposes through mmap of the fd."""
+    """``struct iommufd_mmap``: what a driver exposes through mmap of the fd: physical
+    pages at ``pa``, or registers of ``mmio`` from offset ``pa`` in that window."""
 
     owner: IommufdObject
     offset: int
     pa: int
     length: int
+    mmio: Mmio | None = None
 
 
 class IommufdViommuObj(IommufdObject, IommufdViommu):
@@ -92,7 +95,7 @@ class IommufdViommuObj(IommufdObject, IommufdViommu):
             raise IommuError(errno.EOPNOTSUPP, f"no vEVENTQ of type {type:#x}")
         q.report(data)
 
-    def alloc_mmap(self, base_pa: int, length: int) -> int:
+    def alloc_mmap(self, base_pa: int, length: int, *, mmio: Mmio | None = None) -> int:
         """``iommufd_viommu_alloc_mmap``: the lowest free offset >= PAGE_SIZE."""
         if base_pa & (PAGE_SIZE - 1) or length & (PAGE_SIZE - 1) or not length:
             raise IommuError(errno.EINVAL, "mmap region not page aligned")
@@ -105,7 +108,7 @@ class IommufdViommuObj(IommufdObject, IommufdViommu):
             start = max(start, off + immap.length)
         if start + length - 1 > ULONG_MAX:
             raise IommuError(errno.ENOSPC, "no free mmap offset")
-        mmaps[start] = Immap(self, start, base_pa, length)
+        mmaps[start] = Immap(self, start, base_pa, length, mmio)
         return start
 
     def destroy_mmap(self, offset: int) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import errno
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from drivers.arm_smmu_v3.regs import (
@@ -58,6 +58,7 @@ from drivers.arm_smmu_v3.regs import (
     CMDQ_RESUME_1_STAG,
     CMDQ_SYNC_0_CS,
     CMDQ_SYNC_0_CS_IRQ,
+    CMDQ_SYNC_0_CS_NONE,
     CMDQ_SYNC_0_CS_SEV,
     CMDQ_SYNC_0_MSH,
     CMDQ_SYNC_0_MSIATTR,
@@ -75,6 +76,7 @@ from iommu_core.group import IOMMU_NO_PASID
 
 if TYPE_CHECKING:
     from drivers.arm_smmu_v3.device import ArmSmmuDevice
+    from iommu_core.platform.dma import Mmio
 
 #: ``struct arm_smmu_cmd``: the two encoded qwords, built once and copied into the queue.
 Cmd = tuple[int, int]
@@ -135,6 +137,7 @@ def arm_smmu_make_cmd_tlbi(op: int, asid: int, vmid: int) -> Cmd:
     return (op | FIELD_PREP(CMDQ_TLBI_0_ASID, asid) | FIELD_PREP(CMDQ_TLBI_0_VMID, vmid), 0)
 
 
+_SYNC_NONE_0 = arm_smmu_make_cmd_sync(CMDQ_SYNC_0_CS_NONE, 0)[0]
 _SYNC_IRQ_0 = arm_smmu_make_cmd_sync(CMDQ_SYNC_0_CS_IRQ, 0)[0]
 _SYNC_SEV_0 = arm_smmu_make_cmd_sync(CMDQ_SYNC_0_CS_SEV, 0)[0]
 #: Little-endian packers of 0..130 qwords: a full batch and its CMD_SYNC.
@@ -157,9 +160,12 @@ class ArmSmmuQueue:
     """A queue's memory and the driver's copy of PROD/CONS (``struct arm_smmu_queue``)."""
 
     def __init__(self, smmu: ArmSmmuDevice, name: str, ent_dwords: int, max_n_shift: int,
-                 prod_off: int, cons_off: int, base_off: int) -> None:
+                 prod_off: int, cons_off: int, base_off: int, mmio: Mmio | None = None
+                 ) -> None:
         self.smmu = smmu
         self.name = name
+        #: The register window holding PROD/CONS/BASE (the SMMU's, or an extension's).
+        self.mmio: Mmio = mmio if mmio is not None else smmu.mmio
         self.ent_dwords = ent_dwords
         self.max_n_shift = max_n_shift
         self.prod_off, self.cons_off, self.base_off = prod_off, cons_off, base_off
@@ -206,15 +212,27 @@ class ArmSmmuQueue:
 class ArmSmmuCmdq(ArmSmmuQueue):
     """The command queue (``struct arm_smmu_cmdq``)."""
 
-    def __init__(self, smmu: ArmSmmuDevice, max_n_shift: int) -> None:
-        super().__init__(smmu, "cmdq", CMDQ_ENT_DWORDS, max_n_shift, ARM_SMMU_CMDQ_PROD,
-                         ARM_SMMU_CMDQ_CONS, ARM_SMMU_CMDQ_BASE)
+    def __init__(self, smmu: ArmSmmuDevice, max_n_shift: int, *, name: str = "cmdq",
+                 mmio: Mmio | None = None, prod_off: int = ARM_SMMU_CMDQ_PROD,
+                 cons_off: int = ARM_SMMU_CMDQ_CONS, base_off: int = ARM_SMMU_CMDQ_BASE,
+                 busy_polling: bool = False) -> None:
+        super().__init__(smmu, name, CMDQ_ENT_DWORDS, max_n_shift, prod_off, cons_off,
+                         base_off, mmio)
+        #: ``arm_smmu_cmdq_needs_busy_polling``: CMD_SYNC with CS=NONE, completion read
+        #: from CONS (a queue whose hardware signals no MSI).
+        self.busy_polling = busy_polling
+        #: ``cmdq->supports_cmd``: None takes every command.
+        self.supports_cmd: Callable[[Cmd], bool] | None = None
         #: CMD_SYNCs issued and command errors seen (tests and the tour read these).
         self.syncs = 0
         self.errors: list[tuple[int, str]] = []
 
+    def supports(self, cmd: Cmd) -> bool:
+        """``arm_smmu_cmdq_supports_cmd``."""
+        return self.supports_cmd is None or self.supports_cmd(cmd)
+
     def _read_cons(self) -> None:
-        self.cons = self.smmu.mmio.read32(self.cons_off) & ~CMDQ_CONS_ERR
+        self.cons = self.mmio.read32(self.cons_off) & ~CMDQ_CONS_ERR
 
     def _write_entries(self, prod: int, words: list[int]) -> None:
         """``arm_smmu_cmdq_write_entries``: one copy per contiguous run of slots."""
@@ -237,7 +255,7 @@ class ArmSmmuCmdq(ArmSmmuQueue):
             return
         shift = self.max_n_shift
         wrap_mask = (2 << shift) - 1
-        mmio = smmu.mmio
+        mmio = self.mmio
         self.cons = cons = mmio.read32(self.cons_off) & ~CMDQ_CONS_ERR
         prod = self.prod
         if (1 << shift) - ((prod - cons) & wrap_mask) < total:
@@ -246,20 +264,24 @@ class ArmSmmuCmdq(ArmSmmuQueue):
         tracer = smmu.tracer
         if tracer.enabled:
             for q0, q1 in cmds:
-                tracer.event("driver", f"cmdq {CMDQ_OP_NAMES.get(q0 & CMDQ_0_OP, '?')}",
+                tracer.event("driver", f"{self.name} {CMDQ_OP_NAMES.get(q0 & CMDQ_0_OP, '?')}",
                              f"{q0:#x} {q1:#x}")
         msiaddr = 0
         sync_prod = (prod & ~wrap_mask & 0x7FFF_FFFF) | ((prod + n) & wrap_mask)
         if sync:
-            # arm_smmu_cmdq_build_sync_cmd(): MSI-poll on the sync's own slot, else SEV.
-            if smmu.options & ARM_SMMU_OPT_MSIPOLL:
+            # arm_smmu_cmdq_build_sync_cmd(): busy polling (CS=NONE), MSI-poll on the
+            # sync's own slot, else SEV.
+            if self.busy_polling:
+                words += (_SYNC_NONE_0, 0)
+            elif smmu.options & ARM_SMMU_OPT_MSIPOLL:
                 msiaddr = self.base_dma + ((sync_prod & ((1 << shift) - 1)) << 4)
                 words += (_SYNC_IRQ_0, msiaddr)
             else:
                 words += (_SYNC_SEV_0, 0)
             self.syncs += 1
             if tracer.enabled:
-                tracer.event("driver", "cmdq CMD_SYNC", "MSI poll" if msiaddr else "SEV")
+                how = "busy poll" if self.busy_polling else "MSI poll" if msiaddr else "SEV"
+                tracer.event("driver", f"{self.name} CMD_SYNC", how)
         self._write_entries(prod, words)
         self.prod = prod = (prod & ~wrap_mask & 0x7FFF_FFFF) | ((prod + total) & wrap_mask)
         mmio.write32(self.prod_off, prod)
@@ -285,7 +307,7 @@ class ArmSmmuCmdq(ArmSmmuQueue):
         """``__arm_smmu_cmdq_skip_err``: called from the GERROR handler. An illegal
         command is logged and replaced with a CMD_SYNC so the SMMU can resume; an
         abort on fetch is retried, an ATC invalidation timeout repeats the CMD_SYNC."""
-        cons = self.smmu.mmio.read32(self.cons_off)
+        cons = self.mmio.read32(self.cons_off)
         idx = FIELD_GET(CMDQ_CONS_ERR, cons)
         self.smmu.log.append(f"CMDQ error (cons {cons:#010x}): "
                              f"{CERROR_NAMES.get(idx, 'Unknown')}")
@@ -298,35 +320,44 @@ class ArmSmmuCmdq(ArmSmmuQueue):
         self.smmu.log.append(f"skipping command in error state: {bad[0]:#018x} {bad[1]:#018x}")
         self.errors.append((idx, f"CMDQ error (cons {cons:#010x}): "
                             f"{CERROR_NAMES.get(idx, 'Unknown')} cmd {bad[0]:#x} {bad[1]:#x}"))
-        self.smmu.mem.write_qwords(slot, arm_smmu_make_cmd_sync(CMDQ_SYNC_0_CS_SEV, 0))
+        cs = CMDQ_SYNC_0_CS_NONE if self.busy_polling else CMDQ_SYNC_0_CS_SEV
+        self.smmu.mem.write_qwords(slot, arm_smmu_make_cmd_sync(cs, 0))
 
 
 class CmdqBatch:
-    """``struct arm_smmu_cmdq_batch``: up to 64 commands, submitted with one CMD_SYNC."""
+    """``struct arm_smmu_cmdq_batch``: up to 64 commands for one queue (the one
+    ``arm_smmu_get_cmdq`` picks for the first), submitted with one CMD_SYNC."""
 
-    __slots__ = ("cmds", "force_sync", "smmu")
+    __slots__ = ("cmdq", "cmds", "force_sync", "smmu")
 
     def __init__(self, smmu: ArmSmmuDevice) -> None:
         self.smmu = smmu
         self.cmds: list[Cmd] = []
+        self.cmdq: ArmSmmuCmdq | None = None
         self.force_sync = bool(smmu.options & ARM_SMMU_OPT_CMDQ_FORCE_SYNC)
 
     def add_cmd(self, cmd: Cmd) -> None:
-        """``arm_smmu_cmdq_batch_add_cmd``: a full batch goes out first (with a sync
-        after 63 commands under erratum 2812531)."""
+        """``arm_smmu_cmdq_batch_add_cmd``: the batch goes out first, with a sync, when
+        its queue does not take ``cmd`` (or after 63 commands under erratum 2812531),
+        without one when it is full."""
         cmds = self.cmds
-        if len(cmds) >= CMDQ_BATCH_ENTRIES - 1:
-            if self.force_sync and len(cmds) == CMDQ_BATCH_ENTRIES - 1:
-                self.smmu.cmdq.issue_cmdlist(cmds, True)
-                cmds = self.cmds = []
-            elif len(cmds) == CMDQ_BATCH_ENTRIES:
-                self.smmu.cmdq.issue_cmdlist(cmds, False)
-                cmds = self.cmds = []
+        cmdq = self.cmdq
+        if cmdq is None:
+            cmdq = self.cmdq = self.smmu.get_cmdq(cmd)
+        if not cmdq.supports(cmd) or (self.force_sync
+                                      and len(cmds) == CMDQ_BATCH_ENTRIES - 1):
+            cmdq.issue_cmdlist(cmds, True)
+            cmds = self.cmds = []
+            cmdq = self.cmdq = self.smmu.get_cmdq(cmd)
+        if len(cmds) == CMDQ_BATCH_ENTRIES:
+            cmdq.issue_cmdlist(cmds, False)
+            cmds = self.cmds = []
+            cmdq = self.cmdq = self.smmu.get_cmdq(cmd)
         cmds.append(cmd)
 
     def submit(self) -> None:
         """``arm_smmu_cmdq_batch_submit``."""
-        self.smmu.cmdq.issue_cmdlist(self.cmds, True)
+        (self.cmdq or self.smmu.cmdq).issue_cmdlist(self.cmds, True)
         self.cmds = []
 
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from drivers.arm_smmu_v3.cmdq import (
     ArmSmmuCmdq,
     ArmSmmuQueue,
+    Cmd,
     arm_smmu_make_cmd_cfgi_all,
     arm_smmu_make_cmd_op,
     arm_smmu_make_cmd_pri_resp,
@@ -61,6 +62,7 @@ from drivers.arm_smmu_v3.regs import (
     ARM_SMMU_IRQ_CTRLACK,
     ARM_SMMU_OPT_CMDQ_FORCE_SYNC,
     ARM_SMMU_OPT_MSIPOLL,
+    ARM_SMMU_OPT_TEGRA241_CMDQV,
     ARM_SMMU_PAGE1,
     ARM_SMMU_PRIQ_BASE,
     ARM_SMMU_PRIQ_CONS,
@@ -204,6 +206,7 @@ from iommu_core.iopf import (
 )
 
 if TYPE_CHECKING:
+    from drivers.arm_smmu_v3.impl import ArmSmmuImplOps
     from drivers.arm_smmu_v3.master import ArmSmmuMaster
     from iommu_core.iommu import IommuCore
     from iommu_core.platform.dma import Mmio
@@ -226,12 +229,14 @@ class IdAllocator:
         self.lo, self.hi = lo, hi
         self.used: set[int] = set()
 
-    def alloc(self) -> int:
+    def alloc(self, max_id: int | None = None) -> int:
+        """The lowest free id, at most ``max_id`` when given (ida_alloc_max)."""
+        hi = self.hi if max_id is None else min(self.hi, max_id)
         i = self.lo
         while i in self.used:
             i += 1
-        if i > self.hi:
-            raise IommuError(errno.ENOSPC, f"no free id in [{self.lo}, {self.hi}]")
+        if i > hi:
+            raise IommuError(errno.ENOSPC, f"no free id in [{self.lo}, {hi}]")
         self.used.add(i)
         return i
 
@@ -256,6 +261,9 @@ class ArmSmmuDevice:
         self.options = 0
         #: vIOMMU guest commands validated as the posted series does (firmware option).
         self.vsmmu_strict_cmds = bool(res.firmware.get("vsmmu_strict_cmds", False))
+        self.res = res
+        #: ``smmu->impl_ops``: an implementation extension (Tegra241 CMDQV), or None.
+        self.impl_ops: ArmSmmuImplOps | None = None
         self.ias = 0
         self.oas = 0
         self.asid_bits = 8
@@ -282,6 +290,22 @@ class ArmSmmuDevice:
         self.events: collections.deque[tuple[int, int, int, int]] = collections.deque(
             maxlen=512)
         self.iommu: IommuDevice | None = None
+
+    # ==================================================================================
+    # Command queues
+    # ==================================================================================
+    def get_cmdq(self, cmd: Cmd) -> ArmSmmuCmdq:
+        """``arm_smmu_get_cmdq``: an implementation's queue if it takes ``cmd``, else the
+        SMMU's own."""
+        if self.impl_ops is not None:
+            q = self.impl_ops.get_secondary_cmdq(cmd)
+            if q is not None:
+                return q
+        return self.cmdq
+
+    def issue_cmd(self, cmd: Cmd, sync: bool = False) -> None:
+        """``arm_smmu_cmdq_issue_cmd`` / ``_with_sync``: on the queue that takes it."""
+        self.get_cmdq(cmd).issue_cmd(cmd, sync)
 
     # ==================================================================================
     # Registers
@@ -543,10 +567,10 @@ class ArmSmmuDevice:
         enables = CR0_CMDQEN
         self.write_reg_sync(enables, ARM_SMMU_CR0, ARM_SMMU_CR0ACK)
         # Invalidate any cached configuration and TLB entries.
-        self.cmdq.issue_cmd(arm_smmu_make_cmd_cfgi_all(), sync=True)
+        self.issue_cmd(arm_smmu_make_cmd_cfgi_all(), sync=True)
         if self.features & ARM_SMMU_FEAT_HYP:
-            self.cmdq.issue_cmd(arm_smmu_make_cmd_op(CMDQ_OP_TLBI_EL2_ALL), sync=True)
-        self.cmdq.issue_cmd(arm_smmu_make_cmd_op(CMDQ_OP_TLBI_NSNH_ALL), sync=True)
+            self.issue_cmd(arm_smmu_make_cmd_op(CMDQ_OP_TLBI_EL2_ALL), sync=True)
+        self.issue_cmd(arm_smmu_make_cmd_op(CMDQ_OP_TLBI_NSNH_ALL), sync=True)
         # Event queue.
         self.writeq(self.evtq.base_off, self.evtq.q_base)
         self.writel(self.evtq.prod_off, self.evtq.prod)
@@ -583,10 +607,24 @@ class ArmSmmuDevice:
     # ==================================================================================
     # Probe / remove
     # ==================================================================================
+    def impl_probe(self) -> None:
+        """``arm_smmu_impl_probe``: firmware names a companion CMDQV (ACPI NVDA200C, DT
+        "nvidia,cmdqv")."""
+        if self.res.firmware.get("tegra241_cmdqv"):
+            from drivers.arm_smmu_v3.tegra241_cmdqv import tegra241_cmdqv_probe
+
+            self.options |= ARM_SMMU_OPT_TEGRA241_CMDQV
+            self.impl_ops = tegra241_cmdqv_probe(self, self.res)
+
     def probe(self) -> IommuDevice:
+        self.impl_probe()
         self.hw_probe()
         self.init_structures()
+        if self.impl_ops is not None:
+            self.impl_ops.init_structures()
         self.reset()
+        if self.impl_ops is not None:
+            self.impl_ops.device_reset()
         iommu = IommuDevice(self.name, self.ops, priv=self)
         iommu.max_pasid_bits = self.ssid_bits
         self.iommu = iommu
@@ -597,6 +635,8 @@ class ArmSmmuDevice:
         """``arm_smmu_device_remove``: disable, free IRQs, queues and tables."""
         if self.iommu is not None and self.iommu.registered:
             self.core.iommu_device_unregister(self.iommu)
+        if self.impl_ops is not None:
+            self.impl_ops.device_disable()
         with contextlib.suppress(IommuError):
             self.device_disable()
         self.writel(ARM_SMMU_IRQ_CTRL, 0)
@@ -613,6 +653,9 @@ class ArmSmmuDevice:
         self.l1_desc = []
         self.alloc.free_pages(self.strtab_base, self.strtab_order)
         self.strtab_base = 0
+        if self.impl_ops is not None:
+            self.impl_ops.device_remove()
+            self.impl_ops = None
 
     # ==================================================================================
     # Interrupt handlers
@@ -729,7 +772,7 @@ class ArmSmmuDevice:
         self.log.append(f"unexpected PRI request received: sid {sid:#x}.{ssid:#x} "
                         f"[{grpid}{'L' if last else ''}] iova {q1 & PRIQ_1_ADDR_MASK:#x}")
         if last:
-            self.cmdq.issue_cmd(arm_smmu_make_cmd_pri_resp(sid, ssid, ssv, grpid,
+            self.issue_cmd(arm_smmu_make_cmd_pri_resp(sid, ssid, ssv, grpid,
                                                            PRI_RESP_DENY))
 
     def gerror_handler(self) -> None:

@@ -476,7 +476,7 @@ def arm_smmu_atc_inv_domain(domain: ArmSmmuDomain, iova: int, size: int) -> None
 def arm_smmu_tlb_inv_asid(smmu: ArmSmmuDevice, asid: int) -> None:
     op = (CMDQ_OP_TLBI_EL2_ASID if smmu.features & ARM_SMMU_FEAT_E2H
           else CMDQ_OP_TLBI_NH_ASID)
-    smmu.cmdq.issue_cmd(arm_smmu_make_cmd_tlbi(op, asid, 0), sync=True)
+    smmu.issue_cmd(arm_smmu_make_cmd_tlbi(op, asid, 0), sync=True)
 
 
 def arm_smmu_tlb_inv_context(domain: ArmSmmuDomain) -> None:
@@ -484,7 +484,7 @@ def arm_smmu_tlb_inv_context(domain: ArmSmmuDomain) -> None:
     if domain.stage == ARM_SMMU_DOMAIN_S1:
         arm_smmu_tlb_inv_asid(smmu, domain.asid)
     else:
-        smmu.cmdq.issue_cmd(arm_smmu_make_cmd_tlbi(CMDQ_OP_TLBI_S12_VMALL, 0, domain.vmid),
+        smmu.issue_cmd(arm_smmu_make_cmd_tlbi(CMDQ_OP_TLBI_S12_VMALL, 0, domain.vmid),
                             sync=True)
     arm_smmu_atc_inv_domain(domain, 0, 0)
 
@@ -538,7 +538,7 @@ def arm_smmu_tlb_inv_range_domain(iova: int, size: int, granule: int, leaf: bool
     batch.submit()
     if domain.nest_parent:
         # Combined stage 1+2 entries derived from this S2 are tagged by its VMID.
-        smmu.cmdq.issue_cmd(arm_smmu_make_cmd_tlbi(CMDQ_OP_TLBI_NH_ALL, 0, domain.vmid),
+        smmu.issue_cmd(arm_smmu_make_cmd_tlbi(CMDQ_OP_TLBI_NH_ALL, 0, domain.vmid),
                             sync=True)
     arm_smmu_atc_inv_domain(domain, iova, size)
 

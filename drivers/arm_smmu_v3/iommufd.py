@@ -104,10 +104,13 @@ U64 = (1 << 64) - 1
 # GET_HW_INFO
 # ==================================================================================
 def arm_smmu_hw_info(dev: Device, data_type: int) -> tuple[bytes, int]:
-    """Raw IDR0-5, IIDR and AIDR; the VMM picks what it may expose (uAPI comment)."""
-    if data_type not in (IOMMU_HW_INFO_TYPE_DEFAULT, IOMMU_HW_INFO_TYPE_ARM_SMMUV3):
-        raise IommuError(errno.EOPNOTSUPP, f"hw_info type {data_type} not supported")
+    """Raw IDR0-5, IIDR and AIDR; the VMM picks what it may expose (uAPI comment). Any
+    other type is the implementation's (Tegra241 CMDQV), if there is one."""
     smmu = master_of(dev).smmu
+    if data_type not in (IOMMU_HW_INFO_TYPE_DEFAULT, IOMMU_HW_INFO_TYPE_ARM_SMMUV3):
+        if smmu.impl_ops is None:
+            raise IommuError(errno.EOPNOTSUPP, f"hw_info type {data_type} not supported")
+        return smmu.impl_ops.hw_info(data_type)
     info = iommu_hw_info_arm_smmuv3()
     info.flags = 0
     for i in range(6):
@@ -145,9 +148,11 @@ def arm_smmu_get_viommu_size(dev: Device, viommu_type: int) -> int:
     # Without CANWBS the guest could make memory non-coherent unless S2FWB forces it.
     if not master.canwbs and not smmu.features & ARM_SMMU_FEAT_S2FWB:
         return 0
-    if viommu_type != IOMMU_VIOMMU_TYPE_ARM_SMMUV3:
+    if viommu_type == IOMMU_VIOMMU_TYPE_ARM_SMMUV3:
+        return ctypes.sizeof(ctypes.c_uint64) * 8  # sizeof(struct arm_vsmmu), nominal
+    if smmu.impl_ops is None:
         return 0
-    return ctypes.sizeof(ctypes.c_uint64) * 8  # sizeof(struct arm_vsmmu), nominal
+    return smmu.impl_ops.get_viommu_size(viommu_type)
 
 
 def arm_vsmmu_init(ops: IommuOps, viommu: IommufdViommu, parent: IommuDomain,
@@ -157,8 +162,13 @@ def arm_vsmmu_init(ops: IommuOps, viommu: IommufdViommu, parent: IommuDomain,
         raise IommuError(errno.EINVAL, "the nest parent belongs to another SMMU")
     if not parent.nest_parent:
         raise IommuError(errno.EINVAL, "the parent is not a nest parent")
-    viommu.priv = ArmVsmmu(viommu, smmu, parent)
-    viommu.ops = ops.viommu_ops(VIOMMU_OPS)
+    if viommu.type == IOMMU_VIOMMU_TYPE_ARM_SMMUV3:
+        viommu.priv = ArmVsmmu(viommu, smmu, parent)
+        viommu.ops = ops.viommu_ops(VIOMMU_OPS)
+        return
+    # get_viommu_size said yes to this type: the implementation builds it.
+    assert smmu.impl_ops is not None
+    smmu.impl_ops.vsmmu_init(ops, viommu, parent, user_data)
 
 
 def vsmmu_of(viommu: IommufdViommu) -> ArmVsmmu:

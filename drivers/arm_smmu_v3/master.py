@@ -135,7 +135,7 @@ class ArmSmmuSteWriter(EntryWriter):
         return arm_smmu_get_ste_update_safe(cur, target)
 
     def sync(self) -> None:
-        self.master.smmu.cmdq.issue_cmd(arm_smmu_make_cmd_cfgi_ste(self.sid, True), sync=True)
+        self.master.smmu.issue_cmd(arm_smmu_make_cmd_cfgi_ste(self.sid, True), sync=True)
 
 
 class ArmSmmuCdWriter(EntryWriter):
@@ -166,7 +166,7 @@ def arm_smmu_write_ste(master: ArmSmmuMaster, sid: int, target: Ste) -> None:
     arm_smmu_write_entry(ArmSmmuSteWriter(master, sid), slot, target)
     # It's likely that we'll want to use the new STE soon.
     if not smmu.options & ARM_SMMU_OPT_SKIP_PREFETCH:
-        smmu.cmdq.issue_cmd(arm_smmu_make_cmd_prefetch_cfg(sid))
+        smmu.issue_cmd(arm_smmu_make_cmd_prefetch_cfg(sid))
 
 
 def arm_smmu_install_ste_for_dev(master: ArmSmmuMaster, target: Ste) -> None:

@@ -16,6 +16,7 @@ from drivers.arm_smmu_v3 import iommufd as nest
 from drivers.arm_smmu_v3.cmdq import arm_smmu_make_cmd_pri_resp, arm_smmu_make_cmd_resume
 from drivers.arm_smmu_v3.describe import SmmuDescribe
 from drivers.arm_smmu_v3.device import ArmSmmuDevice
+from drivers.arm_smmu_v3.hw.cmdqv import CmdqvConfig
 from drivers.arm_smmu_v3.hw.config import SmmuHwConfig
 from drivers.arm_smmu_v3.hw.model import SmmuV3Hardware
 from drivers.arm_smmu_v3.master import (
@@ -31,6 +32,7 @@ from drivers.arm_smmu_v3.regs import (
     PRI_RESP_FAIL,
     PRI_RESP_SUCC,
 )
+from drivers.arm_smmu_v3.tegra241_cmdqv import Tegra241Vintf, vintf_of
 from iommu_core.device import MSI_IOVA_BASE, MSI_IOVA_LENGTH, IommuDevice, ResvRegion, ResvType
 from iommu_core.domain import IOMMU_DOMAIN_BLOCKED, IOMMU_DOMAIN_IDENTITY, IommuDomain
 from iommu_core.errors import IommuError
@@ -38,7 +40,13 @@ from iommu_core.gather import IotlbGather
 from iommu_core.group import IommuGroup
 from iommu_core.hookspec import hookimpl
 from iommu_core.iommu import IommuCore
-from iommu_core.iommufd_driver import IommufdVdevice, IommufdViommu, UserData, UserDataArray
+from iommu_core.iommufd_driver import (
+    IommufdHwQueue,
+    IommufdVdevice,
+    IommufdViommu,
+    UserData,
+    UserDataArray,
+)
 from iommu_core.iopf import PageRequest, PageResponse, PageResponseCode
 from iommu_core.platform.bus import Device
 from iommu_core.platform.platform import IommuResources, Platform
@@ -89,7 +97,12 @@ class ArmSmmuV3Plugin(SmmuDescribe):
                     raise IommuError(errno.EINVAL, f"option {key} must be a bool, not "
                                      f"{value!r}")
                 firmware[key] = value
-        hw = SmmuV3Hardware(name, SmmuHwConfig.from_options(opts), platform)
+        # A companion Tegra241 CMDQV: hardware beside the SMMU, and the firmware node
+        # (ACPI NVDA200C / DT "nvidia,cmdqv") that tells the driver it is there.
+        cmdqv = CmdqvConfig.from_option(opts.pop("tegra241_cmdqv", False))
+        if cmdqv is not None:
+            firmware["tegra241_cmdqv"] = True
+        hw = SmmuV3Hardware(name, SmmuHwConfig.from_options(opts), platform, cmdqv)
         hw.firmware = firmware
         return hw
 
@@ -150,17 +163,17 @@ class ArmSmmuV3Plugin(SmmuDescribe):
     @hookimpl
     def page_response(self, dev: Device, evt: PageRequest, msg: PageResponse) -> bool:
         master = master_of(dev)
-        cmdq = master.smmu.cmdq
+        smmu = master.smmu
         sid = master.streams[0]
         if master.stall_enabled:
             resp = (CMDQ_RESUME_0_RESP_RETRY if msg.code == PageResponseCode.SUCCESS
                     else CMDQ_RESUME_0_RESP_ABORT)
-            cmdq.issue_cmd(arm_smmu_make_cmd_resume(sid, evt.grpid, resp))
+            smmu.issue_cmd(arm_smmu_make_cmd_resume(sid, evt.grpid, resp))
         elif d.arm_smmu_pri_supported(master):
             code = {PageResponseCode.SUCCESS: PRI_RESP_SUCC,
                     PageResponseCode.INVALID: PRI_RESP_DENY,
                     PageResponseCode.FAILURE: PRI_RESP_FAIL}[msg.code]
-            cmdq.issue_cmd(arm_smmu_make_cmd_pri_resp(
+            smmu.issue_cmd(arm_smmu_make_cmd_pri_resp(
                 sid, evt.pasid if evt.pasid_valid else 0, evt.pasid_valid, evt.grpid, code),
                 sync=True)
         return True
@@ -261,12 +274,40 @@ class ArmSmmuV3Plugin(SmmuDescribe):
 
     @hookimpl
     def viommu_vdevice_init(self, vdev: IommufdVdevice) -> bool:
-        nest.arm_vsmmu_vdevice_init(vdev)
+        vintf = vdev.viommu.priv
+        if isinstance(vintf, Tegra241Vintf):
+            vintf.cmdqv.vintf_init_vsid(vdev)
+        else:
+            nest.arm_vsmmu_vdevice_init(vdev)
         return True
 
     @hookimpl
     def viommu_destroy(self, viommu: IommufdViommu) -> bool:
+        vintf = viommu.priv
+        if isinstance(vintf, Tegra241Vintf):
+            vintf.cmdqv.destroy_vintf_user(viommu)
         viommu.priv = None
+        return True
+
+    # -- the Tegra241 CMDQV vIOMMU's own ops (only its viommu.ops list them) ----------------
+    @hookimpl
+    def viommu_vdevice_destroy(self, vdev: IommufdVdevice) -> bool:
+        vintf_of(vdev.viommu).cmdqv.vintf_destroy_vsid(vdev)
+        return True
+
+    @hookimpl
+    def viommu_get_hw_queue_size(self, viommu: IommufdViommu, queue_type: int) -> int:
+        return vintf_of(viommu).cmdqv.vintf_get_vcmdq_size(queue_type)
+
+    @hookimpl
+    def viommu_hw_queue_init_phys(self, hw_queue: IommufdHwQueue, index: int,
+                                  base_addr_pa: int) -> bool:
+        vintf_of(hw_queue.viommu).cmdqv.vintf_alloc_lvcmdq_user(hw_queue, index, base_addr_pa)
+        return True
+
+    @hookimpl
+    def viommu_hw_queue_destroy(self, hw_queue: IommufdHwQueue) -> bool:
+        vintf_of(hw_queue.viommu).cmdqv.vintf_destroy_lvcmdq_user(hw_queue)
         return True
 
 

@@ -31,11 +31,15 @@ import pytest
 
 from iommu_core.testing.env import DriverEnv, expect_errno, installed_drivers
 from iommu_core.testing.nesting import GuestRam, NestedSetup, UserInvalidation
+from iommu_core.testing.queues import GuestHwQueue, GuestQueueDriver, HwQueueSetup
 from iommu_core.testing.report import record_report, setup_report, summary_lines
 
 __all__ = [
     "DriverEnv",
+    "GuestHwQueue",
+    "GuestQueueDriver",
     "GuestRam",
+    "HwQueueSetup",
     "NestedSetup",
     "UserInvalidation",
     "expect_errno",
@@ -44,6 +48,7 @@ __all__ = [
 
 #: The kit's test modules: the driver contract, then the teaching contract.
 _KIT = (pathlib.Path(__file__).resolve().with_name("conformance.py"),
+        pathlib.Path(__file__).resolve().with_name("hw_queue.py"),
         pathlib.Path(__file__).resolve().with_name("describe.py"))
 
 
@@ -66,7 +71,7 @@ def pytest_configure(config: pytest.Config) -> None:
                 f"(installed: {', '.join(sorted(have)) or 'none'})")
     config.addinivalue_line(
         "markers", "iommu_feature(name): the conformance suite a test belongs to "
-        "(core, pasid, dirty_tracking, nesting, viommu, pri, identity, describe)")
+        "(core, pasid, dirty_tracking, nesting, viommu, hw_queue, pri, identity, describe)")
     config.addinivalue_line(
         "markers", "iommu_drivers(*names): run these conformance tests for these drivers "
         "only (instead of --iommu-driver / every installed driver)")

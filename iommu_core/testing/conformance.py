@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -60,6 +61,8 @@ def driver_features(env: DriverEnv, dev: Device) -> dict[str, bool]:
         "nesting": ops.implements("domain_alloc_nested")
         or ops.implements("viommu_alloc_domain_nested"),
         "viommu": ops.implements("get_viommu_size") and ops.implements("viommu_init"),
+        "hw_queue": ops.implements("viommu_get_hw_queue_size")
+        and ops.implements("viommu_hw_queue_init_phys"),
         "pri": dev.pri and ops.implements("page_response"),
         "identity": ops.identity_domain is not None
         or ops.implements("domain_alloc_identity"),
@@ -83,7 +86,9 @@ def require(env: DriverEnv, dev: Device, feature: str) -> None:
 @pytest.fixture
 def env(iommu_driver: str, iommu_extra_plugins: list[object],
         request: pytest.FixtureRequest) -> Iterator[DriverEnv]:
-    e = DriverEnv(iommu_driver, extra_plugins=iommu_extra_plugins)
+    marker = request.node.get_closest_marker("iommu_feature")
+    suite = str(marker.args[0]) if marker is not None and marker.args else "core"
+    e = DriverEnv(iommu_driver, extra_plugins=iommu_extra_plugins, suite=suite)
     yield e
     if e.features is not None:
         record_claims(request.config, iommu_driver, e.features)
@@ -358,9 +363,10 @@ def test_identity_domain(env: DriverEnv) -> None:
 # ---------------------------------------------------------------------------------------
 # Nesting and vIOMMU (test data from the kit hook conformance_nested_setup)
 # ---------------------------------------------------------------------------------------
-def _nesting(env: DriverEnv, feature: str
-             ) -> tuple[Device, IommuDomain, GuestRam, NestedSetup]:
-    """An owned device, a NEST_PARENT domain with guest RAM, and the driver's test data."""
+def guest_setup(env: DriverEnv, feature: str, hook: str
+                ) -> tuple[Device, IommuDomain, GuestRam, Any]:
+    """An owned device, a NEST_PARENT domain with guest RAM, and the driver's answer to
+    the kit hook ``hook`` for them (the test skips without one)."""
     dev = _owned_device(env)
     require(env, dev, feature)
     try:
@@ -369,13 +375,19 @@ def _nesting(env: DriverEnv, feature: str
         pytest.fail(f"rule: a driver that claims {feature} allocates NEST_PARENT paging "
                     f"domains; got {e}")
     guest = GuestRam(env, parent)
-    if not env.ops.implements("conformance_nested_setup"):
+    if not env.ops.implements(hook):
         pytest.skip(f"{env.driver} claims {feature} but gives the kit no test data "
-                    "(kit hook conformance_nested_setup)")
-    setup: NestedSetup | None = env.ops.call("conformance_nested_setup", env=env, dev=dev,
-                                             guest=guest)
-    if setup is None:
-        pytest.skip(f"{env.driver}: conformance_nested_setup has no data for {dev.name}")
+                    f"(kit hook {hook})")
+    data = env.ops.call(hook, env=env, dev=dev, guest=guest)
+    if data is None:
+        pytest.skip(f"{env.driver}: {hook} has no data for {dev.name}")
+    return dev, parent, guest, data
+
+
+def _nesting(env: DriverEnv, feature: str
+             ) -> tuple[Device, IommuDomain, GuestRam, NestedSetup]:
+    dev, parent, guest, setup = guest_setup(env, feature, "conformance_nested_setup")
+    assert isinstance(setup, NestedSetup)
     return dev, parent, guest, setup
 
 

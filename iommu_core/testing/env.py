@@ -7,6 +7,7 @@ checked against the core contract before anything else exists.
 from __future__ import annotations
 
 import errno
+import itertools
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -23,7 +24,8 @@ from iommu_core.platform.uaccess import UserMemory
 from iommu_core.platform.vma import SimMm
 from iommu_core.plugin import ENTRY_POINT_GROUP, IommuOps, PluginHost
 from iommu_core.testing import hookspec as kit_hookspec
-from iommu_core.testing.nesting import KitVdevice, KitViommu
+from iommu_core.testing.nesting import GuestRam, KitVdevice, KitViommu
+from iommu_core.testing.queues import KitHwQueue
 
 
 def installed_drivers() -> dict[str, Any]:
@@ -46,7 +48,8 @@ class DriverEnv:
 
     def __init__(self, driver: str, plugin: object | None = None,
                  options: dict[str, Any] | None = None,
-                 extra_plugins: list[object] | tuple[object, ...] = ()) -> None:
+                 extra_plugins: list[object] | tuple[object, ...] = (),
+                 suite: str | None = None) -> None:
         self.driver = driver
         self.platform = Platform()
         self.host = PluginHost()
@@ -57,14 +60,19 @@ class DriverEnv:
         for p in extra_plugins:
             self.host.register(p, driver=driver)
         self.core = IommuCore(self.platform, self.host)
+        if (options is None and suite is not None
+                and self.ops.implements("conformance_unit_options")):
+            # The unit a suite needs (a feature the hardware has only when configured).
+            options = self.ops.call("conformance_unit_options", suite=suite)
         self.hw: IommuHardware = self.ops.iommu_hw_create(self.UNIT, dict(options or {}),
                                                           self.platform)
         res = self.platform.add_iommu(self.hw)
         self.iommu: IommuDevice = self.ops.iommu_driver_probe(self.core, res)
         self.mm = SimMm(self.platform.mem, self.platform.alloc)
         self.owner = object()
-        #: Domains and vIOMMUs, in creation order (torn down in reverse: children first).
-        self._objects: list[IommuDomain | KitViommu] = []
+        #: Domains, vIOMMUs and HW queues, in creation order (torn down in reverse:
+        #: children first).
+        self._objects: list[IommuDomain | KitViommu | KitHwQueue] = []
         self._vdevs: list[KitVdevice] = []
         self._pins: list[list[tuple[int, int]]] = []
         self._next_dev = 1
@@ -177,8 +185,43 @@ class DriverEnv:
         self._objects.append(dom)
         return dom
 
-    def free(self, obj: IommuDomain | KitViommu) -> None:
-        """Free a domain or destroy a vIOMMU now (instead of at teardown)."""
+    def hw_queue_alloc(self, viommu: KitViommu, queue_type: int, index: int,
+                       guest: GuestRam, gpa: int, length: int) -> KitHwQueue:
+        """IOMMU_HW_QUEUE_ALLOC of ``length`` bytes at ``gpa`` of ``guest``: the type must
+        be the vIOMMU's (EOPNOTSUPP), the pages behind the range physically contiguous
+        (EFAULT), then the driver's ``hw_queue_init_phys``. A failure keeps nothing."""
+        vops = viommu.ops
+        if vops is None or not vops.get_hw_queue_size(viommu, queue_type):
+            raise IommuError(errno.EOPNOTSUPP, f"HW queue type {queue_type:#x} unsupported")
+        if not length:
+            raise IommuError(errno.EINVAL, "zero length")
+        first = gpa & ~(PAGE_SIZE - 1)
+        spa = [guest.spa(p) for p in range(first, gpa + length, PAGE_SIZE)]
+        if any(b != a + PAGE_SIZE for a, b in itertools.pairwise(spa)):
+            raise IommuError(errno.EFAULT, "queue pages are not contiguous")
+        hwq = KitHwQueue(viommu, queue_type, index, gpa, length)
+        vops.hw_queue_init_phys(hwq, index, spa[0] + (gpa - first))
+        hwq.inited = True
+        self._objects.append(hwq)
+        return hwq
+
+    def hw_queue_destroy(self, hwq: KitHwQueue) -> None:
+        """Destroy a HW queue; EBUSY while another queue depends on it (as iommufd's
+        object users refuse it)."""
+        if hwq.users:
+            raise IommuError(errno.EBUSY, f"HW queue {hwq.index} has {hwq.users} dependents")
+        if hwq in self._objects:
+            self._objects.remove(hwq)
+        viommu = hwq.viommu
+        if hwq.inited and viommu.ops is not None:
+            viommu.ops.hw_queue_destroy(hwq)
+            hwq.inited = False
+
+    def free(self, obj: IommuDomain | KitViommu | KitHwQueue) -> None:
+        """Free a domain or destroy a vIOMMU or HW queue now (instead of at teardown)."""
+        if isinstance(obj, KitHwQueue):
+            self.hw_queue_destroy(obj)
+            return
         if obj in self._objects:
             self._objects.remove(obj)
         if isinstance(obj, KitViommu):

@@ -20,7 +20,7 @@ A driver answers them either
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from iommu_core.hookspec import hookspec
 
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from iommu_core.platform.bus import Device
     from iommu_core.testing.env import DriverEnv
     from iommu_core.testing.nesting import GuestRam, NestedSetup
+    from iommu_core.testing.queues import HwQueueSetup
 
 
 @hookspec(firstresult=True)
@@ -49,4 +50,22 @@ def conformance_page_request(env: DriverEnv, dev: Device, iova: int) -> bool | N
     hardware model issues none from a DMA (the selftest mock, whose page requests come
     from IOMMU_TEST_OP_TRIGGER_IOPF). Report it the way that platform does and return
     True; None if this driver has no such way.
+    """
+
+
+@hookspec(firstresult=True)
+def conformance_unit_options(suite: str) -> dict[str, Any] | None:
+    """Machine options of the IOMMU unit the kit builds for a test of ``suite`` (e.g.
+    ``"hw_queue"``), for a feature the hardware has only when configured so (the SMMUv3's
+    Tegra241 CMDQV). None: the unit's defaults."""
+
+
+@hookspec(firstresult=True)
+def conformance_hw_queue_setup(env: DriverEnv, dev: Device, guest: GuestRam
+                               ) -> HwQueueSetup | None:
+    """Test data for the HW-queue suite on ``dev``: the vIOMMU and queue types, the
+    lengths the driver accepts and refuses and, for hardware that reads its queues, the
+    guest's side of one (:class:`~iommu_core.testing.queues.HwQueueSetup`). ``guest`` is
+    guest RAM in a NEST_PARENT domain, as for ``conformance_nested_setup``. None: this
+    driver has no HW queue for ``dev``.
     """

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from iommu_core.device import IommuDevice
     from iommu_core.domain import IommuDomain
     from iommu_core.platform.bus import Device
+    from iommu_core.platform.dma import Mmio
     from iommu_core.testing.env import DriverEnv
 
 #: Guest RAM starts here in guest-physical space (inside every driver's aperture, the
@@ -160,6 +161,16 @@ class NestedSetup:
     virt_id: int = 0x10
 
 
+@attrs.frozen
+class MmapRegion:
+    """What a vIOMMU exposes through mmap of the iommufd: RAM at ``pa``, or with
+    ``mmio`` the registers of that window from offset ``pa``."""
+
+    pa: int
+    length: int
+    mmio: Mmio | None = None
+
+
 class KitViommu(IommufdViommu):
     """iommufd's half of a vIOMMU, played by the kit: the vDEVICE table (``find_dev``,
     ``get_vdev_id``), reported vEVENTs (kept in ``events``) and the mmap registry."""
@@ -169,7 +180,8 @@ class KitViommu(IommufdViommu):
         #: virt_id -> vDEVICE; None while ``vdevice_init`` runs (a reserved slot).
         self.vdevs: dict[int, KitVdevice | None] = {}
         self.events: list[tuple[int, bytes]] = []
-        self.mmaps: dict[int, tuple[int, int]] = {}
+        #: mmap offset -> region (``iommufd_viommu_alloc_mmap``).
+        self.mmaps: dict[int, MmapRegion] = {}
         self.inited = False
 
     def find_dev(self, vdev_id: int) -> Device | None:
@@ -185,12 +197,12 @@ class KitViommu(IommufdViommu):
             raise IommuError(errno.EINVAL, "empty vEVENT")
         self.events.append((type, bytes(data)))
 
-    def alloc_mmap(self, base_pa: int, length: int) -> int:
+    def alloc_mmap(self, base_pa: int, length: int, *, mmio: Mmio | None = None) -> int:
         if base_pa & (PAGE_SIZE - 1) or length & (PAGE_SIZE - 1) or not length:
             raise IommuError(errno.EINVAL, "mmap region not page aligned")
         # Past every live region (offset 0 stays unused, as in iommufd).
-        offset = max((off + n for off, (_pa, n) in self.mmaps.items()), default=PAGE_SIZE)
-        self.mmaps[offset] = (base_pa, length)
+        offset = max((off + r.length for off, r in self.mmaps.items()), default=PAGE_SIZE)
+        self.mmaps[offset] = MmapRegion(base_pa, length, mmio)
         return offset
 
     def destroy_mmap(self, offset: int) -> None:
@@ -210,6 +222,7 @@ __all__ = [
     "GuestRam",
     "KitVdevice",
     "KitViommu",
+    "MmapRegion",
     "NestedSetup",
     "UserInvalidation",
 ]

@@ -12,8 +12,8 @@ from collections import Counter
 import pytest
 
 #: Suites in report order ("core": the rules every driver obeys).
-FEATURE_ORDER = ("core", "pasid", "dirty_tracking", "nesting", "viommu", "pri", "identity",
-                 "describe")
+FEATURE_ORDER = ("core", "pasid", "dirty_tracking", "nesting", "viommu", "hw_queue", "pri",
+                 "identity", "describe")
 
 # driver -> feature -> claimed
 CLAIMS_KEY = pytest.StashKey[dict[str, dict[str, bool]]]()

@@ -6,6 +6,7 @@
 * :mod:`~iommu_sim.draw.layout` - a layered layout for graphs;
 * :mod:`~iommu_sim.draw.graph` - the object and topology graph;
 * :mod:`~iommu_sim.draw.layers` - the layer figure of the architecture;
+* :mod:`~iommu_sim.draw.path` - one call tree as swimlanes, one per layer;
 * :mod:`~iommu_sim.draw.html` - one self-contained page: a tour or a trace.
 
 Everything is drawn from the descriptions the drivers give (:mod:`iommu_core.describe`)

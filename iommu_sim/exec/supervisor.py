@@ -376,7 +376,14 @@ class Supervisor:
             ready = dict(p.poll(0))
         if not ready:
             return
-        for ex in self.exports.poll_releases(ready):
+        released = list(self.exports.poll_releases(ready))
+        if released:
+            # A mapping holds its file, so a file's last reference goes after its
+            # mappings: those of a process whose address space went (exit_mmap) or
+            # changed close first (vm_ops->close), even before its pidfd says it died.
+            for proc in list(self.procs.values()):
+                self._close_vanished_regions(proc)
+        for ex in released:
             ex.file.fput()
         self.windows.gc()
         for proc in list(self.procs.values()):
@@ -621,6 +628,22 @@ class Supervisor:
                 if region.close is not None:
                     region.close()
             proc.pending.clear()
+
+    def _close_vanished_regions(self, proc: Proc) -> None:
+        """Close the Machine regions ``proc`` no longer maps (all of them once its address
+        space is gone)."""
+        if not proc.region_vmas and not proc.pending:
+            return
+        self._place_pending(proc)
+        maps = read_maps(proc.tgid)
+        live = {(e.start, e.end) for e in maps}
+        for span, region in list(proc.region_vmas.items()):
+            if span not in live:
+                del proc.region_vmas[span]
+                if region.close is not None:
+                    region.close()
+        if not maps:
+            self._close_regions(proc, everything=True)
 
     def sys_munmap(self, task: ExecTask, n: SeccompNotif) -> Any:
         addr, length = n.data.args[0], n.data.args[1]

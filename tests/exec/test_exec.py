@@ -84,3 +84,24 @@ def test_cli_says_what_is_wrong_in_one_line() -> None:
                        text=True, check=False)
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1 and "no program" in r.stderr
+
+
+def test_tegra_vcmdq_program(cprog: Callable[[str], Path],
+                             capfd: pytest.CaptureFixture[str]) -> None:
+    """A C VMM and guest invalidate through a Tegra241 VCMDQ (tests/exec/c/tegra_vcmdq.c),
+    the device's DMA engine showing stale and fresh; the program exits with the VINTF page
+    still mapped."""
+    m = Machine.from_config({"iommus": [{"name": "u0", "driver": "arm_smmu_v3",
+                                         "tegra241_cmdqv": True}],
+                             "devices": [{"name": DEV, "iommu": "u0"}]})
+    try:
+        code = exec_program(m, str(cprog("tegra_vcmdq")), [])
+    except HostUnsupported as e:
+        pytest.skip(str(e))
+    out, err = capfd.readouterr()
+    assert code == 0, out + err
+    assert "tegra_vcmdq ok" in out and "internal error" not in err
+    cmdqv = m.platform.iommus["u0"].cmdqv  # type: ignore[attr-defined]
+    assert cmdqv is not None and sum(cmdqv.refused) == 1 and sum(cmdqv.executed) > 4
+    assert m.kernel_pages_in_use == m.kernel_pages_baseline
+    assert m.platform.alloc.pin_total() == 0

@@ -10,6 +10,7 @@ AMD guest DTE over a GCR3 table), plus the guest's invalidation of one page.
 from __future__ import annotations
 
 import ctypes
+from typing import Any
 
 from drivers.amd_vi.amd_iommu_types import (
     CMD_INV_IOMMU_PAGES_GN_MASK,
@@ -24,7 +25,18 @@ from drivers.amd_vi.iommu import build_inv_iommu_pages
 from drivers.amd_vi.uapi import IOMMU_VIOMMU_INVALIDATE_DATA_AMD_PROTOTYPE
 from drivers.arm_smmu_v3.cd import arm_smmu_make_s1_cd
 from drivers.arm_smmu_v3.domain import arm_lpae_s1_cfg
-from drivers.arm_smmu_v3.regs import CMDQ_OP_TLBI_NH_VA
+from drivers.arm_smmu_v3.regs import CMDQ_OP_CMD_SYNC, CMDQ_OP_TLBI_NH_ALL, CMDQ_OP_TLBI_NH_VA
+from drivers.arm_smmu_v3.tegra241_cmdqv_regs import (
+    TEGRA241_VCMDQ_CONFIG,
+    TEGRA241_VCMDQ_CONS,
+    TEGRA241_VCMDQ_GERROR,
+    TEGRA241_VCMDQ_GERRORN,
+    TEGRA241_VCMDQ_PROD,
+    TEGRA241_VCMDQ_STRIDE,
+    VCMDQ_CONS_ERR,
+    VCMDQ_EN,
+)
+from iommu_core.errors import IommuError
 from iommu_core.hookspec import hookimpl
 from iommu_core.iopf import (
     IOMMU_FAULT_PAGE_REQUEST_LAST_PAGE,
@@ -33,7 +45,14 @@ from iommu_core.iopf import (
 )
 from iommu_core.pgtable import IoPageTable, formats
 from iommu_core.platform.bus import Device
-from iommu_core.testing import DriverEnv, GuestRam, NestedSetup, UserInvalidation
+from iommu_core.testing import (
+    DriverEnv,
+    GuestHwQueue,
+    GuestRam,
+    HwQueueSetup,
+    NestedSetup,
+    UserInvalidation,
+)
 from iommufd import uapi as u
 from iommufd import uapi_selftest as st
 from tests.arm_smmu_v3.hwutil import FakeMaster, cdtable_ste
@@ -52,6 +71,14 @@ class MockGlue:
         return NestedSetup(st.IOMMU_HWPT_DATA_SELFTEST, bytes(data), stage1=None,
                            viommu_type=st.IOMMU_VIOMMU_TYPE_SELFTEST)
 
+
+    @hookimpl
+    def conformance_hw_queue_setup(self, env: DriverEnv, dev: Device, guest: GuestRam
+                                   ) -> HwQueueSetup:
+        # The selftest's queues are bookkeeping only: nothing reads them.
+        return HwQueueSetup(viommu_type=st.IOMMU_VIOMMU_TYPE_SELFTEST,
+                            queue_type=st.IOMMU_HW_QUEUE_TYPE_SELFTEST, length=PAGE,
+                            max_queues=st.IOMMU_TEST_HW_QUEUE_MAX)
 
     @hookimpl
     def conformance_page_request(self, env: DriverEnv, dev: Device, iova: int) -> bool:
@@ -107,6 +134,77 @@ class SmmuGlue:
         return NestedSetup(u.IOMMU_HWPT_DATA_ARM_SMMUV3, bytes(data), stage1=s1,
                            invalidate=invalidate, viommu_type=u.IOMMU_VIOMMU_TYPE_ARM_SMMUV3,
                            virt_id=self.VSID)
+
+    @hookimpl
+    def conformance_unit_options(self, suite: str) -> dict[str, Any] | None:
+        # HW queues are the Tegra241 CMDQV's: an SMMU with one, and command queues of
+        # 128 entries so that the longest VCMDQ (2 KiB) and one too long fit in a page.
+        return {"tegra241_cmdqv": True, "cmdqs": 7} if suite == "hw_queue" else None
+
+    @hookimpl
+    def conformance_hw_queue_setup(self, env: DriverEnv, dev: Device, guest: GuestRam
+                                   ) -> HwQueueSetup | None:
+        try:
+            raw, _t = env.ops.hw_info(dev, u.IOMMU_HW_INFO_TYPE_TEGRA241_CMDQV)
+        except IommuError:
+            return None  # no CMDQV on this SMMU
+        info = u.iommu_hw_info_tegra241_cmdqv.from_buffer_copy(raw)
+        idr1 = int.from_bytes(env.ops.hw_info(dev, u.IOMMU_HW_INFO_TYPE_ARM_SMMUV3)[0][12:16],
+                              "little")
+        max_len = 1 << (((idr1 >> 21) & 0x1F) + 4)  # 2^IDR1.CMDQS entries of 16 bytes
+        return HwQueueSetup(
+            viommu_type=u.IOMMU_VIOMMU_TYPE_TEGRA241_CMDQV,
+            viommu_data=bytes(u.iommu_viommu_tegra241_cmdqv()),
+            queue_type=u.IOMMU_HW_QUEUE_TYPE_TEGRA241_CMDQV, length=min(max_len, PAGE),
+            max_queues=1 << info.log2vcmdqs, bad_lengths=(16, 48, 3 * 32, 2 * max_len),
+            aligned=True, virt_id=self.VSID, guest=TegraGuestQueue(self.ASID))
+
+
+class TegraGuestQueue:
+    """A guest kernel's VCMDQ (the guest runs tegra241-cmdqv.c too): commands into its
+    queue in guest RAM, PROD/CONFIG/GERRORN through the VINTF page the VMM mapped."""
+
+    def __init__(self, asid: int) -> None:
+        self.asid = asid
+
+    @staticmethod
+    def _reg(q: GuestHwQueue, reg: int) -> int:
+        return TEGRA241_VCMDQ_STRIDE * q.index + reg
+
+    def _submit(self, q: GuestHwQueue, cmds: list[tuple[int, int]]) -> None:
+        n = q.length // 16
+        prod = q.state.get("prod", 0)
+        for q0, q1 in cmds:
+            q.guest.write(q.gpa + (prod & (n - 1)) * 16,
+                          q0.to_bytes(8, "little") + q1.to_bytes(8, "little"))
+            prod = (prod + 1) & (2 * n - 1)
+        q.state["prod"] = prod
+        q.write32(self._reg(q, TEGRA241_VCMDQ_PROD), prod)
+
+    def enable(self, q: GuestHwQueue) -> None:
+        q.write32(self._reg(q, TEGRA241_VCMDQ_CONFIG), VCMDQ_EN)
+        q.state["prod"] = q.read32(self._reg(q, TEGRA241_VCMDQ_PROD))
+
+    def invalidate(self, q: GuestHwQueue, iova: int, size: int) -> None:
+        cmds = [(CMDQ_OP_TLBI_NH_VA | (self.asid << 48), (iova + off) | 1)  # leaf
+                for off in range(0, size, PAGE)]
+        self._submit(q, [*cmds, (CMDQ_OP_CMD_SYNC, 0)])
+
+    def submit_illegal(self, q: GuestHwQueue, iova: int, size: int) -> None:
+        # TLBI_NH_ALL would drop every entry of the VM: not a guest VCMDQ command.
+        self._submit(q, [(CMDQ_OP_TLBI_NH_ALL, 0), (CMDQ_OP_CMD_SYNC, 0)])
+
+    def error(self, q: GuestHwQueue) -> bool:
+        return bool((q.read32(self._reg(q, TEGRA241_VCMDQ_GERROR))
+                     ^ q.read32(self._reg(q, TEGRA241_VCMDQ_GERRORN))) & 1)
+
+    def recover(self, q: GuestHwQueue) -> None:
+        # __arm_smmu_cmdq_skip_err: the command at CONS becomes a CMD_SYNC, then ack.
+        cons = q.read32(self._reg(q, TEGRA241_VCMDQ_CONS)) & ~VCMDQ_CONS_ERR
+        slot = cons & (q.length // 16 - 1)
+        q.guest.write(q.gpa + slot * 16, CMDQ_OP_CMD_SYNC.to_bytes(8, "little") + bytes(8))
+        q.write32(self._reg(q, TEGRA241_VCMDQ_GERRORN),
+                  q.read32(self._reg(q, TEGRA241_VCMDQ_GERROR)))
 
 
 class AmdGlue:

@@ -34,6 +34,13 @@ from iommu_core.testing.describe import (  # noqa: F401 - collected by pytest
     test_hw_info_is_described,
     test_structure_layouts,
 )
+from iommu_core.testing.hw_queue import (  # noqa: F401 - collected by pytest
+    test_hw_queue_bad_arguments,
+    test_hw_queue_destroyed_queue_is_not_read,
+    test_hw_queue_guest_invalidation,
+    test_hw_queue_index_rules,
+    test_hw_queue_unknown_type,
+)
 from tests.plugin_kit.glue import GLUE
 
 pytestmark = pytest.mark.iommu_drivers(*sorted(GLUE))

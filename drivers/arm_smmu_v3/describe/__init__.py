@@ -12,9 +12,9 @@ from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 
-from drivers.arm_smmu_v3 import regs
+from drivers.arm_smmu_v3 import regs, tegra241_cmdqv_regs
 from drivers.arm_smmu_v3.describe.guest import GUEST_BUILDERS
-from drivers.arm_smmu_v3.describe.hw_info import SmmuHwInfo
+from drivers.arm_smmu_v3.describe.hw_info import SmmuHwInfo, Tegra241CmdqvHwInfo
 from drivers.arm_smmu_v3.describe.structures import STRUCTURES
 from drivers.arm_smmu_v3.describe.view import smmu_describe_device, smmu_describe_domain
 from iommu_core.describe import (
@@ -50,7 +50,7 @@ class SmmuDescribe:
 
     @hookimpl
     def describe_hw_info(self) -> list[HwInfoDesc]:
-        return [SmmuHwInfo()]
+        return [SmmuHwInfo(), Tegra241CmdqvHwInfo()]
 
     @hookimpl
     def describe_device(self, unit: IommuHardware, mem: PhysicalMemory, dev: Device,
@@ -67,7 +67,7 @@ class SmmuDescribe:
 
     @hookimpl
     def describe_constants(self) -> Mapping[str, int]:
-        return module_constants(regs)
+        return module_constants(regs, tegra241_cmdqv_regs)
 
     @hookimpl
     def describe_bench(self) -> BenchDesc:

@@ -10,13 +10,14 @@ in memory.
 from __future__ import annotations
 
 import functools
-import struct
 from typing import Any, NoReturn
 
 from drivers.arm_smmu_v3.hw.cmdq import CommandEngine
+from drivers.arm_smmu_v3.hw.cmdqv import CmdqvConfig, Tegra241CmdqvHw
+from drivers.arm_smmu_v3.hw.cmdqv_regs import CmdqvRegs
 from drivers.arm_smmu_v3.hw.config import SmmuHwConfig
 from drivers.arm_smmu_v3.hw.decode import SmmuEvent
-from drivers.arm_smmu_v3.hw.queues import HwQueue, event_record, pri_record
+from drivers.arm_smmu_v3.hw.queues import HwQueue, consume_commands, event_record, pri_record
 from drivers.arm_smmu_v3.hw.regs import REG_NAMES, SmmuRegs
 from drivers.arm_smmu_v3.hw.tlb import PERM_W, Atc, ConfigCache, FastPath, Tlb
 from drivers.arm_smmu_v3.hw.translate import EVT_ABORT, Translator, perm_ok, walk_access
@@ -59,15 +60,6 @@ from iommu_core.platform.dma import (
 from iommu_core.platform.platform import Platform
 
 _PAGE_MASK = 0xFFF
-_UNPACKERS: dict[int, struct.Struct] = {}
-
-
-def _unpacker(ncmds: int) -> struct.Struct:
-    """Unpacks ``ncmds`` commands (two little-endian qwords each)."""
-    u = _UNPACKERS.get(ncmds)
-    if u is None:
-        u = _UNPACKERS[ncmds] = struct.Struct(f"<{2 * ncmds}Q")
-    return u
 #: Translation fault IDs that may stall or turn into a PRI page request.
 _XLATE_FAULTS = frozenset({0x10, 0x11, 0x12, 0x13})
 
@@ -77,7 +69,8 @@ class SmmuV3Hardware(IommuHardware):
 
     granule = 4096
 
-    def __init__(self, name: str, cfg: SmmuHwConfig, platform: Platform) -> None:
+    def __init__(self, name: str, cfg: SmmuHwConfig, platform: Platform,
+                 cmdqv: CmdqvConfig | None = None) -> None:
         self.name = name
         self.cfg = cfg
         self.platform = platform
@@ -122,6 +115,14 @@ class SmmuV3Hardware(IommuHardware):
                                          for n in ("evtq", "priq", "gerror")}
         self.cmd = CommandEngine(self)
         self.xlate = Translator(self)
+        #: The Tegra241 CMDQV beside this SMMU (Machine option ``tegra241_cmdqv``): its
+        #: own register window and interrupt, the SMMU's command engine.
+        self.cmdqv: Tegra241CmdqvHw | None = None
+        if cmdqv is not None:
+            irq = IrqLine(f"{name}-cmdqv")
+            self.irqs["cmdqv"] = irq
+            self.cmdqv = Tegra241CmdqvHw(self, cmdqv, irq)
+            self.mmio["cmdqv"] = CmdqvRegs(self.cmdqv)
 
     # ==================================================================================
     # Registers
@@ -171,31 +172,10 @@ class SmmuV3Hardware(IommuHardware):
         if self._cmdq_busy or self._cmdq_error or not self.cr0 & CR0_CMDQEN:
             return
         q = self.cmdq
-        read = self.platform.mem.read
-        execute = self.cmd.execute
-        log2 = q.log2size
-        size = 1 << log2
-        wrap_mask = (size << 1) - 1
-        base = q.base
-        error = 0
         self._cmdq_busy = True
         try:
-            while not error:
-                cons = q.cons
-                prod = q.prod
-                if (cons ^ prod) & wrap_mask == 0:
-                    break
-                idx = cons & (size - 1)
-                pidx = prod & (size - 1)
-                n = pidx - idx if pidx > idx else size - idx
-                words = _unpacker(n).unpack(read(base + (idx << 4), n << 4))
-                done = 0
-                for i in range(0, 2 * n, 2):
-                    error = execute(words[i], words[i + 1], base + ((idx + done) << 4))
-                    if error:
-                        break
-                    done += 1
-                q.cons = (cons & ~wrap_mask & 0xFFFF_FFFF) | ((cons + done) & wrap_mask)
+            error = consume_commands(q, q.base, q.log2size, self.platform.mem.read,
+                                     self.cmd.execute)
         finally:
             self._cmdq_busy = False
         if error:
@@ -424,6 +404,7 @@ class SmmuV3Hardware(IommuHardware):
             "tlb_misses": self.tlb.misses, "cached_stes": len(self.ccache.ste),
             "commands": dict(self.cmd.counts), "events_recorded": self.events_recorded,
             "events_dropped": self.events_dropped, "atc_entries": self.atc.count(),
+            **({"cmdqv": self.cmdqv.stats()} if self.cmdqv is not None else {}),
         }
 
 

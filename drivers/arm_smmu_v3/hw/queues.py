@@ -9,6 +9,10 @@ had to drop a record.
 
 from __future__ import annotations
 
+import struct
+from collections.abc import Callable
+from typing import Protocol
+
 from drivers.arm_smmu_v3.regs import (
     EVTQ_0_ID,
     EVTQ_0_SID,
@@ -40,6 +44,52 @@ from drivers.arm_smmu_v3.regs import (
     EVTQ_1_PnU,
     EVTQ_1_RnW,
 )
+
+
+class ConsProd(Protocol):
+    """A command queue's CONS and PROD, as the consumer reads and moves them."""
+
+    cons: int
+    prod: int
+
+
+_UNPACKERS: dict[int, struct.Struct] = {}
+
+
+def _unpacker(ncmds: int) -> struct.Struct:
+    """Unpacks ``ncmds`` commands (two little-endian qwords each)."""
+    u = _UNPACKERS.get(ncmds)
+    if u is None:
+        u = _UNPACKERS[ncmds] = struct.Struct(f"<{2 * ncmds}Q")
+    return u
+
+
+def consume_commands(q: ConsProd, base: int, log2size: int, read: Callable[[int, int], bytes],
+                     execute: Callable[[int, int, int], int]) -> int:
+    """Execute the commands of ``q`` from CONS to PROD (``execute(q0, q1, slot address)``
+    returns a CERROR, 0 for done), reading each contiguous run of slots in one access and
+    moving CONS past what ran; PROD is read again after every run (a command may lead to
+    a new one). Stops at the first error, CONS on the failed command; returns the CERROR
+    (0: the queue is empty). The SMMU's command queue and the CMDQV's VCMDQs share it."""
+    size = 1 << log2size
+    wrap_mask = (size << 1) - 1
+    error = 0
+    while not error:
+        cons, prod = q.cons, q.prod
+        if (cons ^ prod) & wrap_mask == 0:
+            break
+        idx = cons & (size - 1)
+        pidx = prod & (size - 1)
+        n = pidx - idx if pidx > idx else size - idx
+        words = _unpacker(n).unpack(read(base + (idx << 4), n << 4))
+        done = 0
+        for i in range(0, 2 * n, 2):
+            error = execute(words[i], words[i + 1], base + ((idx + done) << 4))
+            if error:
+                break
+            done += 1
+        q.cons = (cons & ~wrap_mask & 0xFFFF_FFFF) | ((cons + done) & wrap_mask)
+    return error
 
 
 class HwQueue:

@@ -4,34 +4,13 @@
  * and the device still reads the old one (the SMMU's TLB) until the VMM forwards the
  * guest's TLBI_NH_VA through IOMMU_HWPT_INVALIDATE on the vIOMMU. A stage-1 fault reaches
  * the device's status and the vIOMMU's vEVENTQ. */
-#include "dma.h"
+#include "smmu_guest.h"
 
 #define GUEST	0x100000ull		/* 1 MiB of guest RAM at IOVA = GPA 0 */
 #define GVA	0x7f0000000000ull	/* a guest I/O virtual address (stage-1 input) */
 #define CD_GPA	0x1000ull
 #define ASID	3
 #define VSID	0x42
-
-/* The CD a guest's arm_smmu_make_s1_cd() writes for a 48-bit, 4 KiB-granule table */
-#define CD0_T0SZ(x)	((uint64_t)(x))
-#define CD0_IRGN0_WBWA	(1ull << 8)
-#define CD0_ORGN0_WBWA	(1ull << 10)
-#define CD0_SH0_ISH	(3ull << 12)
-#define CD0_EPD1	(1ull << 30)
-#define CD0_V		(1ull << 31)
-#define CD0_IPS_48	(5ull << 32)
-#define CD0_AA64	(1ull << 41)
-#define CD0_R		(1ull << 45)
-#define CD0_A		(1ull << 46)
-#define CD0_ASET	(1ull << 47)
-#define CD0_ASID(x)	((uint64_t)(x) << 48)
-#define MAIR		0xf404ff44ull
-/* The guest's STE: V, Config = S1_TRANS, S1ContextPtr; S1DSS = SSID0 */
-#define STE0_V		1ull
-#define STE0_CFG_S1	(5ull << 1)
-#define STE1_S1DSS_SSID0 (2ull << 0)
-#define CMDQ_OP_TLBI_NH_VA 0x12ull
-#define CMDQ_TLBI_1_LEAF 1ull
 
 static uint32_t viommu;
 
@@ -51,15 +30,9 @@ int main(int argc, char **argv)
 	vdevice_alloc(v.fd, viommu, v.d.devid, VSID);
 
 	/* the guest: a stage-1 table mapping GVA -> GPA 0x10000, and its CD */
-	uint64_t root = guest_page(&v.g);
-	uint64_t leaf = guest_map(&v.g, root, GVA, 0x10000, LPAE_TABLE, LPAE_PAGE);
-	uint64_t *cd = guest_u64(&v.g, CD_GPA);
-	cd[0] = CD0_T0SZ(16) | CD0_IRGN0_WBWA | CD0_ORGN0_WBWA | CD0_SH0_ISH | CD0_EPD1 |
-		CD0_V | CD0_IPS_48 | CD0_AA64 | CD0_R | CD0_A | CD0_ASET | CD0_ASID(ASID);
-	cd[1] = root;
-	cd[3] = MAIR;
-	struct iommu_hwpt_arm_smmuv3 ste = {
-		.ste = { STE0_V | STE0_CFG_S1 | CD_GPA, STE1_S1DSS_SSID0 } };
+	uint64_t leaf;
+	struct iommu_hwpt_arm_smmuv3 ste = smmu_guest_s1(&v.g, CD_GPA, GVA, 0x10000, ASID,
+							 &leaf);
 	uint32_t nested = hwpt_alloc(v.fd, v.d.devid, viommu, 0, IOMMU_HWPT_DATA_ARM_SMMUV3,
 				     &ste, sizeof(ste));
 	dev_attach(&v.d, nested);

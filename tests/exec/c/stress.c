@@ -12,6 +12,8 @@ int main(void)
 			 -1, 0);
 	CHECK(buf != MAP_FAILED);
 	pid_t kids[100];
+	int ready[2];
+	CHECK(pipe(ready) == 0);
 	for (int i = 0; i < 100; i++) {
 		kids[i] = fork();
 		CHECK(kids[i] >= 0);
@@ -24,12 +26,19 @@ int main(void)
 					MOCK_APERTURE_START) == 0);
 			CHECK(map_fixed(fd, ioas, buf + (i % 64) * 4096, 4096,
 					MOCK_APERTURE_START + (uint64_t)(i + 1) * 0x10000) == 0);
+			/* mapped: only now may the parent kill this child */
+			CHECK(write(ready[1], "m", 1) == 1);
 			if (i % 3 == 1)
 				abort();
 			if (i % 3 == 2)
 				for (;;) pause();
 			_exit(0);
 		}
+	}
+	close(ready[1]);
+	for (int n = 0; n < 100; n++) {
+		char c;
+		CHECK(read(ready[0], &c, 1) == 1);
 	}
 	for (int i = 0; i < 100; i++) {
 		if (i % 3 == 2)
