@@ -11,7 +11,9 @@ The outputs are committed (text, SVG, HTML): the docs build runs no simulation.
 ``--check`` is how a change that must not alter the output proves it: it compares every
 file byte for byte: ``decode`` (text and bit-field diagrams), ``info``, every step of every
 built-in tour, each vendor's walk pictures, ``trace`` (text and page), ``graph`` (DOT,
-Mermaid, SVG), the tour page of one chapter and the architecture's layer figure.
+Mermaid, SVG), the tour page of one chapter, the architecture's layer figure, and the
+system bench's table and plot (redrawn from the recorded ``bench.json``, never
+re-measured).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -193,6 +196,23 @@ def module_index() -> str:
     return "\n".join(lines)
 
 
+def bench_pictures() -> dict[str, Callable[[], str]]:
+    """The system bench's table and plot, drawn from the result recorded in
+    ``bench.json`` (``python -m iommu_sim.bench --tib --json``): the bench is measured
+    once by hand; regenerating (and ``--check``) only redraws, so timing noise never
+    makes a file out of date."""
+    import json
+
+    from iommu_sim import bench
+    from iommu_sim.draw.plot import bench_plot
+
+    def result() -> Any:
+        return json.loads((GALLERY / "bench.json").read_text(encoding="utf-8"))
+
+    return {"bench.txt": lambda: bench.table(result()),
+            "bench.svg": lambda: bench_plot(result()).to_string()}
+
+
 def gallery() -> dict[str, Callable[[], str]]:
     script = GALLERY / "vmm_script.py"
     out: dict[str, Callable[[], str]] = {}
@@ -227,6 +247,7 @@ def gallery() -> dict[str, Callable[[], str]]:
     out["tour_smmu_nested.html"] = lambda: cli_file("tour", "--vendor", "smmu", "--step",
                                                     "nested", flag="--html")
     out["layers.svg"] = layers_picture
+    out.update(bench_pictures())
     return out
 
 

@@ -8,23 +8,29 @@ alternation, best of several repetitions; see :mod:`iommu_core.timing`):
 
 * ``inval_cached_ratio``: a 4 KiB ``IOMMU_IOAS_MAP`` + ``IOMMU_IOAS_UNMAP`` with a paging
   domain attached and ``cached`` distinct pages cached (DMA reads over a mapping of
-  ``cached`` pages in 4 KiB IOPTEs) over the same on a Machine with nothing cached;
+  ``cached`` pages in 4 KiB IOPTEs) over the same on a Machine with nothing cached
+  (:func:`inval_by_occupancy`: the same at several numbers of pages cached);
 * ``nested_miss_vs_paging_miss``: a DMA that misses the IOTLB through a nested domain over
   one through a plain paging domain, each reading fresh pages of warm tables;
 * ``map_unmap_4k_vs_pgtable``: the 4 KiB map + unmap through ``m.ioctl`` over the
-  page-table core's own ``map_pages`` + ``unmap_pages`` of 4 KiB in a given format.
+  page-table core's own ``map_pages`` + ``unmap_pages`` of 4 KiB in a given format, at
+  the same IOVA of an otherwise empty table (both sides build and free the tables below
+  the root).
 
 The Machine comes from the caller's ``make_machine(config)`` and the iommufd uAPI
-modules are handed in (:class:`Uapi`): the core sits below both.
+modules are handed in (:class:`Uapi`): the core sits below both. The system bench
+(``python -m iommu_sim.bench``) measures every driver with these and asks each one for
+its nested setup (:meth:`VendorBench.desc`).
 """
 
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any, NamedTuple, Protocol
 
+from iommu_core.describe.teach import BenchDesc
 from iommu_core.gather import IotlbGather
 from iommu_core.pgtable import IoPageTable, PhysTableMemory
 from iommu_core.pgtable.formats.base import PtFormat
@@ -39,6 +45,11 @@ RW = IOMMU_READ | IOMMU_WRITE
 #: interference from other load); each needs fresh pages.
 REPS = 16
 SMALL_IOVA = 1 << 40  # the measured 4 KiB map lives far from anything else
+#: Where a populated measurement keeps a page mapped: beside the measured one's leaf table.
+NEIGHBOUR = 2 << 20
+#: Where the pages the invalidation measurements cache are mapped: above every vendor's
+#: reserved ranges (the SMMU's MSI window sits at 128 MiB, x86's below 4 GiB).
+WARM_IOVA = 1 << 32
 #: Where a nested setup's guest maps its data.
 GVA = 1 << 32
 
@@ -72,6 +83,15 @@ class Rig(NamedTuple):
     config: dict[str, Any]
     dev: str
     uapi: Uapi
+
+
+def unit_rig(driver: str, uapi: Uapi, options: dict[str, Any] | None = None,
+             dev_options: dict[str, Any] | None = None, dev: str = "0000:00:01.0") -> Rig:
+    """A Machine of one unit of ``driver`` (with ``options``) and one PCI device behind
+    it (with ``dev_options``)."""
+    return Rig({"iommus": [{"name": "iommu0", "driver": driver, **(options or {})}],
+                "devices": [{"name": dev, "iommu": "iommu0", **(dev_options or {})}]},
+               dev, uapi)
 
 
 def scattered_memory(m: MachineLike, npages: int) -> list[tuple[int, int]]:
@@ -193,24 +213,30 @@ def guest_ram(vmm: Vmm, data_pages: int, tables: int = 64) -> tuple[int, GuestRa
 # =======================================================================================
 # The measurements
 # =======================================================================================
-def map_unmap_op(vmm: Vmm, va: int) -> Callable[[], None]:
-    """The measured operation: map the 4 KiB at ``va`` at SMALL_IOVA, unmap it."""
+def map_unmap_op(vmm: Vmm, va: int, iova: int = SMALL_IOVA) -> Callable[[], None]:
+    """The measured operation: map the 4 KiB at ``va`` at ``iova``, unmap it."""
     def op() -> None:
-        vmm.map(va, PAGE, SMALL_IOVA)
-        vmm.unmap(SMALL_IOVA, PAGE)
+        vmm.map(va, PAGE, iova)
+        vmm.unmap(iova, PAGE)
     return op
 
 
-def pgtable_map_unmap_4k_op(fmt: PtFormat) -> Callable[[], None]:
-    """The floor: the format's own map_pages + unmap_pages of 4 KiB at SMALL_IOVA, its
-    tables in simulated memory."""
+def pgtable_map_unmap_4k_op(fmt: PtFormat, iova: int = SMALL_IOVA, populated: bool = False
+                            ) -> Callable[[], None]:
+    """The floor: the format's own map_pages + unmap_pages of 4 KiB (in its smallest
+    pages if they are smaller) at ``iova`` of an empty table, as the measured domain has
+    it (``populated``: with a page mapped 2 MiB above, so the tables above the leaf
+    table stay), with an IOTLB gather; the tables in simulated memory."""
     mem = PhysicalMemory()
     pt = IoPageTable(fmt, PhysTableMemory(mem, PageAllocator(mem)))
-    pt.map_pages(SMALL_IOVA + (1 << 30), 0x1000_0000, PAGE, 1, RW)  # upper levels exist
+    pgsize = PAGE if fmt.pgsize_bitmap & PAGE else fmt.pgsize_bitmap & -fmt.pgsize_bitmap
+    count = PAGE // pgsize
+    if populated:
+        pt.map_pages(iova + NEIGHBOUR, 0x3000_0000, pgsize, count, RW)
 
     def op() -> None:
-        pt.map_pages(SMALL_IOVA, 0x2000_0000, PAGE, 1, RW)
-        pt.unmap_pages(SMALL_IOVA, PAGE, 1, IotlbGather())
+        pt.map_pages(iova, 0x2000_0000, pgsize, count, RW)
+        pt.unmap_pages(iova, pgsize, count, IotlbGather())
     return op
 
 
@@ -220,42 +246,68 @@ def paging_vmm(m: MachineLike, rig: Rig) -> Vmm:
     return vmm
 
 
-def inval_cached_ratio(make_machine: MakeMachine, rig: Rig, cached: int = 65536,
-                       number: int = 50) -> dict[str, float]:
-    """4 KiB map + unmap with ``cached`` pages cached over the same with nothing cached:
-    two Machines set up alike, one warmed by DMA reads, measured in alternation."""
+def inval_by_occupancy(make_machine: MakeMachine, rig: Rig, levels: Sequence[int],
+                       number: int = 50, reps: int = 7) -> list[tuple[int, float, float]]:
+    """4 KiB map + unmap with each number of pages of ``levels`` cached (in increasing
+    order, warmed step by step by DMA reads over a mapping of the largest) and on a
+    Machine set up alike with nothing cached, the two measured in alternation at each
+    step: [(pages, seconds cached, seconds empty)]."""
     machines = [make_machine(rig.config) for _ in range(2)]
+    top = max(levels)
     try:
         ops = []
-        for warm, m in enumerate(machines):
+        for m in machines:
             vmm = paging_vmm(m, rig)
-            vmm.map_scattered(scattered_memory(m, cached))
-            small = m.mmap(PAGE)
-            if warm:
-                for i in range(cached):
-                    m.dma_read(rig.dev, i * PAGE, 64)
-            op = map_unmap_op(vmm, small)
+            vmm.map_scattered(scattered_memory(m, top), WARM_IOVA)
+            op = map_unmap_op(vmm, m.mmap(PAGE))
             best_per_call(op, number, 1)  # the IOAS's first-use costs out of the way
             ops.append(op)
-        empty, full = best_interleaved(ops, number)
-        return {"inval_cached_ratio": full / empty, "map_unmap_4k_empty_us": empty * 1e6,
-                "map_unmap_4k_cached_us": full * 1e6}
+        out = []
+        warm, done = machines[1], 0
+        for pages in sorted(levels):
+            for i in range(done, pages):
+                warm.dma_read(rig.dev, WARM_IOVA + i * PAGE, 64)
+            done = pages
+            empty, full = best_interleaved(ops, number, reps)
+            out.append((pages, full, empty))
+        return out
     finally:
         for m in machines:
             m.shutdown()
 
 
+def inval_cached_ratio(make_machine: MakeMachine, rig: Rig, cached: int = 65536,
+                       number: int = 50) -> dict[str, float]:
+    """4 KiB map + unmap with ``cached`` pages cached over the same with nothing
+    cached (:func:`inval_by_occupancy` at one step)."""
+    ((_, full, empty),) = inval_by_occupancy(make_machine, rig, (cached,), number)
+    return {"inval_cached_ratio": full / empty, "map_unmap_4k_empty_us": empty * 1e6,
+            "map_unmap_4k_cached_us": full * 1e6}
+
+
+def map_unmap_vs_floor(vmm: Vmm, fmt: PtFormat, iova: int = SMALL_IOVA, number: int = 200,
+                       reps: int = 7, populated: bool = False) -> dict[str, float]:
+    """On ``vmm`` (a paging domain attached): the two measured in alternation (the floor
+    ten times as often: it is short). ``populated``: both with a page mapped
+    :data:`NEIGHBOUR` above (the upper tables stay; the pair costs less, the iommufd
+    part the same), its key ``map_unmap_4k_vs_pgtable_populated``."""
+    if populated:
+        vmm.map(vmm.m.mmap(PAGE), PAGE, iova + NEIGHBOUR)
+    op = map_unmap_op(vmm, vmm.m.mmap(PAGE), iova)
+    best_per_call(op, number, 1)
+    ioctl, floor = best_interleaved([op, pgtable_map_unmap_4k_op(fmt, iova, populated)],
+                                    [number, 10 * number], reps)
+    suffix = "_populated" if populated else ""
+    return {f"map_unmap_4k_vs_pgtable{suffix}": ioctl / floor,
+            f"map_unmap_4k{suffix}_us": ioctl * 1e6,
+            f"pgtable_map_unmap_4k{suffix}_us": floor * 1e6}
+
+
 def map_unmap_4k_vs_pgtable(make_machine: MakeMachine, rig: Rig, fmt: PtFormat,
                             number: int = 200) -> dict[str, float]:
-    """The two measured in alternation (the floor ten times as often: it is short)."""
     m = make_machine(rig.config)
     try:
-        op = map_unmap_op(paging_vmm(m, rig), m.mmap(PAGE))
-        best_per_call(op, number, 1)
-        ioctl, floor = best_interleaved([op, pgtable_map_unmap_4k_op(fmt)],
-                                        [number, 10 * number])
-        return {"map_unmap_4k_vs_pgtable": ioctl / floor, "map_unmap_4k_us": ioctl * 1e6,
-                "pgtable_map_unmap_4k_us": floor * 1e6}
+        return map_unmap_vs_floor(paging_vmm(m, rig), fmt, SMALL_IOVA, number)
     finally:
         m.shutdown()
 
@@ -326,3 +378,14 @@ class VendorBench:
         out.update(self.nested_miss_vs_paging_miss(make_machine, 64 if quick else 256))
         out.update(self.map_unmap_4k_vs_pgtable(make_machine, 50 if quick else 200))
         return out
+
+    def desc(self, options: dict[str, Any] | None = None) -> BenchDesc:
+        """What the system bench takes from this vendor (its ``describe_bench``): the
+        nested-miss ratio, which needs the vendor's nested setup (the bench measures the
+        rest the same way for every driver), and the unit ``options`` its Machines
+        need."""
+        def nested(make_machine: Callable[[Any], Any], quick: bool) -> dict[str, float]:
+            return self.nested_miss_vs_paging_miss(make_machine, 64 if quick else 256)
+
+        return BenchDesc(options=dict(options or {}), run=nested,
+                         keys=("nested_miss_vs_paging_miss",))

@@ -18,7 +18,12 @@ from typing import Any
 from iommu_core.errors import IommuError
 from iommu_core.iommu import IommuCore
 from iommu_core.platform.bus import Device, make_pci_device
-from iommu_core.platform.dma import DmaFault, device_dma_read, device_dma_write
+from iommu_core.platform.dma import (
+    DmaFault,
+    IommuHardware,
+    device_dma_read,
+    device_dma_write,
+)
 from iommu_core.platform.eventfd import EventFd
 from iommu_core.platform.fault_inject import check_fail_nth
 from iommu_core.platform.files import File, FileTable
@@ -127,6 +132,11 @@ class Machine:
         if unknown:
             raise IommuError(errno.EINVAL, f"unknown config keys {sorted(unknown)}")
         self.platform = Platform()
+        # The DMA hot path's lookups, resolved once (the platform keeps them current).
+        self._dma_targets = self.platform.dma_targets
+        self._mem = self.platform.mem
+        self._tracer = self.platform.tracer
+        self._tasks = self.platform.tasks
         self.plugins = plugins or PluginHost()
         for name, plugin in builtin_drivers().items():
             if name not in self.plugins.drivers:
@@ -316,15 +326,23 @@ class Machine:
     def ioctl(self, fd: int, request: int, buf: Any = None) -> int:
         """``ioctl(2)``. ``buf``: a bytearray or ctypes struct (updated in place), a user
         address (int), or for by-value ioctls the value itself."""
-        task = self._enter()
+        task = self.task  # _enter, inline: the ioctl path is hot
+        if task.exited:
+            raise OSError(errno.ESRCH, f"task {task.pid} has exited")
+        self._tasks.current = task
         try:
-            f = task.files.get(fd)
+            f = task.files.fdt.get(fd) if type(fd) is int else None
+            if f is None:
+                f = task.files.get(fd)  # EBADF
             # ``unsigned int cmd``: the syscall sees the low 32 bits.
-            request = _int(request, "ioctl request", errno.ENOTTY) & _U32
-            tracer = self.platform.tracer
-            if tracer.enabled:
-                with tracer.span("user", "ioctl", f"fd {fd} request {request:#x}"):
+            if type(request) is not int or request >> 32 or request < 0:
+                request = _int(request, "ioctl request", errno.ENOTTY) & _U32
+            if self._tracer.enabled:
+                with self._tracer.span("user", "ioctl", f"fd {fd} request {request:#x}"):
                     return self._ioctl(f, request, buf)
+            if type(buf) is not int:  # a buffer: _ioctl, inline
+                res = f.ioctl(request, UserArg.from_object(task.mm, buf))
+                return res if type(res) is int else int(res)
             return self._ioctl(f, request, buf)
         except IommuError as e:
             raise _oserror(e) from None
@@ -335,7 +353,8 @@ class Machine:
             by_value: frozenset[int] = getattr(f, "by_value_ioctls", frozenset())
             if request in by_value:
                 return int(f.ioctl_by_value(request, buf))
-        return int(f.ioctl(request, UserArg.from_object(self.task.mm, buf)))
+        res = f.ioctl(request, UserArg.from_object(self.task.mm, buf))
+        return res if type(res) is int else int(res)
 
     def read(self, fd: int, n: int) -> bytes:
         task = self._enter()
@@ -496,12 +515,13 @@ class Machine:
             raise _oserror(e) from None
 
     # -- device DMA ----------------------------------------------------------------------
-    def _dma_dev(self, dev: str | Device) -> Device:
-        d = self.platform.devices.get(dev) if type(dev) is str else (
-            dev if isinstance(dev, Device) else None)
-        if d is None:
+    def _dma_target(self, dev: str | Device) -> tuple[Device, IommuHardware]:
+        t = self.platform.dma_targets.get(dev) if type(dev) is str else (
+            (dev, self.platform.iommus[dev.iommu_name]) if isinstance(dev, Device)
+            and dev.iommu_name in self.platform.iommus else None)
+        if t is None:
             raise OSError(errno.ENODEV, f"no device named {dev!r}")
-        return d
+        return t
 
     @staticmethod
     def _dma_args(iova: Any, n: int, pasid: Any) -> tuple[int, int | None]:
@@ -518,10 +538,17 @@ class Machine:
                           "the 64-bit device address space")
         return iova, pasid
 
+    # The hot path: a device name the platform knows, plain in-range ints, tracing off
+    # (each check written as the cheapest expression of it); anything else goes through
+    # the full checks.
     def dma_read(self, dev: str | Device, iova: int, n: int, pasid: int | None = None
                  ) -> bytes:
         """The device reads ``n`` bytes at ``iova`` through its IOMMU (DmaFault if not)."""
-        tasks = self.platform.tasks
+        try:
+            t: tuple[Device, IommuHardware] | None = self._dma_targets[dev]  # type: ignore[index]
+        except (KeyError, TypeError):
+            t = None
+        tasks = self._tasks
         cur = tasks.current
         if cur is not None and cur.fail_nth:
             # A device's DMA (and the faults it raises) runs in no task: fail-nth
@@ -531,26 +558,30 @@ class Machine:
                 return self.dma_read(dev, iova, n, pasid)
             finally:
                 tasks.current = cur
-        d = self._dma_dev(dev)
-        # Plain in-range ints (the hot path) skip the full argument checks.
-        if not (type(iova) is int and type(n) is int and 0 <= iova <= _U64
-                and 0 <= n <= MAX_RW_COUNT and (pasid is None or (type(pasid) is int
-                                                and pasid >= 0))):
-            n = _count(n, "length")
-            iova, pasid = self._dma_args(iova, n, pasid)
-        hw = self.platform.iommus[d.iommu_name]
-        tracer = self.platform.tracer
+        if (t is not None and type(iova) is int and type(n) is int and not iova >> 64
+                and 0 <= n <= 0x7FFF_F000  # MAX_RW_COUNT
+                and (pasid is None or (type(pasid) is int and pasid >= 0))
+                and not self._tracer.enabled):
+            return device_dma_read(t[1], self._mem, t[0], iova, n, pasid)
+        d, hw = t or self._dma_target(dev)
+        n = _count(n, "length")
+        iova, pasid = self._dma_args(iova, n, pasid)
+        tracer = self._tracer
         if not tracer.enabled:
-            return device_dma_read(hw, self.platform.mem, d, iova, n, pasid)
+            return device_dma_read(hw, self._mem, d, iova, n, pasid)
         p = "" if pasid is None else f" pasid {pasid}"
         with tracer.span("user", "dma_read", f"{d.name} iova {iova:#x} len {n}{p}"):
-            return device_dma_read(hw, self.platform.mem, d, iova, n, pasid)
+            return device_dma_read(hw, self._mem, d, iova, n, pasid)
 
     def dma_write(self, dev: str | Device, iova: int, data: bytes | bytearray,
                   pasid: int | None = None) -> None:
         """The device writes ``data`` at ``iova`` through its IOMMU (DmaFault if not);
         a fault anywhere writes nothing."""
-        tasks = self.platform.tasks
+        try:
+            t: tuple[Device, IommuHardware] | None = self._dma_targets[dev]  # type: ignore[index]
+        except (KeyError, TypeError):
+            t = None
+        tasks = self._tasks
         cur = tasks.current
         if cur is not None and cur.fail_nth:
             tasks.current = None
@@ -559,19 +590,23 @@ class Machine:
                 return
             finally:
                 tasks.current = cur
-        d = self._dma_dev(dev)
+        if (t is not None and type(iova) is int and not iova >> 64
+                and (type(data) is bytes or type(data) is bytearray)
+                and len(data) <= 0x7FFF_F000  # MAX_RW_COUNT
+                and (pasid is None or (type(pasid) is int and pasid >= 0))
+                and not self._tracer.enabled):
+            device_dma_write(t[1], self._mem, t[0], iova, data, pasid)
+            return
+        d, hw = t or self._dma_target(dev)
         buf = _buffer(data, "data")
-        if not (type(iova) is int and 0 <= iova <= _U64 and len(buf) <= MAX_RW_COUNT
-                and (pasid is None or (type(pasid) is int and pasid >= 0))):
-            iova, pasid = self._dma_args(iova, len(buf), pasid)
-        hw = self.platform.iommus[d.iommu_name]
-        tracer = self.platform.tracer
+        iova, pasid = self._dma_args(iova, len(buf), pasid)
+        tracer = self._tracer
         if not tracer.enabled:
-            device_dma_write(hw, self.platform.mem, d, iova, buf, pasid)
+            device_dma_write(hw, self._mem, d, iova, buf, pasid)
             return
         p = "" if pasid is None else f" pasid {pasid}"
         with tracer.span("user", "dma_write", f"{d.name} iova {iova:#x} len {len(buf)}{p}"):
-            device_dma_write(hw, self.platform.mem, d, iova, buf, pasid)
+            device_dma_write(hw, self._mem, d, iova, buf, pasid)
 
     # -- teardown ------------------------------------------------------------------------
     def close_all(self) -> None:

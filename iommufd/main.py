@@ -14,9 +14,10 @@ Dispatch, in the kernel's order:
 
 from __future__ import annotations
 
+import ctypes
 import errno
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from iommu_core.errors import IommuError
 from iommu_core.platform.files import File, PfnRegion
@@ -110,7 +111,23 @@ def _build_table() -> tuple[tuple[uapi.IoctlDesc, Handler] | None, ...]:
     return tuple(table)
 
 
+def _untraced(handler: Handler) -> Handler:
+    """The handler under its ``@traced`` wrapper: what the wrapper calls while tracing is
+    off (the dispatcher calls it directly then, one call less)."""
+    return getattr(handler, "__wrapped__", handler)
+
+
 IOMMUFD_IOCTL_OPS = _build_table()
+#: The same rows with the handlers' untraced bodies.
+_UNTRACED_OPS = tuple(None if r is None else (r[0], _untraced(r[1])) for r in IOMMUFD_IOCTL_OPS)
+_NOPS = len(IOMMUFD_IOCTL_OPS)
+_CMD_BASE = uapi.IOMMUFD_CMD_BASE
+#: The table's requests exactly as defined -> (min size, struct, its size, untraced
+#: handler): the row found with one lookup (such a request cannot be ENOTTY or reach the
+#: VFIO path).
+_EXACT: dict[int, tuple[int, Any, int, Handler]] = {
+    r[0].request: (r[0].min_size, r[0].struct, ctypes.sizeof(r[0].struct), r[1])
+    for r in _UNTRACED_OPS if r is not None}
 
 #: Ioctls added at run time by :func:`iommufd_register_ioctl` (prototypes), by number.
 _EXTRA_IOCTL_OPS: dict[int, tuple[uapi.IoctlDesc, Handler]] = {}
@@ -137,25 +154,6 @@ def iommufd_register_ioctl(desc: uapi.IoctlDesc, handler: Handler) -> Callable[[
     return unregister
 
 
-def iommufd_fops_ioctl(ictx: IommufdCtx, request: int, arg: UserArg) -> int:
-    nr = uapi._IOC_NR(request)
-    idx = nr - uapi.IOMMUFD_CMD_BASE
-    row = _EXTRA_IOCTL_OPS.get(nr) if _EXTRA_IOCTL_OPS else None
-    if row is None:
-        if idx < 0 or idx >= len(IOMMUFD_IOCTL_OPS):
-            return iommufd_vfio_ioctl(ictx, request, arg)
-        row = IOMMUFD_IOCTL_OPS[idx]
-    size = arg.get_u32(0)
-    if row is None or row[0].request != request:
-        raise IommuError(errno.ENOTTY, f"unknown iommufd ioctl {request:#x}")
-    desc, handler = row
-    if size < desc.min_size:
-        raise IommuError(errno.EINVAL, f"{desc.name}: size {size} below the minimum "
-                         f"{desc.min_size}")
-    cmd = copy_struct_from_user(desc.struct, arg, size)
-    return handler(Ucmd(ictx, arg, size, cmd))
-
-
 class IommufdFile(File):
     """An open ``/dev/iommu``."""
 
@@ -168,7 +166,34 @@ class IommufdFile(File):
         self.ictx.file = self
 
     def ioctl(self, request: int, arg: UserArg) -> int:
-        return iommufd_fops_ioctl(self.ictx, request, arg)
+        """``iommufd_fops_ioctl``, in the order the module docstring gives."""
+        ictx = self.ictx
+        exact = _EXACT.get(request)
+        if exact is not None and not ictx.tracer.enabled:
+            min_size, ktype, ksize, fn = exact
+            size, cmd = arg.sized_struct(ktype, ksize)
+            if size >= min_size:
+                if cmd is None:
+                    cmd = copy_struct_from_user(ktype, arg, size)
+                return fn(Ucmd(ictx, arg, size, cmd))
+        nr = request & 0xFF  # _IOC_NR
+        idx = nr - _CMD_BASE
+        row = _EXTRA_IOCTL_OPS.get(nr) if _EXTRA_IOCTL_OPS else None
+        if row is None:
+            if idx < 0 or idx >= _NOPS:
+                return iommufd_vfio_ioctl(ictx, request, arg)
+            row = (_UNTRACED_OPS if not ictx.tracer.enabled else IOMMUFD_IOCTL_OPS)[idx]
+        size = arg.get_u32(0)
+        if row is None or row[0].request != request:
+            raise IommuError(errno.ENOTTY, f"unknown iommufd ioctl {request:#x}")
+        desc, handler = row
+        if size < desc.min_size:
+            raise IommuError(errno.EINVAL, f"{desc.name}: size {size} below the minimum "
+                             f"{desc.min_size}")
+        cmd = arg.copy_struct(desc.struct, size)
+        if cmd is None:
+            cmd = copy_struct_from_user(desc.struct, arg, size)
+        return handler(Ucmd(ictx, arg, size, cmd))
 
     def ioctl_by_value(self, request: int, value: int) -> int:
         return iommufd_vfio_ioctl(self.ictx, request, value)

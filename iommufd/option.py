@@ -38,7 +38,7 @@ def iommufd_option_rlimit_mode(cmd: uapi.iommu_option, ictx: IommufdCtx) -> None
 @traced("iommufd")
 def iommufd_option(ucmd: Ucmd) -> int:
     cmd: uapi.iommu_option = ucmd.cmd
-    if int(getattr(cmd, "__reserved")):
+    if getattr(cmd, "__reserved"):
         raise IommuError(errno.EOPNOTSUPP, "__reserved must be 0")
     if cmd.option_id == uapi.IOMMU_OPTION_RLIMIT_MODE:
         iommufd_option_rlimit_mode(cmd, ucmd.ictx)

@@ -16,7 +16,6 @@ Object lifetime follows the kernel exactly:
 
 from __future__ import annotations
 
-import ctypes
 import enum
 import errno
 import heapq
@@ -327,9 +326,7 @@ class Ucmd:
 
     def respond_field(self, field: str) -> None:
         """Copy back one field only (IOMMU_OPTION writes just ``val64``)."""
-        desc = getattr(type(self.cmd), field)
-        raw = ctypes.string_at(ctypes.addressof(self.cmd) + desc.offset, desc.size)
-        self.arg.write(desc.offset, raw)
+        self.arg.write_field(self.cmd, field)
 
 
 ULONG_MAX = (1 << 64) - 1

@@ -158,6 +158,13 @@ class MockIommuHw(IommuHardware):
         self.iotlb_size = iotlb_size
         #: (rid, pasid or -1, iova >> 11) -> (page base, perm, leaf address, had, did).
         self.iotlb: dict[tuple[int, int, int], tuple[int, int, int, bool, int]] = {}
+        #: The IOTLB as the DMA path reads it, by 4 KiB page: (device, pasid) -> {page:
+        #: (base, perm)} for each page whose two granules the IOTLB holds, contiguous,
+        #: after a device's DMA found them (without write permission when HAD: a write
+        #: hit marks the leaf dirty); dropped with either granule's entry.
+        self.dma_hits: dict[tuple[Device, int | None], dict[int, tuple[int, int]]] = {}
+        #: (rid, pasid or -1, page) -> the published map holding that page.
+        self._published: dict[tuple[int, int, int], dict[int, tuple[int, int]]] = {}
         self.dte_cache: dict[int, tuple[int, int, int, int]] = {}
         self.pasid_cache: dict[tuple[int, int], tuple[int, int]] = {}
         self.inv_done = 0
@@ -172,8 +179,19 @@ class MockIommuHw(IommuHardware):
 
     def _flush_all(self) -> None:
         self.iotlb.clear()
+        self.dma_hits.clear()
+        self._published.clear()
         self.dte_cache.clear()
         self.pasid_cache.clear()
+
+    def _drop(self, keys: list[tuple[int, int, int]]) -> None:
+        """IOTLB entries, and what was published from them."""
+        published = self._published
+        for k in keys:
+            del self.iotlb[k]
+            pub = published.pop((k[0], k[1], k[2] >> 1), None)
+            if pub is not None:
+                pub.pop(k[2] >> 1, None)
 
     def invalidate(self, cmd: int, arg: int) -> None:
         kind = cmd & 0xF
@@ -181,20 +199,17 @@ class MockIommuHw(IommuHardware):
             self._flush_all()
         elif kind == INV_DID:
             did = (cmd >> 16) & 0xFFFF
-            for k in [k for k, v in self.iotlb.items() if v[4] == did]:
-                del self.iotlb[k]
+            self._drop([k for k, v in self.iotlb.items() if v[4] == did])
         elif kind == INV_DEVICE:
             rid = arg & 0xFFFF
             self.dte_cache.pop(rid, None)
             for pk in [pk for pk in self.pasid_cache if pk[0] == rid]:
                 del self.pasid_cache[pk]
-            for k in [k for k in self.iotlb if k[0] == rid]:
-                del self.iotlb[k]
+            self._drop([k for k in self.iotlb if k[0] == rid])
         elif kind == INV_PASID:
             rid, pasid = arg & 0xFFFF, (arg >> 16) & 0xFFFFF
             self.pasid_cache.pop((rid, pasid), None)
-            for k in [k for k in self.iotlb if k[0] == rid and k[1] == pasid]:
-                del self.iotlb[k]
+            self._drop([k for k in self.iotlb if k[0] == rid and k[1] == pasid])
         if self.tracer.enabled:
             self.tracer.event("hw", "invalidate", f"{self.name} cmd {cmd:#x} arg {arg:#x}")
         self.inv_done += 1
@@ -264,6 +279,34 @@ class MockIommuHw(IommuHardware):
                 return base | (iova & (GRANULE - 1))
         return self._translate_slow(dev, pasid, iova, access, key)
 
+    def _publish(self, dev: Device, pasid: int | None, key: tuple[int, int, int]) -> None:
+        """Publish the 4 KiB page of ``key``'s granule if the IOTLB holds both its
+        granules, physically contiguous."""
+        rid, p, g = key
+        lo, hi = self.iotlb.get((rid, p, g & ~1)), self.iotlb.get((rid, p, g | 1))
+        if lo is None or hi is None or lo[0] & 0xFFF or hi[0] != lo[0] + GRANULE:
+            return
+        perm = lo[1] & hi[1]
+        if lo[3] or hi[3]:
+            perm &= ~ACCESS_WRITE
+        pub = self.dma_hits.get((dev, pasid))
+        if pub is None:
+            pub = self.dma_hits[(dev, pasid)] = {}
+        pk = (rid, p, g >> 1)
+        old = self._published.get(pk)
+        if old is not None and old is not pub:
+            old.pop(g >> 1, None)  # another device with this RID found it before
+        pub[g >> 1] = (lo[0], perm)
+        self._published[pk] = pub
+
+    def detach_device(self, dev: Device) -> None:
+        for hk in [hk for hk in self.dma_hits if hk[0] is dev]:
+            pub = self.dma_hits.pop(hk)
+            for page in pub:
+                k = (dev.rid, -1 if hk[1] is None else hk[1], page)
+                if self._published.get(k) is pub:
+                    del self._published[k]
+
     def _mark_dirty(self, leaf: int) -> None:
         fmt = formats.mock()
         pte = self.mem.read_u64(leaf)
@@ -289,9 +332,10 @@ class MockIommuHw(IommuHardware):
                               level=res.level, did=did)
         perm = (1 if res.readable else 0) | (2 if res.writable else 0)
         if len(self.iotlb) >= self.iotlb_size:
-            del self.iotlb[next(iter(self.iotlb))]
+            self._drop([next(iter(self.iotlb))])
         base = res.oa & ~(GRANULE - 1)
         self.iotlb[key] = (base, perm, res.desc_addr, had, did)
+        self._publish(dev, pasid, key)
         if self.tracer.enabled:
             self.tracer.event("hw", "walk", f"{dev.name} iova {iova:#x} -> {res.oa:#x} "
                               f"did {did} level {res.level}")

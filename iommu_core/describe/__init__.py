@@ -5,7 +5,8 @@
 * :mod:`~iommu_core.describe.hw_info` - an ``IOMMU_GET_HW_INFO`` payload field by field;
 * :mod:`~iommu_core.describe.view` - what a driver wrote for a device or a domain and how
   the hardware walked an address;
-* :mod:`~iommu_core.describe.teach` - the vendor's name, guest builders, scenario files;
+* :mod:`~iommu_core.describe.teach` - the vendor's name, guest builders, scenario files,
+  what the system bench needs;
 * :mod:`~iommu_core.describe.hookspec` - the hooks a driver implements;
 * :mod:`~iommu_core.describe.ops` - the typed facade the tools call.
 """
@@ -37,7 +38,7 @@ from iommu_core.describe.structure import (
     unknown_bits,
     unused_notes,
 )
-from iommu_core.describe.teach import GuestBuilder, ScenarioRef, VendorDesc
+from iommu_core.describe.teach import BenchDesc, GuestBuilder, ScenarioRef, VendorDesc
 from iommu_core.describe.view import (
     ConfigEntry,
     DeviceView,
@@ -51,6 +52,7 @@ from iommu_core.describe.view import (
 __all__ = [
     "CATEGORIES",
     "SUMMARY_KEYS",
+    "BenchDesc",
     "BitField",
     "ConfigEntry",
     "Decoded",

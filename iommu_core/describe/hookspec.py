@@ -29,7 +29,7 @@ from iommu_core.hookspec import hookspec
 if TYPE_CHECKING:
     from iommu_core.describe.hw_info import HwInfoDesc
     from iommu_core.describe.structure import Structure
-    from iommu_core.describe.teach import GuestBuilder, ScenarioRef, VendorDesc
+    from iommu_core.describe.teach import BenchDesc, GuestBuilder, ScenarioRef, VendorDesc
     from iommu_core.describe.view import DeviceView, DomainView
     from iommu_core.domain import IommuDomain
     from iommu_core.platform.bus import Device
@@ -100,3 +100,10 @@ def describe_scenarios() -> list[ScenarioRef]:
     """The scenario files the driver ships (``iommu-sim run --list``). The one marked
     ``tour`` is the driver's tour: its ``[chapters]`` are the steps of ``iommu-sim tour``
     for this vendor (see the docs on adding a chapter)."""
+
+
+@hookspec(firstresult=True)
+def describe_bench() -> BenchDesc:
+    """What the system bench needs from the driver: unit options for its Machines and
+    the driver's own measurements (see :class:`~iommu_core.describe.teach.BenchDesc`).
+    Without it the bench measures the driver with its generic measurements only."""

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from iommu_core.describe.hw_info import HwInfoDesc
 from iommu_core.describe.structure import Structure
-from iommu_core.describe.teach import GuestBuilder, ScenarioRef, VendorDesc
+from iommu_core.describe.teach import BenchDesc, GuestBuilder, ScenarioRef, VendorDesc
 from iommu_core.describe.view import DeviceView, DomainView
 
 if TYPE_CHECKING:
@@ -112,6 +112,14 @@ class DescribeOps:
     def tour(self) -> ScenarioRef | None:
         """The scenario that is this driver's tour (None: the driver has none)."""
         return next((s for s in self.scenarios() if s.tour), None)
+
+    def bench(self) -> BenchDesc:
+        """What the system bench needs from the driver (empty when it says nothing)."""
+        if self.ops.implements("describe_bench"):
+            b = self.hook.describe_bench()
+            if isinstance(b, BenchDesc):
+                return b
+        return BenchDesc()
 
     def __repr__(self) -> str:
         return f"<DescribeOps {self.ops.name}>"

@@ -1,5 +1,6 @@
 """How a driver introduces itself to the teaching tools: its name for people, the guest
-structures it can build for nested scenarios, and the scenario files it ships (its tour).
+structures it can build for nested scenarios, the scenario files it ships (its tour), and
+what the system bench needs from it.
 """
 
 from __future__ import annotations
@@ -7,12 +8,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from importlib.resources.abc import Traversable
 from pathlib import Path
+from typing import Any
 
 import attrs
 
 from iommu_core.pgtable import IoPageTable
 
-__all__ = ["GuestBuilder", "ScenarioRef", "VendorDesc"]
+__all__ = ["BenchDesc", "GuestBuilder", "ScenarioRef", "VendorDesc"]
 
 
 @attrs.frozen
@@ -55,3 +57,26 @@ class ScenarioRef:
     name: str
     path: Path | Traversable
     tour: bool = False
+
+
+#: ``make_machine(config)``: a Machine from a config mapping (drivers never import it).
+MakeMachine = Callable[[Mapping[str, Any]], Any]
+
+
+@attrs.frozen
+class BenchDesc:
+    """What a driver gives the system bench (``python -m iommu_sim.bench``).
+
+    ``options``: the unit's Machine options in every bench Machine (a TLB large enough
+    for the 65,536 pages the invalidation bench caches, say). ``run(make_machine,
+    quick)``: the driver's own measurements through the Machine ABI (ioctls and DMA),
+    for what needs the vendor's structures, such as ``nested_miss_vs_paging_miss`` (a
+    guest's stage-1 table and the vendor's nested HWPT data); it returns figures by key,
+    ratios measured in one process against a floor measured in the same run. ``keys``:
+    the keys ``run`` returns; the bench takes them from the driver instead of measuring
+    them itself.
+    """
+
+    options: Mapping[str, Any] = attrs.field(factory=dict)
+    run: Callable[[MakeMachine, bool], Mapping[str, Any]] | None = None
+    keys: tuple[str, ...] = ()

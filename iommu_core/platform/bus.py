@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -26,6 +27,71 @@ def parse_bdf(name: str) -> tuple[int, int] | None:
     if dev > 0x1F:
         return None
     return seg, (bus << 8) | (dev << 3) | fn
+
+
+class DeviceProps(dict[str, Any]):
+    """A device's properties: bus flags and the endpoint's own state (the capability
+    control bits a driver sets in its config space: ATS Enable, PRI Enable...).
+
+    A change calls ``on_change`` (the IOMMU unit the device sits behind: what it
+    derived from the old state, such as translations through the device's ATC, goes)."""
+
+    __slots__ = ("on_change",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.on_change: Callable[[], None] | None = None
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        old = self.get(key, _ABSENT)
+        super().__setitem__(key, value)
+        if old is _ABSENT or old != value:
+            self._changed()
+
+    def __delitem__(self, key: str) -> None:
+        super().__delitem__(key)
+        self._changed()
+
+    def pop(self, key: str, *default: Any) -> Any:
+        had = key in self
+        v = super().pop(key, *default)
+        if had:
+            self._changed()
+        return v
+
+    def popitem(self) -> tuple[str, Any]:
+        kv = super().popitem()
+        self._changed()
+        return kv
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        if key in self:
+            return self[key]
+        self[key] = default
+        return default
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        super().update(*args, **kwargs)
+        self._changed()
+
+    def clear(self) -> None:
+        super().clear()
+        self._changed()
+
+    def __ior__(self, other: Any) -> DeviceProps:  # type: ignore[override,misc]
+        self.update(other)
+        return self
+
+
+_ABSENT = object()
+
+
+def _props(value: Any) -> DeviceProps:
+    return value if isinstance(value, DeviceProps) else DeviceProps(value)
 
 
 @attrs.define(eq=False)
@@ -60,8 +126,9 @@ class Device:
     #: The DMA engine (:mod:`~iommu_core.platform.dma_engine`) at BAR0: None (the default)
     #: means yes unless the config gives its own ``bars``.
     dma_engine: bool | None = None
-    #: Bus-specific extra properties (e.g. selftest device flags).
-    props: dict[str, Any] = attrs.field(factory=dict)
+    #: Bus-specific extra properties (e.g. selftest device flags) and the endpoint's
+    #: capability control state.
+    props: DeviceProps = attrs.field(factory=DeviceProps, converter=_props)
     #: Name of the IOMMU hardware instance this device sits behind (the wiring).
     iommu_name: str = ""
     #: Set by the IOMMU core at probe: ``struct dev_iommu`` and the group.

@@ -13,6 +13,7 @@ from types import MappingProxyType
 from typing import Any
 
 from iommu_core.platform.bus import Device
+from iommu_core.platform.memory import PhysicalMemory
 
 ACCESS_READ = 1
 ACCESS_WRITE = 2
@@ -112,11 +113,25 @@ class IommuHardware(abc.ABC):
 
     The Machine hands a device's transactions to :meth:`dma_translate`; everything else
     the model knows it read from registers and memory the driver programmed.
+
+    A model may also publish the translations it holds in :attr:`dma_hits`, so that a DMA
+    that hits costs a dict lookup and a memory copy (see ``device_dma_read``).
     """
 
     name: str
-    #: Smallest translation granule: a translation holds to the end of its granule.
+    #: Smallest translation granule: a translation holds to the end of its granule
+    #: (at most a page: a granule never spans two frames).
     granule: int = 4096
+    #: The DMA hit cache, owned by the model: ``(device, pasid)`` -> {``iova >> 12``: (the
+    #: physical address of that 4 KiB page, the ACCESS_* bits a hit may use)}. Every
+    #: entry is what :meth:`dma_translate` would return now for every address of the
+    #: page, without side effects (no event, no A/D update, no page request), and goes
+    #: when the model's own cache entries it derives from go (an invalidation, an
+    #: eviction, a configuration change): stale exactly as long as the model's TLB is. A
+    #: model whose granule is smaller publishes a page only while it caches all of it.
+    #: Models that publish nothing leave the empty default.
+    dma_hits: Mapping[tuple[Device, int | None], Mapping[int, tuple[int, int]]] = (
+        MappingProxyType({}))
     #: Register windows the driver may map, by resource name.
     mmio: dict[str, Mmio]
     #: Interrupt lines, by name (e.g. "evtq", "priq", "gerror", "cmdq-sync").
@@ -137,37 +152,99 @@ class IommuHardware(abc.ABC):
     def detach_device(self, dev: Device) -> None:  # noqa: B027 - optional wiring hook
         """Unwire a device (hot-unplug)."""
 
+    def device_changed(self, dev: Device) -> None:  # noqa: B027 - optional wiring hook
+        """The endpoint's own state changed (a write to its ``props``: ATS Enable, PRI
+        Enable...): a model whose translations depend on it drops what it published in
+        :attr:`dma_hits` for ``dev``."""
 
-def device_dma_read(hw: IommuHardware, mem: Any, dev: Device, iova: int, n: int,
+
+# One DMA: a hit inside one 4 KiB page costs the hit cache's two lookups, the frame's
+# lookup and one copy; the rest (a miss, a never-written frame, a window's first access,
+# an access across pages) takes the general path through ``dma_translate`` and
+# PhysicalMemory.
+def device_dma_read(hw: IommuHardware, mem: PhysicalMemory, dev: Device, iova: int, n: int,
                     pasid: int | None = None) -> bytes:
     """A device reads ``n`` bytes at ``iova``: one translation per granule, then memory."""
+    o = iova & 0xFFF
+    if o + n <= 0x1000:
+        hits = hw.dma_hits.get((dev, pasid))
+        if hits is not None:
+            e = hits.get(iova >> 12)
+            if e is not None and e[1] & ACCESS_READ:
+                f = mem.frames.get(e[0] >> 12)
+                if f is not None:
+                    piece = f[o : o + n] if n != 0x1000 else f
+                    try:
+                        return piece.tobytes()  # type: ignore[no-any-return]
+                    except AttributeError:  # a frame that is not a memoryview
+                        return bytes(piece)
+                return mem.read(e[0] | o, n)
+    # Several pages (or granules), or a miss: every piece translated, then read.
     g = hw.granule
+    frames = mem.frames
+    hits = hw.dma_hits.get((dev, pasid))
     out = bytearray()
-    translate = hw.dma_translate
-    read = mem.read
     while n > 0:
-        chunk = min(n, g - (iova & (g - 1)))
-        out += read(translate(dev, pasid, iova, ACCESS_READ), chunk)
+        o = iova & 0xFFF
+        chunk = 0x1000 - o if g == 0x1000 else g - (iova & (g - 1))
+        if chunk > n:
+            chunk = n
+        e = hits.get(iova >> 12) if hits is not None else None
+        if e is not None and e[1] & ACCESS_READ:
+            pa = e[0] | o
+        else:
+            pa = hw.dma_translate(dev, pasid, iova, ACCESS_READ)
+            hits = hw.dma_hits.get((dev, pasid))  # it may have published the page
+        f = frames.get(pa >> 12)
+        if f is not None:
+            o = pa & 0xFFF
+            out += f[o : o + chunk]
+        else:
+            out += mem.read(pa, chunk)
         iova += chunk
         n -= chunk
     return bytes(out)
 
 
-def device_dma_write(hw: IommuHardware, mem: Any, dev: Device, iova: int,
+def device_dma_write(hw: IommuHardware, mem: PhysicalMemory, dev: Device, iova: int,
                      data: bytes | bytearray | memoryview, pasid: int | None = None) -> None:
     """A device writes ``data`` at ``iova``. Every granule is translated first, so a
     fault anywhere writes nothing."""
+    n = len(data)
+    o = iova & 0xFFF
+    if o + n <= 0x1000:
+        hits = hw.dma_hits.get((dev, pasid))
+        if hits is not None:
+            e = hits.get(iova >> 12)
+            if e is not None and e[1] & ACCESS_WRITE:
+                f = mem.frames.get(e[0] >> 12)
+                if f is not None:
+                    f[o : o + n] = data
+                else:
+                    mem.write(e[0] | o, data)
+                return
     g = hw.granule
     mv = memoryview(data)
+    hits = hw.dma_hits.get((dev, pasid))
     pieces = []
     pos = 0
-    while pos < len(mv):
-        chunk = min(len(mv) - pos, g - (iova & (g - 1)))
-        pieces.append((hw.dma_translate(dev, pasid, iova, ACCESS_WRITE), pos, chunk))
+    while pos < n:
+        o = iova & 0xFFF
+        chunk = 0x1000 - o if g == 0x1000 else g - (iova & (g - 1))
+        if chunk > n - pos:
+            chunk = n - pos
+        e = hits.get(iova >> 12) if hits is not None else None
+        if e is not None and e[1] & ACCESS_WRITE:
+            pa = e[0] | o
+        else:
+            pa = hw.dma_translate(dev, pasid, iova, ACCESS_WRITE)
+            hits = hw.dma_hits.get((dev, pasid))
+        pieces.append((pa, pos, chunk))
         iova += chunk
         pos += chunk
+    write = mem.write
     for pa, p, c in pieces:
-        mem.write(pa, mv[p : p + c])
+        write(pa, mv[p : p + c])
 
 
 class DmaPort:

@@ -136,11 +136,13 @@ class FileTable:
     is ready, as the kernel does when it writes an fd into an ioctl's response first.
     """
 
-    __slots__ = ("_files", "_reserved", "chrdevs", "nofile")
+    __slots__ = ("_reserved", "chrdevs", "fdt", "nofile")
 
     def __init__(self, chrdevs: dict[str, Opener] | None = None,
                  first_fd: int = 3) -> None:
-        self._files: dict[int, File] = {}
+        #: The open files by number (``files->fdt``); read it, change it through the
+        #: methods.
+        self.fdt: dict[int, File] = {}
         #: Numbers taken by get_unused_fd and not yet installed; 0-2 are stdio.
         self._reserved: set[int] = set(range(first_fd))
         #: Device nodes: path -> opener (shared by every task of one machine).
@@ -149,7 +151,7 @@ class FileTable:
 
     def get_unused_fd(self) -> int:
         fd = 0
-        while fd in self._files or fd in self._reserved:
+        while fd in self.fdt or fd in self._reserved:
             fd += 1
         if fd >= self.nofile:
             raise IommuError(errno.EMFILE, "too many open files")
@@ -162,7 +164,7 @@ class FileTable:
     def fd_install(self, fd: int, f: File) -> None:
         """Install ``f`` at a reserved number; the table takes the caller's reference."""
         self._reserved.discard(fd)
-        self._files[fd] = f
+        self.fdt[fd] = f
 
     def install(self, f: File) -> int:
         """``get_unused_fd`` + ``fd_install``; the table takes the caller's reference."""
@@ -172,13 +174,13 @@ class FileTable:
 
     def get(self, fd: int) -> File:
         """The file behind ``fd`` (borrowed for the syscall; ``get_file`` to keep it)."""
-        f = self._files.get(fd) if isinstance(fd, int) else None
+        f = self.fdt.get(fd) if isinstance(fd, int) else None
         if f is None:
             raise IommuError(errno.EBADF, f"fd {fd} is not open")
         return f
 
     def close(self, fd: int) -> None:
-        f = self._files.pop(fd, None) if isinstance(fd, int) else None
+        f = self.fdt.pop(fd, None) if isinstance(fd, int) else None
         if f is None:
             raise IommuError(errno.EBADF, f"fd {fd} is not open")
         f.fput()
@@ -187,7 +189,7 @@ class FileTable:
         f = self.get(fd)
         if newfd is None:
             newfd = self.get_unused_fd()
-        elif newfd in self._files:
+        elif newfd in self.fdt:
             self.close(newfd)
         f.get_file()
         self.fd_install(newfd, f)
@@ -198,19 +200,19 @@ class FileTable:
         child = FileTable(self.chrdevs, first_fd=0)
         child._reserved = {fd for fd in self._reserved if fd < 3}
         child.nofile = self.nofile
-        for fd, f in self._files.items():
+        for fd, f in self.fdt.items():
             f.get_file()
-            child._files[fd] = f
+            child.fdt[fd] = f
         return child
 
     def close_all(self) -> None:
         """``exit_files``: every descriptor is closed."""
-        for fd in sorted(self._files):
-            f = self._files.pop(fd)
+        for fd in sorted(self.fdt):
+            f = self.fdt.pop(fd)
             f.fput()
 
     def open_fds(self) -> list[int]:
-        return sorted(self._files)
+        return sorted(self.fdt)
 
     def __contains__(self, fd: object) -> bool:
-        return fd in self._files
+        return fd in self.fdt

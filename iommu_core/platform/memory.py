@@ -2,8 +2,9 @@
 
 A frame is created on first write; reads of a never-written frame return zeros and
 allocate nothing, so zero-filled memory costs nothing until written. A frame's storage is
-any writable buffer of 4 KiB: a ``bytearray`` of our own, or a view of memory that lives
-elsewhere — a page of a file mapped into this process (a program's shared memory under
+any writable buffer of 4 KiB: a ``memoryview`` of a ``bytearray`` of our own (a slice of a
+view copies once, into the bytes a reader gets), a ``bytearray``, or a view of memory
+that lives elsewhere — a page of a file mapped into this process (a program's shared memory under
 ``iommu-sim exec``), or a proxy of a page in another process. Such outside memory is
 attached as a *window* over a range of frame numbers; a frame of a window is looked up on
 first access and then cached like any other.
@@ -20,6 +21,14 @@ PAGE_SIZE = 1 << PAGE_SHIFT
 PAGE_MASK = PAGE_SIZE - 1
 
 _ZERO_PAGE = bytes(PAGE_SIZE)
+
+
+def as_bytes(piece: Any) -> bytes:
+    """A piece sliced from a frame, as bytes (one copy from a view)."""
+    try:
+        return piece.tobytes()  # type: ignore[no-any-return]
+    except AttributeError:
+        return bytes(piece)
 
 
 class FrameWindow(Protocol):
@@ -59,7 +68,7 @@ class PhysicalMemory:
         """The frame's storage, created zeroed if absent (for writers)."""
         f = self._lookup(pfn)
         if f is None:
-            f = self.frames[pfn] = bytearray(PAGE_SIZE)
+            f = self.frames[pfn] = memoryview(bytearray(PAGE_SIZE))
         return f
 
     def clear_frames(self, pfn: int, count: int = 1) -> None:
@@ -98,7 +107,7 @@ class PhysicalMemory:
                 f = self._lookup(pa >> PAGE_SHIFT)
                 if f is None:
                     return bytes(n)
-            return bytes(f[off : off + n])
+            return as_bytes(f[off : off + n])
         out = bytearray()
         while n > 0:
             chunk = min(n, PAGE_SIZE - (pa & PAGE_MASK))
@@ -134,7 +143,7 @@ class PhysicalMemory:
                     self.frame(dst_pfn + i)[0:PAGE_SIZE] = bytes(f[0:PAGE_SIZE])
             return
         for p in [p for p in frames if src_pfn <= p < src_pfn + count]:
-            frames[dst_pfn + (p - src_pfn)] = bytearray(frames[p][0:PAGE_SIZE])
+            frames[dst_pfn + (p - src_pfn)] = memoryview(bytearray(frames[p][0:PAGE_SIZE]))
 
     # -- little-endian scalars (naturally aligned accesses never cross a frame) ----------
     def read_u32(self, pa: int) -> int:

@@ -4,6 +4,7 @@ behind them (what ACPI/DT firmware would describe)."""
 from __future__ import annotations
 
 import errno
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -45,6 +46,8 @@ class Platform:
         self.alloc.should_fail = self._should_fail_page
         self.iommus: dict[str, IommuHardware] = {}
         self.devices: dict[str, Device] = {}
+        #: Device name -> (the device, the unit it sits behind): a DMA's one lookup.
+        self.dma_targets: dict[str, tuple[Device, IommuHardware]] = {}
         #: The processes, and ``current``.
         self.tasks = TaskTable()
         #: Device nodes: path -> opener (registered by the subsystems that own them).
@@ -114,11 +117,16 @@ class Platform:
             raise IommuError(errno.ENODEV, f"device {dev.name!r}: no IOMMU named "
                              f"{dev.iommu_name!r}")
         self.devices[dev.name] = dev
+        self.dma_targets[dev.name] = (dev, hw)
         dev.dma_port = DmaPort(hw, self.mem, self.tracer)
         hw.attach_device(dev)
+        dev.props.on_change = functools.partial(hw.device_changed, dev)
 
     def remove_device(self, dev: Device) -> None:
-        self.devices.pop(dev.name, None)
+        if self.devices.get(dev.name) is dev:
+            del self.devices[dev.name]
+            del self.dma_targets[dev.name]
+        dev.props.on_change = None
         dev.dma_port = None
         hw = self.iommus.get(dev.iommu_name)
         if hw is not None:

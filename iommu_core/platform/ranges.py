@@ -26,11 +26,14 @@ V = TypeVar("V")
 class RangeMap(Generic[V]):
     """Disjoint ``[start, end) -> value`` runs, coalesced."""
 
-    __slots__ = ("_linear", "_runs")
+    __slots__ = ("_hint", "_linear", "_runs")
 
     def __init__(self, linear: bool = False) -> None:
         self._runs: SortedDict[int, tuple[int, Any]] = SortedDict()
         self._linear = linear
+        #: The run :meth:`get` found last, (start, end, value): repeated lookups in one
+        #: run (small copies from one page) skip the search. Every update clears it.
+        self._hint: tuple[int, int, Any] | None = None
 
     # -- queries ------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -42,14 +45,17 @@ class RangeMap(Generic[V]):
 
     def get(self, point: int, default: V | None = None) -> V | None:
         """The value at ``point`` (for a linear map, the value of that position)."""
-        runs = self._runs
-        idx = runs.bisect_right(point) - 1
-        if idx < 0:
-            return default
-        s, (e, v) = runs.peekitem(idx)
-        if point >= e:
-            return default
-        return v + (point - s) if self._linear else v  # type: ignore[no-any-return]
+        h = self._hint
+        if h is None or not h[0] <= point < h[1]:
+            runs = self._runs
+            idx = runs.bisect_right(point) - 1
+            if idx < 0:
+                return default
+            s, (e, v) = runs.peekitem(idx)
+            if point >= e:
+                return default
+            h = self._hint = (s, e, v)
+        return h[2] + (point - h[0]) if self._linear else h[2]  # type: ignore[no-any-return]
 
     def run_at(self, point: int) -> tuple[int, int, V] | None:
         """The run holding ``point``: (start, end, value at start)."""
@@ -121,6 +127,7 @@ class RangeMap(Generic[V]):
     # -- updates ------------------------------------------------------------------------
     def _cut(self, point: int) -> None:
         """Make ``point`` a run boundary (split the run straddling it)."""
+        self._hint = None
         runs = self._runs
         idx = runs.bisect_right(point) - 1
         if idx < 0:
@@ -132,6 +139,7 @@ class RangeMap(Generic[V]):
 
     def _merge_at(self, point: int) -> None:
         """Coalesce the runs ending and starting at ``point`` if their values continue."""
+        self._hint = None
         runs = self._runs
         right = runs.get(point)
         if right is None:
@@ -149,6 +157,7 @@ class RangeMap(Generic[V]):
 
     def remove(self, start: int, end: int) -> list[tuple[int, int, V]]:
         """Forget ``[start, end)``; returns the pieces that were there."""
+        self._hint = None
         if start >= end:
             return []
         self._cut(start)
@@ -166,6 +175,7 @@ class RangeMap(Generic[V]):
         if start >= end:
             return
         self.remove(start, end)
+        self._hint = None
         self._runs[start] = (end, value)
         self._merge_at(end)
         self._merge_at(start)
@@ -177,6 +187,7 @@ class RangeMap(Generic[V]):
             return []
         if self._linear:
             raise TypeError("add() is for counter maps")
+        self._hint = None
         self._cut(start)
         self._cut(end)
         runs = self._runs
@@ -204,6 +215,7 @@ class RangeMap(Generic[V]):
         return zeroed
 
     def clear(self) -> None:
+        self._hint = None
         self._runs.clear()
 
     def copy(self) -> RangeMap[V]:

@@ -20,7 +20,13 @@ from sortedcontainers import SortedDict
 
 from iommu_core.errors import IommuError
 from iommu_core.platform.files import File, PageCacheRegion, PfnRegion, VmRegion
-from iommu_core.platform.memory import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, PhysicalMemory
+from iommu_core.platform.memory import (
+    PAGE_MASK,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    PhysicalMemory,
+    as_bytes,
+)
 from iommu_core.platform.mm import HPAGE_NR, HPAGE_SIZE, MMAP_TOP, TASK_SIZE, MmStruct, efault
 from iommu_core.platform.page_alloc import PageAllocator, PfnRun
 from iommu_core.platform.ranges import RangeMap
@@ -238,6 +244,9 @@ class SimMm(MmStruct):
         super().__init__(mem, alloc)
         self._vmas: SortedDict[int, Vma] = SortedDict()
         self._mmap_base = MMAP_TOP
+        #: The VMA found last (``vmacache``): small user copies hit it. A VMA leaving
+        #: the tree clears it; a split changes the VMA in place.
+        self._hint: Vma | None = None
 
     # -- placing mappings -----------------------------------------------------------------
     def _place(self, length: int, addr: int | None, align: int) -> int:
@@ -331,10 +340,12 @@ class SimMm(MmStruct):
             if vma.end > end:
                 self._split(vma, end)
             del self._vmas[vma.start]
+            self._hint = None
             self._drop(vma, vma.start, vma.end)
             self._close(vma)
 
     def exit_mmap(self) -> None:
+        self._hint = None
         for vma in list(self._vmas.values()):
             del self._vmas[vma.start]
             self._drop(vma, vma.start, vma.end)
@@ -360,12 +371,18 @@ class SimMm(MmStruct):
         return None if v is None else (v.start, v.end)
 
     def _find(self, va: int) -> Vma | None:
+        v = self._hint
+        if v is not None and v.start <= va < v.end:
+            return v
         vmas = self._vmas
         idx = vmas.bisect_right(va) - 1
         if idx < 0:
             return None
         v = vmas.peekitem(idx)[1]
-        return v if va < v.end else None
+        if va < v.end:
+            self._hint = v
+            return v
+        return None
 
     def is_mapped(self, va: int) -> bool:
         return self._find(va) is not None
@@ -391,6 +408,18 @@ class SimMm(MmStruct):
 
     # -- uaccess --------------------------------------------------------------------------
     def read(self, va: int, n: int) -> bytes:
+        if n > 0 and va >= 0 and (va & PAGE_MASK) + n <= PAGE_SIZE:
+            # Inside one page of private memory (an ioctl's struct): its frame, directly.
+            v = self._find(va)
+            if v is not None and type(v.obj) is AnonObject:
+                pfn = v.obj.pages.get(v.pgoff + ((va - v.start) >> PAGE_SHIFT))
+                if pfn is None:
+                    return bytes(n)
+                f = self.mem.frames.get(pfn)
+                if f is not None:
+                    o = va & PAGE_MASK
+                    return as_bytes(f[o : o + n])
+                return self.mem.read((pfn << PAGE_SHIFT) | (va & PAGE_MASK), n)
         if n < 0 or va < 0:
             raise efault(va)
         if n == 0:
@@ -417,6 +446,19 @@ class SimMm(MmStruct):
         return bytes(out)
 
     def write(self, va: int, data: bytes | bytearray | memoryview) -> None:
+        n = len(data) if type(data) is bytes or type(data) is bytearray else 0
+        if n > 0 and va >= 0 and (va & PAGE_MASK) + n <= PAGE_SIZE:
+            v = self._find(va)
+            if v is not None and type(v.obj) is AnonObject:
+                pfn = v.obj.pages.get(v.pgoff + ((va - v.start) >> PAGE_SHIFT))
+                if pfn is not None:  # present: no fault to take
+                    f = self.mem.frames.get(pfn)
+                    if f is not None:
+                        o = va & PAGE_MASK
+                        f[o : o + n] = data
+                    else:
+                        self.mem.write((pfn << PAGE_SHIFT) | (va & PAGE_MASK), data)
+                    return
         if va < 0:
             raise efault(va)
         mv = memoryview(data).cast("B")

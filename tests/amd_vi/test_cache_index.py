@@ -105,6 +105,20 @@ def naive(state: State, words: tuple[int, ...]) -> State:
     return dtes, norm(tlb), norm(hpde), norm(gpde), gcr3
 
 
+def check_published(hw: AmdIommuHw) -> None:
+    """What the DMA path reads: copies of IOTLB entries found through the device's cached
+    DTE; a write only where the entry lets a write hit."""
+    for (dev, pasid), pages in hw.dma_hits.items():
+        d = hw._dte_cache.get(dev.rid)
+        assert d is not None, dev
+        tag = d.nopasid_tag if pasid is None else d.domid | ((pasid + 1) << 16)
+        assert hw._hit_tag[(dev, pasid)] == tag
+        for vpn, (pa, perm) in pages.items():
+            e = hw._iotlb[tag][vpn]
+            assert pa == e & ~0xFFF
+            assert perm == (ACCESS_READ if e & 1 else 0) | (ACCESS_WRITE if e & 6 == 6 else 0)
+
+
 class World:
     """A nested device on a v1 nest parent (guest GCR3 and v2 table in guest RAM), and a
     second device on its own v1 paging domain."""
@@ -121,6 +135,7 @@ class World:
             want = naive(snapshot(hw), words)
             ok = real(words)
             assert snapshot(hw) == want, f"after {words}"
+            check_published(hw)
             self.checked += 1
             return ok
 
@@ -160,6 +175,7 @@ class World:
         dev, base = ((self.dev, GVA), (self.dev1, VA1))[who]
         with contextlib.suppress(DmaFault):
             self.hw.dma_translate(dev, None, base + page * PAGE_SIZE + 8, access)
+        check_published(self.hw)
 
     def guest_leaf(self, page: int, data: int) -> None:
         """The guest points a leaf at another of its pages (no invalidation yet)."""

@@ -11,11 +11,15 @@ caches were indexed). After every step:
 * every fast-path entry still has its source: the TLB or ATC entry it came from is
   cached with the same translation, and no configuration invalidation of its
   StreamID/SSID happened since it was made;
-* the TLB's indexes agree with each other and the capacity holds.
+* the TLB's indexes agree with each other and the capacity holds;
+* what the fast path published for the DMA path (``dma_hits``, per device and SSID) is a
+  subset of the fast path for the device's StreamID and its ATS state now: a change of
+  the endpoint's ATS Enable drops the device's published map.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +29,8 @@ from hypothesis import strategies as st
 from drivers.arm_smmu_v3.hw.config import SmmuHwConfig
 from drivers.arm_smmu_v3.hw.model import SmmuV3Hardware
 from drivers.arm_smmu_v3.hw.tlb import GLOBAL_ASID, NESTED, NO_ASID, STAGE1, STAGE2, TlbEntry
+from drivers.arm_smmu_v3.pci import PCI_ATS_ENABLED
+from iommu_core.platform.bus import Device, make_pci_device
 from iommu_core.platform.platform import Platform
 
 PAGE = 4096
@@ -102,9 +108,12 @@ tlb_fill = st.tuples(st.just("tlb"), st.sampled_from(TAGS), st.integers(0, NPAGE
                      st.sampled_from(SIZES), st.integers(0, 3), st.sampled_from((1, 3, 7)))
 atc_fill = st.tuples(st.just("atc"), st.sampled_from(SIDS), st.sampled_from((-1, 0, 1)),
                      st.integers(0, NPAGES - 1), st.integers(0, 3))
-# A fast-path entry from the n-th cached TLB (or ATC) entry, for a StreamID and SSID.
+# A fast-path entry from the n-th cached TLB (or ATC) entry, for a StreamID and SSID
+# (published for the StreamID's device when its ATS state is the entry's).
 fast = st.tuples(st.just("fast"), st.sampled_from(SIDS), st.sampled_from(SSIDS),
                  st.integers(0, 1 << 16), st.booleans())
+# The endpoint of a StreamID turns ATS on or off.
+flip = st.tuples(st.just("flip"), st.sampled_from(SIDS))
 addr = st.integers(0, NPAGES - 1).map(lambda p: p * PAGE)
 rng = st.one_of(st.just((0, 0, 0)),  # TG=0: one address
                 st.tuples(st.integers(1, 3), st.integers(0, 5), st.integers(0, 7)),
@@ -117,11 +126,14 @@ atc_inv = st.tuples(st.just("atc_inv"), st.sampled_from(SIDS), st.sampled_from(S
 cfgi = st.tuples(st.just("cfgi"), st.sampled_from(["STE", "CD", "CD_ALL", "ALL", "STE_RANGE"]),
                  st.sampled_from(SIDS), st.integers(0, 1), st.booleans())
 ops = st.lists(st.one_of(tlb_fill, tlb_fill, atc_fill, atc_fill, fast, fast, fast, tlbi,
-                         atc_inv, cfgi, cfgi), min_size=10, max_size=60)
+                         atc_inv, cfgi, cfgi, flip), min_size=10, max_size=60)
 
 
 def run(seq: list[tuple[Any, ...]], capacity: int) -> None:
     hw = SmmuV3Hardware("p0", SmmuHwConfig(tlb_entries=capacity), Platform())
+    devs = {sid: make_pci_device(f"0000:00:0{sid}.0", "p0", stream_id=sid) for sid in SIDS}
+    for d in devs.values():
+        d.props.on_change = functools.partial(hw.device_changed, d)
     ref = Reference()
     #: fast key -> (what it was derived from, still valid per the reference)
     sources: dict[tuple[Any, ...], tuple[str, Any]] = {}
@@ -145,7 +157,7 @@ def run(seq: list[tuple[Any, ...]], capacity: int) -> None:
                 hit = hw.atc.lookup(asid_, assid, page * PAGE)
                 assert hit is not None
                 key = (asid_, None if assid < 0 else assid, page, True)
-                hw.fast.add(key, (hit[0], hit[1] | 8), None)
+                hw.fast.add(key, (hit[0], hit[1] | 8), None, _dev(devs, asid_, True))
                 sources[key] = ("atc", (asid_, assid, page, hit))
                 dead.discard(key)
             elif not from_atc and ref.tlb:
@@ -153,9 +165,12 @@ def run(seq: list[tuple[Any, ...]], capacity: int) -> None:
                 e = hw.tlb.tags[tag].pages.get(page) if tag in hw.tlb.tags else None
                 if e is not None:  # (evicted when the capacity is small)
                     key = (sid, ssid, page, False)
-                    hw.fast.add(key, (e.pa, e.perms | 8), e)
+                    hw.fast.add(key, (e.pa, e.perms | 8), e, _dev(devs, sid, False))
                     sources[key] = ("tlb", (tag, page, (e.va, e.size, e.pa, e.perms)))
                     dead.discard(key)
+        elif kind == "flip":
+            d = devs[op[1]]
+            d.props[PCI_ATS_ENABLED] = not d.props.get(PCI_ATS_ENABLED, False)
         elif kind == "tlbi":
             cmd, match, lo, hi = tlbi_command(*op[1:])
             assert hw.cmd.execute(*cmd, 0) == 0, (op, cmd)
@@ -191,6 +206,28 @@ def run(seq: list[tuple[Any, ...]], capacity: int) -> None:
                 gone = set(sources)
             dead |= gone
         check(hw, ref, sources, dead, capacity)
+        check_published(hw)
+
+
+def _dev(devs: dict[int, Device], sid: int, ats: bool) -> Device | None:
+    """The device that made a fast-path entry of ``sid`` with ATS ``ats``: the one behind
+    the StreamID if its ATS state is that (the model only publishes what it found for
+    the device's DMA)."""
+    d = devs[sid]
+    return d if bool(d.props.get(PCI_ATS_ENABLED, False)) == ats else None
+
+
+def check_published(hw: SmmuV3Hardware) -> None:
+    fast = hw.fast
+    assert hw.dma_hits is fast.hits
+    for (dev, ssid), pages in fast.hits.items():
+        sid, ats = fast._pub[(dev, ssid)]
+        assert sid == dev.stream_ids[0]
+        assert ats == bool(dev.props.get(PCI_ATS_ENABLED, False)), (dev, ssid)
+        assert (dev, ssid) in fast._pub_of[(sid, ssid, ats)]
+        for page, value in pages.items():
+            assert fast.get((sid, ssid, page, ats)) == value, (dev, ssid, page)
+    assert sum(len(v) for v in fast._pub_of.values()) == len(fast._pub) == len(fast.hits)
 
 
 def check(hw: SmmuV3Hardware, ref: Reference, sources: dict[tuple[Any, ...], tuple[str, Any]],

@@ -352,6 +352,30 @@ def test_stale_atc_without_atc_inv(env: DriverEnv) -> None:
     assert env.dma_read(dev, IOVA, 1) == b"A"  # served from the ATC
 
 
+def test_ats_disable_ends_the_stale_atc_hit(env: DriverEnv) -> None:
+    """The DMA hit the model published from an ATC entry goes when the endpoint clears
+    ATS Enable: the next access is untranslated and finds the TLB invalidated."""
+    from drivers.arm_smmu_v3.domain import arm_smmu_tlb_inv_asid
+    from drivers.arm_smmu_v3.pci import pci_disable_ats
+
+    dev = owned(env)
+    dom, pfns = mapped(env, dev)
+    attach(env, dev, dom)
+    env.platform.mem.write(pfns[0] << 12, b"A")
+    assert env.dma_read(dev, IOVA, 1) == b"A"
+    assert hw_of(env).dma_hits[(dev, None)]  # published: the next read is a dict hit
+    gather = IotlbGather()
+    env.core.iommu_unmap_fast(dom, IOVA, 4096, gather)
+    dom.pgtbl.release_freelist(gather)
+    arm_smmu_tlb_inv_asid(dom.smmu, dom.asid)
+    assert env.dma_read(dev, IOVA, 1) == b"A"  # still the stale ATC
+    pci_disable_ats(dev)
+    assert (dev, None) not in hw_of(env).dma_hits
+    with pytest.raises(DmaFault) as ei:
+        env.dma_read(dev, IOVA, 1)
+    assert not ei.value.detail.get("ats")
+
+
 def test_no_ats_when_root_complex_lacks_it(env: DriverEnv) -> None:
     dev = owned(env, rc_ats=False)
     dom, _ = mapped(env, dev)

@@ -21,11 +21,13 @@ from drivers.intel_vtd import iommu_h as h
 from drivers.intel_vtd.hw.intel_iommu import PGTT_NESTED, VtdHardware
 from drivers.intel_vtd.hw.tlb import (
     CLASS_SHIFT,
+    E_ALLOWED,
     E_ATC,
     E_DID,
     E_FIRST,
     E_KIND,
     E_LAST,
+    E_PA,
     E_PASID,
     FastKey,
     PscEntry,
@@ -180,6 +182,12 @@ class Tee:
         self.real.atc_put(fk, e)
         self.ref.atc_put(fk, e)
 
+    def publish(self, dev: Any, pasid: int | None, fk: FastKey) -> None:
+        self.real.publish(dev, pasid, fk)  # a copy for the DMA path: checked after
+
+    def drop_published(self, dev: Any) -> None:
+        self.real.drop_published(dev)
+
     def tags_of_did(self, did: int) -> list[Tag]:
         got = self.real.tags_of_did(did)
         assert set(got) == {k[0] for k in self.ref.iotlb if k[0][0] == did}
@@ -204,16 +212,24 @@ def check_same(hw: VtdHardware, real: VtdCaches, ref: NaiveCaches) -> None:
     assert {(t, k): e for t, d in real.fs_psc.items() for k, e in d.items()} == ref.fs_psc
     assert {(t, k): e for t, d in real.ss_psc.items() for k, e in d.items()} == ref.ss_psc
     assert {fk: e for fk, e in real.fast.items() if e[E_ATC]} == ref.atc
-    live = {id(e) for d in real.iotlb.values() for e in d.values()}
+    live = {(e[1:], e[E_PA]) for d in real.iotlb.values() for e in d.values()}
     for fk, e in real.fast.items():
         if e[E_ATC]:
             continue
-        # a view: a live IOTLB entry, through a cached context and PASID entry
-        assert id(e) in live, fk
+        # a view: a live IOTLB entry (its page of it), through a cached context and PASID
+        # entry
+        assert (e[1:], e[E_PA] - ((fk[2] - e[E_FIRST]) << 12)) in live, fk
         assert fk[0] in hw.ctx_cache
         assert (fk[0], e[E_PASID]) in hw.pasid_cache
         assert e[E_DID] == hw.pasid_cache[(fk[0], e[E_PASID])].did
         assert e[E_KIND] == hw.pasid_cache[(fk[0], e[E_PASID])].pgtt
+    # What the DMA path reads: copies of unprivileged requester entries, dropped with them.
+    assert hw.dma_hits is real.hits
+    for (dev, pasid), pages in real.hits.items():
+        pk = -2 if pasid is None else pasid << 1
+        for vpn, hit in pages.items():
+            e = real.fast.get((dev.rid, pk, vpn))
+            assert e is not None and (e[E_PA], e[E_ALLOWED]) == hit, (dev, pasid, vpn)
 
 
 class World:
@@ -432,3 +448,29 @@ def test_first_stage_psc_follows_ih(env: DriverEnv) -> None:
     assert tag not in hw.caches.fs_psc
     env.core.iommu_detach_group(dom, dev.iommu_group)
 
+
+
+def test_ats_disable_drops_the_atc_and_its_published_hits() -> None:
+    """The device's ATC outlives an IOTLB flush (only a device-TLB invalidation drops
+    it), and what was published from it for the DMA path with it; clearing ATS Enable at
+    the endpoint ends both: the next request is translated by the unit again."""
+    from drivers.intel_vtd.hw.intel_iommu import PCI_ATS_ENABLED
+
+    w = World()
+    try:
+        dev, hw = w.g.dev, w.hw
+        iova = GIOVA + 3 * 4096
+        old = hw.dma_translate(dev, None, iova, ACCESS_READ)
+        assert hw.dma_hits[(dev, None)][iova >> 12][0] == old & ~0xFFF
+        w.guest_leaf(3, 6)  # the guest moves its page, no invalidation yet
+        w.descriptor(h.qi_desc_iotlb(w.unit.cap, 0, 0, 0, 1))  # global IOTLB flush only
+        assert hw.dma_translate(dev, None, iova, ACCESS_READ) == old  # the ATC's
+        assert dev.props[PCI_ATS_ENABLED]
+        dev.props[PCI_ATS_ENABLED] = False
+        assert (dev, None) not in hw.dma_hits
+        new = hw.dma_translate(dev, None, iova, ACCESS_READ)
+        assert new != old
+        check_same(hw, w.real, w.ref)
+        dev.props[PCI_ATS_ENABLED] = True
+    finally:
+        w.close()

@@ -74,6 +74,37 @@ def test_user_pointer_argument(m: Machine) -> None:
     m.close(t.fd)
 
 
+def test_every_kind_of_argument_gets_the_same_response(m: Machine) -> None:
+    """IOMMU_OPTION writes back ``val64`` only, whatever holds the struct: the uAPI
+    ctypes struct, another ctypes type of the same bytes, a bytearray, a memoryview, a
+    user address; a read-only or short buffer is EFAULT."""
+    t = Iommufd(m)
+    opt = uapi.iommu_option(size=24, option_id=uapi.IOMMU_OPTION_RLIMIT_MODE,
+                            op=uapi.IOMMU_OPTION_OP_GET, val64=0xFFFF_FFFF_FFFF_FFFF)
+    raw = bytes(opt)
+    want = raw[:16] + bytes(8)  # 0: per-user accounting, the default
+
+    import ctypes
+
+    as_array = (ctypes.c_uint8 * 24).from_buffer_copy(raw)
+    ba = bytearray(raw)
+    view_ba = bytearray(raw)
+    va = m.mmap(PAGE_SIZE)
+    m.mem_write(va, raw)
+    for arg in (opt, as_array, ba, memoryview(view_ba), va):
+        assert t.ioctl(uapi.IOMMU_OPTION, arg) == 0
+    assert bytes(opt) == bytes(as_array) == bytes(ba) == bytes(view_ba) == want
+    assert m.mem_read(va, 24) == want
+    with expect_errno(errno.EFAULT):
+        t.ioctl(uapi.IOMMU_OPTION, raw)  # bytes: read-only
+    with expect_errno(errno.EFAULT):
+        t.ioctl(uapi.IOMMU_OPTION, bytearray(raw[:20]))  # size says 24
+    m.mem_write(va + PAGE_SIZE - 8, raw[:8])
+    with expect_errno(errno.EFAULT):  # the size is readable, the struct runs past
+        t.ioctl(uapi.IOMMU_OPTION, va + PAGE_SIZE - 8)
+    m.close(t.fd)
+
+
 def test_short_struct_is_zero_extended(m: Machine) -> None:
     """A caller with an older, shorter struct: the missing fields read as 0 and the
     response is cut at its size."""

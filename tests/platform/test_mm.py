@@ -255,6 +255,31 @@ def test_errors_at_the_boundary() -> None:
     assert e.value.errno == errno.EINVAL
 
 
+def test_small_copies_see_munmap_and_splits() -> None:
+    """A copy inside one page takes the short path (the VMA found last, the run found
+    last): an unmapped page faults at once, a split VMA keeps its other part."""
+    m = machine()
+    va = m.mmap(3 * PAGE)
+    for i in range(3):
+        m.mem_write(va + i * PAGE + 8, bytes([i + 1]) * 4)
+    assert m.mem_read(va + PAGE + 8, 4) == b"\2" * 4
+    m.munmap(va + PAGE, PAGE)  # the middle goes: the VMA splits around it
+    for op in (lambda: m.mem_read(va + PAGE + 8, 4), lambda: m.mem_write(va + PAGE, b"x")):
+        with pytest.raises(OSError) as e:
+            op()
+        assert e.value.errno == errno.EFAULT
+    assert m.mem_read(va + 8, 4) == b"\1" * 4
+    assert m.mem_read(va + 2 * PAGE + 8, 4) == b"\3" * 4
+    m.mem_write(va + 2 * PAGE + 8, b"zz")
+    assert m.mem_read(va + 2 * PAGE + 8, 4) == b"zz\3\3"
+    m.munmap(va, 3 * PAGE)
+    with pytest.raises(OSError) as e:
+        m.mem_read(va + 8, 4)
+    assert e.value.errno == errno.EFAULT
+    va2 = m.mmap(PAGE)  # a new mapping reads zeros, never the old frames
+    assert m.mem_read(va2, 8) == bytes(8)
+
+
 def test_terabyte_of_thp_costs_runs_not_pages() -> None:
     m = machine()
     size = 1 << 40

@@ -16,6 +16,7 @@ from drivers.amd_vi.describe.hw_info import AmdHwInfo
 from drivers.amd_vi.describe.structures import STRUCTURES
 from drivers.amd_vi.describe.view import amd_describe_device, amd_describe_domain
 from iommu_core.describe import (
+    BenchDesc,
     DeviceView,
     DomainView,
     HwInfoDesc,
@@ -60,6 +61,12 @@ class AmdDescribe:
     @hookimpl
     def describe_constants(self) -> Mapping[str, int]:
         return module_constants(amd_iommu_types, uapi, viommu_regs)
+
+    @hookimpl
+    def describe_bench(self) -> BenchDesc:
+        from drivers.amd_vi.bench import BENCH  # imported for the bench only
+
+        return BENCH.desc()
 
     @hookimpl
     def describe_scenarios(self) -> list[ScenarioRef]:

@@ -290,6 +290,15 @@ class AmdIommuHw(IommuHardware):
         self._gcr3: dict[int, int] = {}
         #: DomainID -> the guest tags cached under it (any of the three caches)
         self._guest_tags: dict[int, set[int]] = {}
+        #: The IOTLB as the platform's DMA path reads it: (device, PASID) -> {iova page
+        #: number: (output page, ACCESS_* a hit may use)}, copies of the entries a
+        #: device's DMA found through its cached DTE (a write only where the dirty bits
+        #: it needs are set), each dropped with its entry or the DTE.
+        self.dma_hits: dict[tuple[Device, int | None], dict[int, tuple[int, int]]] = {}
+        #: tag -> the published maps copying its entries; devid -> the same by device
+        self._hits_of_tag: dict[int, dict[tuple[Device, int | None], None]] = {}
+        self._hits_of_devid: dict[int, dict[tuple[Device, int | None], None]] = {}
+        self._hit_tag: dict[tuple[Device, int | None], int] = {}
         self._ppr_tag: dict[int, int] = collections.defaultdict(int)
         #: What devices received (PRI responses; ATC invalidations), oldest first.
         self.ppr_responses: collections.deque[CompletedPpr] = collections.deque(maxlen=4096)
@@ -503,6 +512,7 @@ class AmdIommuHw(IommuHardware):
             return True
         if op == CMD_INV_DEV_ENTRY:
             self._dte_cache.pop(d[0] & 0xFFFF, None)
+            self._unpublish_devid(d[0] & 0xFFFF)
             return True
         if op == CMD_INV_IOMMU_PAGES:
             first, last = self.inv_range(d[2], d[3])
@@ -523,6 +533,7 @@ class AmdIommuHw(IommuHardware):
                 # addresses the hardware cannot map back from a GPA range: all go.
                 for tag in self._guest_tags.pop(domid, ()):
                     self._iotlb.pop(tag, None)
+                    self._unpublish_tag(tag)
                     self._guest_pde.pop(tag, None)
                     self._gcr3.pop(tag, None)
             return True
@@ -589,6 +600,10 @@ class AmdIommuHw(IommuHardware):
     def _flush_all(self) -> None:
         self._dte_cache.clear()
         self._iotlb.clear()
+        self.dma_hits.clear()
+        self._hits_of_tag.clear()
+        self._hits_of_devid.clear()
+        self._hit_tag.clear()
         self._host_pde.clear()
         self._guest_pde.clear()
         self._gcr3.clear()
@@ -600,14 +615,64 @@ class AmdIommuHw(IommuHardware):
             return
         if first == 0 and last == _ALL:
             del self._iotlb[tag]
+            self._unpublish_tag(tag)
             return
         lo, hi = first >> 12, last >> 12
         if hi - lo < len(tlb):
-            for p in range(lo, hi + 1):
-                tlb.pop(p, None)
+            gone = [p for p in range(lo, hi + 1) if tlb.pop(p, None) is not None]
         else:
-            for p in [p for p in tlb if lo <= p <= hi]:
+            gone = [p for p in tlb if lo <= p <= hi]
+            for p in gone:
                 del tlb[p]
+        hks = self._hits_of_tag.get(tag)
+        if hks and gone:
+            for hk in hks:
+                pub = self.dma_hits[hk]
+                for p in gone:
+                    pub.pop(p, None)
+
+    # -- what the DMA path reads: copies of IOTLB entries --------------------------------
+    def _publish(self, dev: Device, d: _CachedDte, pasid: int | None, iova: int) -> None:
+        """Copy the IOTLB entry ``dev``'s access to ``iova`` found (if it is cached)."""
+        tag = d.nopasid_tag if pasid is None else d.domid | ((pasid + 1) << 16)
+        tlb = self._iotlb.get(tag) if tag is not None else None
+        e = tlb.get(iova >> 12) if tlb else None
+        if e is None or tag is None:
+            return
+        hk = (dev, pasid)
+        pub = self.dma_hits.get(hk)
+        if pub is None or self._hit_tag[hk] != tag:
+            if pub is not None:
+                self._unpublish(hk)
+            pub = self.dma_hits[hk] = {}
+            self._hit_tag[hk] = tag
+            self._hits_of_tag.setdefault(tag, {})[hk] = None
+            self._hits_of_devid.setdefault(dev.rid, {})[hk] = None
+        w = _TLB_W | _TLB_DIRTY_OK
+        pub[iova >> 12] = (e & ~_PAGE_MASK, (ACCESS_READ if e & _TLB_R else 0)
+                           | (ACCESS_WRITE if e & w == w else 0))
+
+    def _unpublish(self, hk: tuple[Device, int | None]) -> None:
+        del self.dma_hits[hk]
+        tag = self._hit_tag.pop(hk)
+        for index, key in ((self._hits_of_tag, tag), (self._hits_of_devid, hk[0].rid)):
+            hks = index.get(key)
+            if hks is not None:
+                hks.pop(hk, None)
+                if not hks:
+                    del index[key]
+
+    def _unpublish_tag(self, tag: int) -> None:
+        for hk in list(self._hits_of_tag.get(tag, ())):
+            self._unpublish(hk)
+
+    def _unpublish_devid(self, devid: int) -> None:
+        for hk in list(self._hits_of_devid.get(devid, ())):
+            self._unpublish(hk)
+
+    def detach_device(self, dev: Device) -> None:
+        for hk in [hk for hk in self.dma_hits if hk[0] is dev]:
+            self._unpublish(hk)
 
     def iotlb_entries(self) -> int:
         """How many translations are cached (tests, the tour)."""
@@ -698,9 +763,12 @@ class AmdIommuHw(IommuHardware):
         d: _CachedDte | None = None
         try:
             d = self._dte_cache.get(devid) or self._fetch_dte(devid)
-            return self._translate(d, pasid, iova, access)
+            pa = self._translate(d, pasid, iova, access)
         except _XlateFault as f:
             self._fault(dev, devid, d, pasid, iova, access, f)
+        if not access & ACCESS_PRIV:
+            self._publish(dev, d, pasid, iova)
+        return pa
 
     def _translate(self, d: _CachedDte, pasid: int | None, iova: int, access: int) -> int:
         dte = d.dte
@@ -891,7 +959,12 @@ class AmdIommuHw(IommuHardware):
             tlb = self._iotlb[tag] = {}
             if tag >> 16:
                 self._guest_tags.setdefault(tag & 0xFFFF, set()).add(tag)
-        tlb[iova >> 12] = pa | perm | (_TLB_DIRTY_OK if dirty_ok else 0)
+        vpn = iova >> 12
+        new = pa | perm | (_TLB_DIRTY_OK if dirty_ok else 0)
+        if tlb.get(vpn, new) != new:  # replaced: the copies of the old entry go
+            for hk in self._hits_of_tag.get(tag, ()):
+                self.dma_hits[hk].pop(vpn, None)
+        tlb[vpn] = new
 
     # ===================================================================================
     # Faults: event log record or PPR, interrupt, then the device sees the abort

@@ -1,5 +1,6 @@
 """What the SMMUv3 driver teaches: its structures, hw_info, what it wrote for a device and
-how the SMMU walks, the guest's CD for nested scenarios, its constants and its tour.
+how the SMMU walks, the guest's CD for nested scenarios, its constants, its tour and its
+part of the system bench.
 
 :class:`SmmuDescribe` holds the hook implementations of
 :mod:`iommu_core.describe.hookspec`; the driver's plugin class inherits them.
@@ -17,6 +18,7 @@ from drivers.arm_smmu_v3.describe.hw_info import SmmuHwInfo, Tegra241CmdqvHwInfo
 from drivers.arm_smmu_v3.describe.structures import STRUCTURES
 from drivers.arm_smmu_v3.describe.view import smmu_describe_device, smmu_describe_domain
 from iommu_core.describe import (
+    BenchDesc,
     DeviceView,
     DomainView,
     GuestBuilder,
@@ -66,6 +68,12 @@ class SmmuDescribe:
     @hookimpl
     def describe_constants(self) -> Mapping[str, int]:
         return module_constants(regs, tegra241_cmdqv_regs)
+
+    @hookimpl
+    def describe_bench(self) -> BenchDesc:
+        from drivers.arm_smmu_v3.bench import BENCH, OPTIONS  # imported for the bench only
+
+        return BENCH.desc(OPTIONS)
 
     @hookimpl
     def describe_scenarios(self) -> list[ScenarioRef]:

@@ -9,6 +9,7 @@ in memory.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NoReturn
 
 from drivers.arm_smmu_v3.hw.cmdq import CommandEngine
@@ -94,6 +95,7 @@ class SmmuV3Hardware(IommuHardware):
         #: dropped with either; the ATS bit keeps ATC-derived entries from outliving ATS
         #: Enable.
         self.fast = FastPath()
+        self.dma_hits = self.fast.hits
         self.ccache = ConfigCache()
         self.tlb = Tlb(self.fast, cfg.tlb_entries)
         self.atc = Atc(self.fast)
@@ -257,6 +259,17 @@ class SmmuV3Hardware(IommuHardware):
         for sid in dev.stream_ids or (dev.rid,):
             self.atc.drop_sid(sid)
             self.fast.drop_sid(sid)
+        self.fast.drop_device(dev)
+
+    def device_changed(self, dev: Device) -> None:
+        # The published map of a device holds one ATS state's translations.
+        self.fast.drop_device(dev)
+
+    def _watch(self, dev: Device) -> None:
+        """Publishing for ``dev``: hear of its endpoint state changes even when it was
+        not wired through the platform (a device a test made by hand)."""
+        if dev.props.on_change is None:
+            dev.props.on_change = functools.partial(self.device_changed, dev)
 
     # ==================================================================================
     # DMA
@@ -290,9 +303,10 @@ class SmmuV3Hardware(IommuHardware):
             self._fault(dev, sid, pasid, iova, access, ev)
         pa = e.pa + (iova - e.va)
         if e.user:
+            self._watch(dev)
             self.fast.add((sid, pasid, iova >> 12, False), (pa & ~_PAGE_MASK,
                                                             e.perms | ACCESS_PRIV),
-                          e if e.tag is not None else None)
+                          e if e.tag is not None else None, dev)
         return pa
 
     def _fault(self, dev: Device, sid: int, ssid: int | None, iova: int, access: int,
@@ -378,7 +392,9 @@ class SmmuV3Hardware(IommuHardware):
                 except SmmuEvent as ev:
                     self._fault(dev, sid, ssid, iova, access, ev)
         # Derived from the ATC entry (ATC_INV drops it) and the STE (ATSCHK).
-        self.fast.add((sid, ssid, iova >> 12, True), (addr_page, perms | ACCESS_PRIV), None)
+        self._watch(dev)
+        self.fast.add((sid, ssid, iova >> 12, True), (addr_page, perms | ACCESS_PRIV), None,
+                      dev)
         return addr_page | (iova & _PAGE_MASK)
 
     # -- introspection for people (the tour, tests) ----------------------------------------

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from drivers.arm_smmu_v3.hw.decode import DecodedCd, DecodedSte
+    from iommu_core.platform.bus import Device
 
 STAGE1 = 1
 STAGE2 = 2
@@ -69,20 +70,35 @@ class TlbEntry:
                 f"perms {self.perms}{' user' if self.user else ''}>")
 
 
+#: A published hit map's key: (device, SSID or None), as the platform's DMA path asks.
+HitKey = tuple["Device", "int | None"]
+
+
 class FastPath(dict[FastKey, tuple[int, int]]):
     """The model's shortcut for DMA that hits: (sid, ssid, page, ATS) -> (page, allowed
     ACCESS_* bits). A plain dict for the hit path; the index says which keys derive from
     which StreamID and context (``(sid, ssid)``), so a configuration invalidation drops
-    just those."""
+    just those.
 
-    __slots__ = ("by_ctx", "by_sid")
+    The entries a device's DMA found are also published per (device, SSID) in
+    :attr:`hits` (the model's ``dma_hits``, which the platform's DMA path reads): a
+    subset of this dict, dropped with it. A device's map is published from one
+    (StreamID, ATS) context; a change of the endpoint's state (ATS Enable) drops it."""
+
+    __slots__ = ("_pub", "_pub_of", "by_ctx", "by_sid", "hits")
 
     def __init__(self) -> None:
         super().__init__()
         self.by_ctx: dict[tuple[int, int | None], dict[FastKey, None]] = {}
         self.by_sid: dict[int, set[int | None]] = {}
+        self.hits: dict[HitKey, dict[int, tuple[int, int]]] = {}
+        #: Published key -> the (StreamID, ATS) its entries derive from.
+        self._pub: dict[HitKey, tuple[int, bool]] = {}
+        #: (sid, ssid, ATS) -> the published keys holding entries of that context.
+        self._pub_of: dict[tuple[int, int | None, bool], set[HitKey]] = {}
 
-    def add(self, key: FastKey, value: tuple[int, int], src: TlbEntry | None) -> None:
+    def add(self, key: FastKey, value: tuple[int, int], src: TlbEntry | None,
+            dev: Device | None = None) -> None:
         self[key] = value
         ctx = (key[0], key[1])
         keys = self.by_ctx.get(ctx)
@@ -94,17 +110,46 @@ class FastPath(dict[FastKey, tuple[int, int]]):
             if src.fast is None:
                 src.fast = set()
             src.fast.add(key)
+        if dev is not None:
+            sid, ssid, page, ats = key
+            hk = (dev, ssid)
+            pub = self._pub.get(hk)
+            if pub is None or pub[0] != sid or pub[1] != ats:
+                if pub is not None:
+                    self._unpublish(hk)
+                self._pub[hk] = (sid, ats)
+                self._pub_of.setdefault((sid, ssid, ats), set()).add(hk)
+                self.hits[hk] = {page: value}
+            else:
+                self.hits[hk][page] = value
+
+    def _unpublish(self, hk: HitKey) -> None:
+        sid, ats = self._pub.pop(hk)
+        del self.hits[hk]
+        ctx = (sid, hk[1], ats)
+        keys = self._pub_of[ctx]
+        keys.discard(hk)
+        if not keys:
+            del self._pub_of[ctx]
 
     def drop(self, keys: Iterable[FastKey]) -> None:
         """Keys whose source went; a key re-derived since from another source goes too,
         which only costs a walk."""
+        pub_of = self._pub_of
         for key in keys:
             if self.pop(key, None) is not None:
                 ctx = self.by_ctx.get((key[0], key[1]))
                 if ctx is not None:
                     ctx.pop(key, None)
+                if pub_of:
+                    for hk in pub_of.get((key[0], key[1], key[3]), ()):
+                        self.hits[hk].pop(key[2], None)
 
     def drop_ctx(self, sid: int, ssid: int | None) -> None:
+        if self._pub_of:
+            for ats in (False, True):
+                for hk in list(self._pub_of.get((sid, ssid, ats), ())):
+                    self._unpublish(hk)
         keys = self.by_ctx.pop((sid, ssid), None)
         if keys is None:
             return
@@ -130,10 +175,18 @@ class FastPath(dict[FastKey, tuple[int, int]]):
         for sid in sids:
             self.drop_sid(sid)
 
+    def drop_device(self, dev: Device) -> None:
+        """What was published for ``dev`` (its endpoint state changed)."""
+        for hk in [hk for hk in self._pub if hk[0] is dev]:
+            self._unpublish(hk)
+
     def clear(self) -> None:
         super().clear()
         self.by_ctx.clear()
         self.by_sid.clear()
+        self.hits.clear()
+        self._pub.clear()
+        self._pub_of.clear()
 
 
 class _Space:

@@ -17,6 +17,7 @@ from drivers.intel_vtd.describe.hw_info import VtdHwInfo
 from drivers.intel_vtd.describe.structures import STRUCTURES
 from drivers.intel_vtd.describe.view import vtd_describe_device, vtd_describe_domain
 from iommu_core.describe import (
+    BenchDesc,
     DeviceView,
     DomainView,
     HwInfoDesc,
@@ -65,6 +66,12 @@ class VtdDescribe:
     @hookimpl
     def describe_constants(self) -> Mapping[str, int]:
         return module_constants(iommu_h, pasid)
+
+    @hookimpl
+    def describe_bench(self) -> BenchDesc:
+        from drivers.intel_vtd.bench import BENCH  # imported for the bench only
+
+        return BENCH.desc()
 
     @hookimpl
     def describe_scenarios(self) -> list[ScenarioRef]:

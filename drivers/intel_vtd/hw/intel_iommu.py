@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import collections
+import functools
 from collections.abc import Callable
 from typing import Any, NoReturn
 
@@ -27,7 +28,15 @@ import attrs
 from drivers.intel_vtd import iommu_h as h
 from drivers.intel_vtd.hw import faults as fr
 from drivers.intel_vtd.hw.config import VtdConfig
-from drivers.intel_vtd.hw.tlb import E_ALLOWED, E_PA, PscEntry, TlbEntry, VtdCaches, psc_key
+from drivers.intel_vtd.hw.tlb import (
+    E_ALLOWED,
+    E_FIRST,
+    E_PA,
+    PscEntry,
+    TlbEntry,
+    VtdCaches,
+    psc_key,
+)
 from iommu_core.pgtable import formats
 from iommu_core.pgtable.formats.x86 import SS_D, X86_A, X86_D
 from iommu_core.pgtable.walk import Access, WalkFault, WalkResult, walk
@@ -168,6 +177,8 @@ class VtdHardware(IommuHardware):
         self.caches = VtdCaches(TLB_CAPACITY)
         #: The requester view (source id, PASID key, page) -> entry: ``caches.fast``.
         self.fast = self.caches.fast
+        #: Its unprivileged entries as the platform's DMA path reads them.
+        self.dma_hits = self.caches.hits
         # the device side of PRI: next group index and the responses received
         self._prg_next: dict[int, int] = {}
         self.page_responses: list[dict[str, int | bool]] = []
@@ -640,11 +651,16 @@ class VtdHardware(IommuHardware):
                 tkey = caches.iotlb_put(tag, e, int(priv))
         except VtdFault as f:
             self._fault(dev, pasid, iova, access, f, fpd, pre, dte)
+        # A leaf holds the output of its first page; the requester view one page's.
+        pa = e[E_PA] + (((iova >> 12) - e[E_FIRST]) << 12)
         if dte and dev.ats and dev.props.get(PCI_ATS_ENABLED):
-            caches.atc_put(key, (e[0], e[1], e[2], e[3], e[4], e[5], e[6], True))
+            caches.atc_put(key, (pa, e[1], e[2], e[3], e[4], e[5], e[6], True))
         else:
-            caches.fast_put(key, e, tag, tkey)
-        return e[E_PA] | (iova & _PAGE)
+            caches.fast_put(key, e if pa == e[E_PA] else (pa, *e[1:]), tag, tkey)
+        if not priv:
+            self._watch(dev)
+            caches.publish(dev, pasid, key)
+        return pa | (iova & _PAGE)
 
     def _fault(self, dev: Device, pasid: int | None, iova: int, access: int, f: VtdFault,
                fpd: bool, pre: bool, dte: bool) -> NoReturn:
@@ -787,14 +803,15 @@ class VtdHardware(IommuHardware):
                 root, aw, ssade = pe.ssptptr, pe.aw, pe.ssade
             oa, allowed, base, size, _w = self._walk_ss(did, root, aw, ssade, iova, need,
                                                         pe is not None)
-            return (oa & ~_PAGE, allowed, did, pasid, kind, base >> 12,
+            # The leaf's output: the page of its first input page.
+            return ((oa - (iova - base)) & ~_PAGE, allowed, did, pasid, kind, base >> 12,
                     (base + size - 1) >> 12, False)
         assert pe is not None
         oa, allowed, base, size = self._walk_fs(pe, did, pasid, kind, iova, need, priv)
         if kind == PGTT_NESTED:
             base, size = iova & ~_PAGE, 4096  # combined entries are cached per page
-        return (oa & ~_PAGE, allowed, did, pasid, kind, base >> 12, (base + size - 1) >> 12,
-                False)
+        return ((oa - (iova - base)) & ~_PAGE, allowed, did, pasid, kind, base >> 12,
+                (base + size - 1) >> 12, False)
 
     def _walk_ss(self, did: int, root: int, aw: int, ssade: bool, addr: int, need: int,
                  sm: bool, stage1_fetch: int = 0) -> tuple[int, int, int, int, bool]:
@@ -954,6 +971,21 @@ class VtdHardware(IommuHardware):
     # -- the platform's wiring ----------------------------------------------------------
     def detach_device(self, dev: Device) -> None:
         self.caches.drop_requester(dev.rid, atc=True)
+        self.caches.drop_published(dev)
+
+    def device_changed(self, dev: Device) -> None:
+        """The endpoint's state changed: what was published for it goes, and with ATS
+        Enable clear its ATC holds nothing it may use (PCIe: the function stops using
+        cached translations)."""
+        self.caches.drop_published(dev)
+        if not dev.props.get(PCI_ATS_ENABLED):
+            self.caches.drop_requester(dev.rid, atc=True)
+
+    def _watch(self, dev: Device) -> None:
+        """Publishing for ``dev``: hear of its endpoint state changes even when it was
+        not wired through the platform (a device a test made by hand)."""
+        if dev.props.on_change is None:
+            dev.props.on_change = functools.partial(self.device_changed, dev)
 
 
 def _walk_str(r: WalkResult | WalkFault) -> str:

@@ -13,7 +13,10 @@ The caches:
   page resolves to, found with one dict lookup. Entries are either IOTLB entries seen
   through the cached context and PASID entries (a memo: dropping one only costs a
   refill) or the device's own ATC entries (architectural: only device-TLB
-  invalidations drop them). Reverse indices lead invalidations to them.
+  invalidations drop them). Reverse indices lead invalidations to them;
+* what the platform's DMA path reads (``hits``, the unit's ``dma_hits``): the
+  requester view's unprivileged entries a device's DMA made, per (device, PASID), each
+  dropped with the requester entry it copies.
 
 Every entry stays, stale or not, until the invalidation the specification says drops
 it (or the unit runs out of room and forgets everything).
@@ -22,9 +25,14 @@ it (or the unit runs out of room and forgets everything).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from iommu_core.platform.bus import Device
 
 # A cached translation (IOTLB entry, or a device ATC entry when ``atc``):
-# (page PA, allowed accesses, DID, PASID, kind, first vpn, last vpn, atc)
+# (page PA, allowed accesses, DID, PASID, kind, first vpn, last vpn, atc). An IOTLB
+# entry's page PA is that of its first vpn; a requester-view entry's, that of its vpn.
 E_PA, E_ALLOWED, E_DID, E_PASID, E_KIND, E_FIRST, E_LAST, E_ATC = range(8)
 TlbEntry = tuple[int, int, int, int, int, int, int, bool]
 Tag = tuple[int, int, int]  # (DID, PASID, PGTT)
@@ -32,6 +40,8 @@ FastKey = tuple[int, int, int]  # (source id, PASID key, vpn)
 #: A paging-structure cache entry: (table address to read, attributes above it, the
 #: table's input (guest) address, second stage lets it be written).
 PscEntry = tuple[int, int, int, bool]
+#: A published map's key: (device, PASID or None), as the platform's DMA path asks.
+HitKey = tuple["Device", "int | None"]
 
 #: vpn shift of each IOTLB page-size class (4 KiB, 2 MiB, 1 GiB).
 CLASS_SHIFT = (0, 9, 18)
@@ -88,6 +98,11 @@ class VtdCaches:
         #: (source id, PASID) -> ATC entries by (page-size class, input page)
         self._atc: dict[tuple[int, int], dict[int, list[FastKey]]] = {}
         self._atc_pasids: dict[int, set[int]] = {}
+        #: (device, PASID) -> {vpn: (page PA, allowed)}: copies of unprivileged
+        #: requester entries, for the devices whose DMA made them
+        self.hits: dict[HitKey, dict[int, tuple[int, int]]] = {}
+        #: (source id, PASID key) -> the published maps copying its requester entries
+        self._hits_of_req: dict[tuple[int, int], dict[HitKey, None]] = {}
 
     # ===================================================================================
     # Lookup and fill
@@ -118,10 +133,39 @@ class VtdCaches:
         t[k] = e
         return k
 
+    def publish(self, dev: Device, pasid: int | None, fk: FastKey) -> None:
+        """Copy the requester entry ``fk`` (``dev``'s request, unprivileged) into
+        ``dev``'s published map."""
+        e = self.fast[fk]
+        hk = (dev, pasid)
+        pub = self.hits.get(hk)
+        if pub is None:
+            pub = self.hits[hk] = {}
+        pub[fk[2]] = (e[E_PA], e[E_ALLOWED])
+        self._hits_of_req.setdefault((fk[0], fk[1]), {})[hk] = None
+
+    def _unpublish(self, fk: FastKey) -> None:
+        hks = self._hits_of_req.get((fk[0], fk[1]))
+        if hks:
+            for hk in hks:
+                self.hits[hk].pop(fk[2], None)
+
+    def drop_published(self, dev: Device) -> None:
+        """What was published for ``dev`` (it left, or its endpoint state changed)."""
+        for hk in [hk for hk in self.hits if hk[0] is dev]:
+            del self.hits[hk]
+        for req, hks in list(self._hits_of_req.items()):
+            for hk in [hk for hk in hks if hk[0] is dev]:
+                del hks[hk]
+            if not hks:
+                del self._hits_of_req[req]
+
     def fast_put(self, fk: FastKey, e: TlbEntry, tag: Tag, key: int) -> None:
         """A requester entry that is the IOTLB entry (tag, key) seen from ``fk``."""
         if len(self.fast) >= self.capacity:
             self.forget_requesters()
+        elif fk in self.fast:
+            self._unpublish(fk)  # replaced: copies of the old one go
         self.fast[fk] = e
         self._fast_of_entry.setdefault((tag, key), []).append(fk)
         req = self._fast_of_req.get((fk[0], fk[1]))
@@ -133,6 +177,8 @@ class VtdCaches:
         """An entry of the device's own translation cache (``e[E_ATC]`` set)."""
         if len(self.fast) >= self.capacity:
             self.forget_requesters()
+        elif fk in self.fast:
+            self._unpublish(fk)
         self.fast[fk] = e
         c = size_class(e)
         sid, pasid = fk[0], e[E_PASID]
@@ -176,6 +222,7 @@ class VtdCaches:
                 req = self._fast_of_req.get((fk[0], fk[1]))
                 if req is not None:
                     req.pop(fk, None)
+                self._unpublish(fk)
 
     def _entry_gone(self, tag: Tag, key: int) -> None:
         self.iotlb_count -= 1
@@ -242,6 +289,7 @@ class VtdCaches:
                         e = fast.get(fk)
                         if e is not None and e[E_ATC]:
                             del fast[fk]
+                            self._unpublish(fk)
 
     def drop_requester(self, sid: int, pasids: Iterable[int] | None = None,
                        atc: bool = False) -> None:
@@ -257,7 +305,8 @@ class VtdCaches:
             for p in self._atc_pasids.pop(sid, ()):
                 for fks in self._atc.pop((sid, p), {}).values():
                     for fk in fks:
-                        self.fast.pop(fk, None)
+                        if self.fast.pop(fk, None) is not None:
+                            self._unpublish(fk)
 
     def forget_translations(self) -> None:
         """Global invalidation: the IOTLB and every paging-structure cache."""
@@ -279,6 +328,8 @@ class VtdCaches:
         self._fast_of_req.clear()
         self._atc.clear()
         self._atc_pasids.clear()
+        self.hits.clear()
+        self._hits_of_req.clear()
 
     def forget_all(self) -> None:
         self.forget_translations()
