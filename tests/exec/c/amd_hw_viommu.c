@@ -5,7 +5,7 @@
  * storing its tail through the page, with no IOMMU_HWPT_INVALIDATE. A command a guest may
  * not issue stops the buffer and lands in the guest's own event log, the VMM hears of it
  * as a vEVENT, the guest steps over it and goes on. */
-#include "dma.h"
+#include "amd_guest.h"
 
 #define GUEST		0x80000ull	/* 512 KiB of guest RAM at IOVA = GPA 0 */
 #define GVA		0x400000ull
@@ -42,21 +42,7 @@ struct iommu_vevent_amd_hw {
 #define CONTROL_EVT_INT_EN (1u << 3)
 #define CONTROL_CMDBUF_EN  (1u << 12)
 #define STATUS_EVT_INT	(1u << 1)
-/* AMD commands and events */
-#define CMD_COMPL_WAIT		1u
-#define CMD_INV_IOMMU_PAGES	3u
-#define CMD_INV_ALL		8u
-#define CMD_INV_IOMMU_PAGES_PDE (1u << 1)
-#define CMD_INV_IOMMU_PAGES_GN	(1u << 2)
-#define CMD_COMPL_WAIT_STORE	(1u << 0)
 #define EVENT_ILLEGAL_COMMAND	5u
-/* The guest's DTE: V, GV, GIoV, its GCR3 table root, its DomainID */
-#define DTE0_V		(1ull << 0)
-#define DTE0_GIOV	(1ull << 54)
-#define DTE0_GV		(1ull << 55)
-#define DTE0_GCR3_14_12(a) ((((a) >> 12) & 7) << 58)
-#define DTE1_GCR3_30_15(a) ((((a) >> 15) & 0xffff) << 16)
-#define DTE1_GCR3_51_31(a) (((a) >> 31) << 43)
 
 static volatile uint32_t *vf;	/* the guest's VF page */
 static uint32_t tail, sem;
@@ -73,7 +59,7 @@ static int wait_for(int reg, uint32_t mask, uint32_t want)
 }
 
 /* The guest's buffer write: the commands at its tail in its RAM, then the tail */
-static void submit(struct vmm *v, const uint32_t (*cmds)[4], int n)
+static void submit(struct vmm *v, uint32_t (*cmds)[4], int n)
 {
 	for (int i = 0; i < n; i++) {
 		memcpy(v->g.ram + CMDBUF_GPA + tail, cmds[i], 16);
@@ -87,11 +73,9 @@ static void submit(struct vmm *v, const uint32_t (*cmds)[4], int n)
 static void invalidate(struct vmm *v, uint64_t va)
 {
 	sem++;
-	const uint32_t cmds[2][4] = {
-		{ 0, CMD_INV_IOMMU_PAGES << 28 | GDOMID,
-		  (uint32_t)va | CMD_INV_IOMMU_PAGES_GN | CMD_INV_IOMMU_PAGES_PDE,
-		  (uint32_t)(va >> 32) },
+	uint32_t cmds[2][4] = { { 0 },
 		{ (uint32_t)SEM_GPA | CMD_COMPL_WAIT_STORE, CMD_COMPL_WAIT << 28, sem, 0 } };
+	amd_inv_page(cmds[0], va, GDOMID);
 	submit(v, cmds, 2);
 	CHECK(wait_for(VF_CMD_HEAD, 0xffffffff, tail));
 	CHECK(*guest_u64(&v->g, SEM_GPA) == sem);
@@ -130,12 +114,9 @@ int main(int argc, char **argv)
 
 	/* The guest: a v2 table mapping GVA -> GPA 0x5000, its GCR3 table, its DTE (a new
 	 * gDomID: a Domain ID map entry) */
-	uint64_t root = guest_page(&v.g);
-	uint64_t leaf = guest_map(&v.g, root, GVA, 0x5000, X86_TABLE, X86_PAGE);
-	*guest_u64(&v.g, GCR3_GPA) = root | 1;
-	struct iommu_hwpt_amd_guest dte = { .dte = {
-		DTE0_V | DTE0_GV | DTE0_GIOV | DTE0_GCR3_14_12(GCR3_GPA),
-		DTE1_GCR3_30_15(GCR3_GPA) | DTE1_GCR3_51_31(GCR3_GPA) | GDOMID, 0, 0 } };
+	uint64_t leaf;
+	struct iommu_hwpt_amd_guest dte = amd_guest_dte(&v.g, GCR3_GPA, GVA, 0x5000, GDOMID,
+							&leaf);
 	dev_attach(&v.d, hwpt_alloc(v.fd, v.d.devid, va.out_viommu_id, 0,
 				    IOMMU_HWPT_DATA_AMD_GUEST, &dte, sizeof(dte)));
 	dev_enable(&v.d);
@@ -156,7 +137,7 @@ int main(int argc, char **argv)
 	/* A command a guest may not issue: the buffer stops on it, the record is in the
 	 * guest's event log, the VMM hears of the guest's interrupt */
 	*guest_u64(&v.g, leaf) = 0x5000 | X86_PAGE;
-	const uint32_t bad[1][4] = { { 0, CMD_INV_ALL << 28, 0, 0 } };
+	uint32_t bad[1][4] = { { 0, CMD_INV_ALL << 28, 0, 0 } };
 	uint32_t at = tail;
 	submit(&v, bad, 1);
 	CHECK(wait_for(VF_STATUS, STATUS_EVT_INT, STATUS_EVT_INT));
