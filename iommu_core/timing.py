@@ -9,10 +9,33 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 #: The clock every function here reads (looked up at each call).
 clock: Callable[[], float] = time.perf_counter
+
+
+_frozen = False
+
+
+@contextmanager
+def frozen_heap() -> Iterator[None]:
+    """While a bench runs, its ``gc.collect()`` calls scan only what the bench made: the
+    objects alive before it (a test suite's whole heap, when a test runs a bench) are
+    moved to the permanent generation, and back afterwards."""
+    global _frozen
+    if _frozen:  # a bench inside a bench: the outer one froze the heap already
+        yield
+        return
+    gc.collect()
+    gc.freeze()
+    _frozen = True
+    try:
+        yield
+    finally:
+        _frozen = False
+        gc.unfreeze()
 
 
 def best_per_call(fn: Callable[[], object], number: int = 1, reps: int = 7) -> float:

@@ -267,7 +267,12 @@ def run(drivers: Sequence[str] = DRIVERS, quick: bool = False, tib: bool = False
         pgtable: bool = True, sizes: Sizes | None = None) -> dict[str, Any]:
     """The whole bench: {"targets", "drivers", "all", "pgtable", "tib", "notes"}
     (``sizes``: other than the quick or full ones)."""
-    sz = sizes or (QUICK if quick else FULL)
+    with timing.frozen_heap():
+        return _run(drivers, quick, tib, pgtable, sizes or (QUICK if quick else FULL))
+
+
+def _run(drivers: Sequence[str], quick: bool, tib: bool, pgtable: bool,
+         sz: Sizes) -> dict[str, Any]:
     t_start = time.perf_counter()
     per: dict[str, dict[str, Any]] = {}
     for d in drivers:
