@@ -26,13 +26,6 @@ from drivers.arm_smmu_v3.master import (
     arm_smmu_write_cd_entry,
     master_of,
 )
-from drivers.arm_smmu_v3.pci import (
-    pci_ats_supported,
-    pci_disable_ats,
-    pci_disable_pri,
-    pci_enable_ats,
-    pci_enable_pri,
-)
 from drivers.arm_smmu_v3.regs import (
     ARM_SMMU_FEAT_ATS,
     ARM_SMMU_FEAT_COHERENCY,
@@ -87,6 +80,13 @@ from iommu_core.gather import IotlbGather
 from iommu_core.group import IOMMU_NO_PASID
 from iommu_core.pgtable import IoPageTable, PhysTableMemory, formats
 from iommu_core.pgtable.formats import ArmLpaeFormat, ArmTableInfo
+from iommu_core.platform.ats import (
+    pci_ats_supported,
+    pci_disable_ats,
+    pci_disable_pri,
+    pci_enable_ats,
+    pci_enable_pri,
+)
 from iommu_core.platform.bus import Device
 
 if TYPE_CHECKING:

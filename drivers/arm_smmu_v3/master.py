@@ -40,6 +40,9 @@ from iommu_core.errors import IommuError
 from iommu_core.group import IOMMU_NO_PASID
 from iommu_core.platform.bus import Device
 
+#: Firmware "dma-can-stall" for non-PCI masters (IORT/DT): a stall-capable device.
+DMA_CAN_STALL = "dma_can_stall"
+
 if TYPE_CHECKING:
     from drivers.arm_smmu_v3.device import ArmSmmuDevice
     from drivers.arm_smmu_v3.iommufd import ArmVsmmu
@@ -299,13 +302,13 @@ def master_of(dev: Device) -> ArmSmmuMaster:
 
 # -- probe / release (arm_smmu_probe_device / arm_smmu_release_device) ----------------------
 def arm_smmu_probe_device(smmu: ArmSmmuDevice, dev: Device) -> ArmSmmuMaster:
-    from drivers.arm_smmu_v3.pci import DMA_CAN_STALL, pci_enable_pasid
     from drivers.arm_smmu_v3.regs import (
         ARM_SMMU_FEAT_2_LVL_STRTAB,
         ARM_SMMU_FEAT_STALL_FORCE,
         ARM_SMMU_FEAT_STALLS,
         CTXDESC_LINEAR_CDMAX,
     )
+    from iommu_core.platform.ats import pci_enable_pasid
 
     sids = tuple(dev.stream_ids) or (dev.rid,)
     for sid in sids:
@@ -337,7 +340,7 @@ def arm_smmu_probe_device(smmu: ArmSmmuDevice, dev: Device) -> ArmSmmuMaster:
 
 
 def arm_smmu_release_device(master: ArmSmmuMaster) -> None:
-    from drivers.arm_smmu_v3.pci import pci_disable_pasid
+    from iommu_core.platform.ats import pci_disable_pasid
 
     smmu = master.smmu
     if master.iopf_refcount:

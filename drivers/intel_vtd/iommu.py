@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 from drivers.intel_vtd import cache, dmar, pasid, prq
 from drivers.intel_vtd import iommu_h as h
-from drivers.intel_vtd.hw.intel_iommu import PCI_ATS_ENABLED, PCI_PRI_ENABLED
 from iommu_core.device import (
     X86_MSI_RANGE_LENGTH,
     X86_MSI_RANGE_START,
@@ -38,6 +37,12 @@ from iommu_core.errors import IommuError
 from iommu_core.gather import IotlbGather
 from iommu_core.group import IOMMU_NO_PASID
 from iommu_core.pgtable import IoPageTable, PhysTableMemory, formats
+from iommu_core.platform.ats import (
+    pci_disable_ats,
+    pci_disable_pri,
+    pci_enable_ats,
+    pci_enable_pri,
+)
 from iommu_core.prot import IOMMU_READ, IOMMU_WRITE
 from iommufd.uapi import (
     IOMMU_HW_INFO_TYPE_DEFAULT,
@@ -549,12 +554,16 @@ def intel_iommu_probe_finalize(dev: Device) -> None:
     """Enable ATS (and PRI when the unit has page requests)."""
     info = dev_info(dev)
     info.ats_enabled = info.ats_supported
-    dev.props[PCI_ATS_ENABLED] = info.ats_enabled  # pci_enable_ats
+    if info.ats_enabled:
+        pci_enable_ats(dev, h.VTD_PAGE_SHIFT)
 
 
 def _pci_set_pri(info: DeviceDomainInfo, on: bool) -> None:
     info.pri_enabled = on
-    info.dev.props[PCI_PRI_ENABLED] = on  # pci_enable_pri / pci_disable_pri
+    if on:
+        pci_enable_pri(info.dev)
+    else:
+        pci_disable_pri(info.dev)
 
 
 def intel_iommu_release_device(dev: Device) -> None:
@@ -565,7 +574,7 @@ def intel_iommu_release_device(dev: Device) -> None:
     else:
         domain_context_clear_one(info)
     info.ats_enabled = False
-    dev.props[PCI_ATS_ENABLED] = False
+    pci_disable_ats(dev)
     _pci_set_pri(info, False)
     pasid.intel_pasid_free_table(iommu, info)
     iommu.devices.pop(info.sid, None)

@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from drivers.arm_smmu_v3.hw.config import SmmuHwConfig
 from drivers.arm_smmu_v3.hw.model import SmmuV3Hardware
 from drivers.arm_smmu_v3.hw.tlb import GLOBAL_ASID, NESTED, NO_ASID, STAGE1, STAGE2, TlbEntry
-from drivers.arm_smmu_v3.pci import PCI_ATS_ENABLED
+from iommu_core.platform.ats import PCI_ATS_ENABLED
 from iommu_core.platform.bus import Device, make_pci_device
 from iommu_core.platform.platform import Platform
 

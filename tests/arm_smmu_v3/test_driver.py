@@ -10,8 +10,7 @@ import errno
 import pytest
 
 from drivers.arm_smmu_v3.domain import ArmSmmuDomain
-from drivers.arm_smmu_v3.master import arm_smmu_read_cd, arm_smmu_read_ste
-from drivers.arm_smmu_v3.pci import DMA_CAN_STALL, PCI_ATS_ENABLED, PCI_PRI_ENABLED
+from drivers.arm_smmu_v3.master import DMA_CAN_STALL, arm_smmu_read_cd, arm_smmu_read_ste
 from drivers.arm_smmu_v3.regs import (
     ARM_SMMU_FEAT_2_LVL_CDTAB,
     ARM_SMMU_FEAT_2_LVL_STRTAB,
@@ -42,6 +41,7 @@ from iommu_core.errors import IommuError
 from iommu_core.gather import IotlbGather
 from iommu_core.group import AttachHandle
 from iommu_core.iopf import IopfGroup, PageResponseCode
+from iommu_core.platform.ats import PCI_ATS_ENABLED, PCI_PRI_ENABLED
 from iommu_core.platform.bus import Device
 from iommu_core.platform.dma import DmaFault
 from iommu_core.prot import IOMMU_CACHE, IOMMU_READ, IOMMU_WRITE
@@ -356,7 +356,7 @@ def test_ats_disable_ends_the_stale_atc_hit(env: DriverEnv) -> None:
     """The DMA hit the model published from an ATC entry goes when the endpoint clears
     ATS Enable: the next access is untranslated and finds the TLB invalidated."""
     from drivers.arm_smmu_v3.domain import arm_smmu_tlb_inv_asid
-    from drivers.arm_smmu_v3.pci import pci_disable_ats
+    from iommu_core.platform.ats import pci_disable_ats
 
     dev = owned(env)
     dom, pfns = mapped(env, dev)
@@ -461,7 +461,7 @@ def test_unexpected_pri_is_denied(env: DriverEnv) -> None:
     dev = owned(env)
     dom, _ = mapped(env, dev)
     attach(env, dev, dom)
-    from drivers.arm_smmu_v3.pci import pci_enable_pri
+    from iommu_core.platform.ats import pci_enable_pri
 
     pci_enable_pri(dev)  # the device asks without the driver having set up IOPF
     with pytest.raises(DmaFault):

@@ -454,7 +454,7 @@ def test_ats_disable_drops_the_atc_and_its_published_hits() -> None:
     """The device's ATC outlives an IOTLB flush (only a device-TLB invalidation drops
     it), and what was published from it for the DMA path with it; clearing ATS Enable at
     the endpoint ends both: the next request is translated by the unit again."""
-    from drivers.intel_vtd.hw.intel_iommu import PCI_ATS_ENABLED
+    from iommu_core.platform.ats import PCI_ATS_ENABLED
 
     w = World()
     try:

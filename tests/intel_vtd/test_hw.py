@@ -16,6 +16,7 @@ from iommu_core.domain import IOMMU_HWPT_ALLOC_NEST_PARENT
 from iommu_core.errors import IommuError
 from iommu_core.group import AttachHandle
 from iommu_core.iopf import IopfGroup, PageResponseCode
+from iommu_core.platform.ats import PCI_PRI_ENABLED
 from iommu_core.platform.bus import Device
 from iommu_core.platform.dma import DmaFault
 from iommu_core.prot import IOMMU_READ, IOMMU_WRITE
@@ -263,7 +264,7 @@ class TestPageRequests:
         groups: list[IopfGroup] = []
         dom.iopf_handler = groups.append
         env.core.iommu_attach_group_handle(dom, dev.iommu_group, AttachHandle(dom))
-        assert dev.props["pci_pri_enabled"]
+        assert dev.props[PCI_PRI_ENABLED]
         with pytest.raises(DmaFault) as e:
             env.dma_write(dev, IOVA, b"abc")
         assert e.value.page_request and e.value.detail["prg_index"] == 0
@@ -278,7 +279,7 @@ class TestPageRequests:
         env.dma_write(dev, IOVA, b"abc")  # the device retries
         assert env.platform.mem.read(pfns[0] << 12, 3) == b"abc"
         env.core.iommu_detach_group(dom, dev.iommu_group)
-        assert not dev.props["pci_pri_enabled"]
+        assert not dev.props[PCI_PRI_ENABLED]
 
     def test_no_handler_gets_invalid(self, env: DriverEnv) -> None:
         dev = env.add_device()

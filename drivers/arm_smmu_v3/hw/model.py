@@ -21,7 +21,6 @@ from drivers.arm_smmu_v3.hw.queues import HwQueue, consume_commands, event_recor
 from drivers.arm_smmu_v3.hw.regs import REG_NAMES, SmmuRegs
 from drivers.arm_smmu_v3.hw.tlb import PERM_W, Atc, ConfigCache, FastPath, Tlb
 from drivers.arm_smmu_v3.hw.translate import EVT_ABORT, Translator, perm_ok, walk_access
-from drivers.arm_smmu_v3.pci import PCI_ATS_ENABLED, PCI_PRI_ENABLED
 from drivers.arm_smmu_v3.regs import (
     CMDQ_CONS_ERR,
     CMDQ_ENT_DWORDS,
@@ -46,6 +45,7 @@ from drivers.arm_smmu_v3.regs import (
     Q_OVERFLOW_FLAG,
     STRTAB_STE_1_EATS_S1CHK,
 )
+from iommu_core.platform.ats import PCI_ATS_ENABLED, PCI_PRI_ENABLED
 from iommu_core.platform.bus import Device
 from iommu_core.platform.dma import (
     ACCESS_EXEC,

@@ -40,6 +40,7 @@ from drivers.intel_vtd.hw.tlb import (
 from iommu_core.pgtable import formats
 from iommu_core.pgtable.formats.x86 import SS_D, X86_A, X86_D
 from iommu_core.pgtable.walk import Access, WalkFault, WalkResult, walk
+from iommu_core.platform.ats import PCI_ATS_ENABLED, PCI_PRI_ENABLED
 from iommu_core.platform.bus import Device
 from iommu_core.platform.dma import (
     ACCESS_EXEC,
@@ -62,11 +63,6 @@ KIND_NAMES = {PGTT_FL: "first-stage", PGTT_SL: "second-stage", PGTT_NESTED: "nes
               PGTT_PT: "pass-through"}
 
 X86_EA = 1 << 10  # extended accessed (EAFE)
-#: The device's PCI ATS / PRI capability enable bits (its config space, which the
-#: driver writes with pci_enable_ats / pci_enable_pri): without them the device neither
-#: caches translations nor sends page requests.
-PCI_ATS_ENABLED = "pci_ats_enabled"
-PCI_PRI_ENABLED = "pci_pri_enabled"
 _PAGE = 0xFFF
 #: Entries each cache holds before the unit forgets them all (a full IOTLB).
 TLB_CAPACITY = 1 << 17

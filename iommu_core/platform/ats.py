@@ -1,8 +1,9 @@
-"""The endpoint side of ATS, PRI and PASID: the PCI capability control bits the driver sets
-in a device's config space (pci_enable_ats, pci_enable_pri...), which the endpoint model
-(the device's DMA through the SMMU) reads.
+"""The endpoint side of ATS, PRI and PASID (drivers/pci/ats.c): the PCI capability control
+bits an IOMMU driver sets in a device's config space (pci_enable_ats, pci_enable_pri...),
+which every vendor's endpoint model (the device's DMA through its IOMMU) reads.
 
-The simulated Device keeps its config-space state in ``props`` under these keys.
+The simulated Device keeps this state in ``props`` under these keys (a change there tells
+the device's unit: what it derived from the old state, such as the ATC, goes).
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ PCI_ATS_ENABLED = "pci.ats_enabled"
 PCI_ATS_STU = "pci.ats_stu"
 PCI_PRI_ENABLED = "pci.pri_enabled"
 PCI_PASID_ENABLED = "pci.pasid_enabled"
-#: Firmware "dma-can-stall" for non-PCI masters (IORT/DT): stall-capable device.
-DMA_CAN_STALL = "dma_can_stall"
 
 
 def pci_ats_supported(dev: Device) -> bool:
